@@ -1,0 +1,603 @@
+//! The configuration model: built-in defaults < TOML file < `SWITCHBOARD_*` env < flags.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::Value as FigValue;
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Dur, Size};
+
+/// Environment variable prefix for config overrides (`SWITCHBOARD_SERVER__LISTEN`).
+pub const ENV_PREFIX: &str = "SWITCHBOARD_";
+/// The config file read when `--config` is not given and the file exists.
+pub const DEFAULT_CONFIG_FILE: &str = "switchboard.toml";
+
+/// Plugin sub-sections below a section (`auth.jwt`, `transports.socketio`), keyed by plugin name.
+pub type Sections = BTreeMap<String, FigValue>;
+
+/// The whole configuration of a node.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listening socket, CORS and static files.
+    pub server: ServerConfig,
+    /// Transport plugin sections (`transports.socketio`, ...).
+    pub transports: Sections,
+    /// Authentication: which plugin, and its section.
+    pub auth: AuthConfig,
+    /// The HTTP API.
+    pub api: ApiConfig,
+    /// Presence: which plugin, and the node TTL.
+    pub presence: PresenceConfig,
+    /// Room broker: which plugin.
+    pub broker: BrokerConfig,
+    /// Event handler plugins.
+    pub events: EventsConfig,
+    /// The Redis server shared by the Redis plugins.
+    pub redis: RedisConfig,
+    /// Hook plugin sections (`hooks.lua`).
+    pub hooks: Sections,
+    /// Limits on clients and requests.
+    pub limits: LimitsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `server.*`: the listening socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Allowed browser origins; `"*"` allows any.
+    pub cors_origins: Vec<String>,
+    /// A folder served as static files at `/` (the example chat page).
+    pub static_dir: Option<PathBuf>,
+    /// How long shutdown waits for connections to close.
+    pub shutdown_timeout: Dur,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            cors_origins: vec!["http://localhost:3000".to_owned()],
+            static_dir: None,
+            shutdown_timeout: Dur::secs(10),
+        }
+    }
+}
+
+/// `auth.*`: the authenticator plugin and connection-wide auth settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// The authenticator plugin's name.
+    pub plugin: String,
+    /// Accept the seed's development-only `?userId=` query when no token is given.
+    pub allow_query_user_id: bool,
+    /// How long before a token's `exp` the socket gets `auth:expiring`.
+    pub refresh_notice: Dur,
+    /// Plugin sections (`auth.jwt`).
+    #[serde(flatten)]
+    pub sections: Sections,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            plugin: "jwt".to_owned(),
+            allow_query_user_id: false,
+            refresh_notice: Dur::secs(60),
+            sections: Sections::new(),
+        }
+    }
+}
+
+/// `api.*`: the HTTP API.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Bearer keys accepted by `/api/*`; empty refuses every call.
+    pub keys: Vec<String>,
+}
+
+/// `presence.*`: the presence plugin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PresenceConfig {
+    /// The presence plugin's name (`memory`, `redis`).
+    pub plugin: String,
+    /// How long a silent node's connections still count (cluster presence).
+    pub node_ttl: Dur,
+    /// Plugin sections (`presence.redis`).
+    #[serde(flatten)]
+    pub sections: Sections,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            plugin: "memory".to_owned(),
+            node_ttl: Dur::secs(10),
+            sections: Sections::new(),
+        }
+    }
+}
+
+/// `broker.*`: the room broker plugin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BrokerConfig {
+    /// The broker plugin's name (`memory`, `redis`).
+    pub plugin: String,
+    /// Plugin sections (`broker.redis`).
+    #[serde(flatten)]
+    pub sections: Sections,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            plugin: "memory".to_owned(),
+            sections: Sections::new(),
+        }
+    }
+}
+
+/// `events.*`: which event-handler plugins are active.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EventsConfig {
+    /// Event plugins, by name.
+    pub plugins: Vec<String>,
+    /// Plugin sections (`events.conversation`).
+    #[serde(flatten)]
+    pub sections: Sections,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            plugins: ["conversation", "typing", "session"]
+                .map(str::to_owned)
+                .to_vec(),
+            sections: Sections::new(),
+        }
+    }
+}
+
+/// `redis.*`: the Redis server the Redis plugins share.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Connection URL.
+    pub url: String,
+    /// Prefix of every key and channel.
+    pub key_prefix: String,
+    /// Use Redis Cluster sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`).
+    pub sharded_pubsub: bool,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            key_prefix: "switchboard:".to_owned(),
+            sharded_pubsub: false,
+        }
+    }
+}
+
+/// `limits.*`: bounds on what clients and API callers may send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest inbound event.
+    pub max_event_bytes: Size,
+    /// Longest conversationId/sessionId.
+    pub max_id_chars: usize,
+    /// Deepest nesting of an inbound payload.
+    pub max_depth: usize,
+    /// Largest HTTP API body.
+    pub max_http_body_bytes: Size,
+    /// Sustained inbound events per second per socket.
+    pub events_per_second: u32,
+    /// Inbound burst per socket (token bucket size).
+    pub burst: u32,
+    /// A socket over its rate this long on end is disconnected; `"0s"` never.
+    pub rate_disconnect_after: Dur,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_event_bytes: Size::kib(64),
+            max_id_chars: 256,
+            max_depth: 32,
+            max_http_body_bytes: Size::mib(1),
+            events_per_second: 50,
+            burst: 200,
+            rate_disconnect_after: Dur::secs(10),
+        }
+    }
+}
+
+/// `log.*`: log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, such as `info` or `switchboard=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One configuration problem: the key path, what is wrong, and where the value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted key path, such as `auth.jwt.secret`.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+    /// Where the offending value came from (file, env var, flag), when known.
+    pub origin: Option<String>,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.reason)?;
+        } else {
+            write!(f, "{}: {}", self.key, self.reason)?;
+        }
+        if let Some(origin) = &self.origin {
+            write!(f, " (from {origin})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A configuration that cannot be used; lists every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The problems, each naming its key.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    /// One problem at `key`.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            issues: vec![ConfigIssue {
+                key: key.into(),
+                reason: reason.into(),
+                origin: None,
+            }],
+        }
+    }
+
+    /// Converts figment's errors, prefixing each key path with `prefix` (a focused section).
+    pub fn from_figment(err: figment::Error, prefix: &str) -> Self {
+        let issues = err
+            .into_iter()
+            .map(|e| {
+                let mut path: Vec<String> = prefix
+                    .split('.')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                path.extend(e.path.iter().cloned());
+                let reason = match &e.kind {
+                    figment::error::Kind::MissingField(name) => {
+                        if path.last().map(String::as_str) != Some(name.as_ref()) {
+                            path.push(name.to_string());
+                        }
+                        "missing".to_owned()
+                    }
+                    figment::error::Kind::UnknownField(name, expected) => {
+                        if path.last() != Some(name) {
+                            path.push(name.clone());
+                        }
+                        if expected.is_empty() {
+                            "unknown key".to_owned()
+                        } else {
+                            format!("unknown key (known keys: {})", expected.join(", "))
+                        }
+                    }
+                    other => other.to_string(),
+                };
+                let origin = e.metadata.as_ref().map(|md| {
+                    let name = md.name.to_string();
+                    match &md.source {
+                        Some(figment::Source::File(p)) => format!("file {}", p.display()),
+                        Some(figment::Source::Custom(s)) => s.clone(),
+                        _ if name.contains("environment") => {
+                            let var: Vec<String> =
+                                path.iter().map(|p| p.to_uppercase()).collect();
+                            format!("env {ENV_PREFIX}{}", var.join("__"))
+                        }
+                        _ => name,
+                    }
+                });
+                ConfigIssue {
+                    key: path.join("."),
+                    reason,
+                    origin,
+                }
+            })
+            .collect();
+        ConfigError { issues }
+    }
+}
+
+/// A loaded configuration: the typed core model and the merged figment (for plugin sections).
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The core model.
+    pub config: Config,
+    /// Every layer merged; plugins read their own sections from it.
+    pub figment: Figment,
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+/// Command-line overrides, the last layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+}
+
+impl LoadedConfig {
+    /// Loads defaults < TOML (`file`, else `./switchboard.toml` if present) < env < `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, overrides, true)
+    }
+
+    /// Like [`LoadedConfig::load`], optionally without the environment layer (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        with_env: bool,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let chosen = match file {
+            Some(p) => {
+                if !p.is_file() {
+                    return Err(ConfigError::new(
+                        "",
+                        format!("config file {} does not exist or is not a file", p.display()),
+                    ));
+                }
+                Some(p.to_path_buf())
+            }
+            None => {
+                let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+                p.is_file().then_some(p)
+            }
+        };
+        if let Some(p) = &chosen {
+            figment = figment.merge(Toml::file_exact(p));
+        }
+        if with_env {
+            figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        }
+        let mut flags = BTreeMap::new();
+        if let Some(listen) = &overrides.listen {
+            flags.insert("server.listen".to_owned(), FigValue::from(listen.clone()));
+        }
+        if !flags.is_empty() {
+            figment = figment.merge(FlagsProvider(flags));
+        }
+        Self::from_figment(figment, chosen)
+    }
+
+    /// Loads a config from TOML text alone (defaults < text), for tests and embedding.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let figment =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        Self::from_figment(figment, None)
+    }
+
+    /// Extracts the core model from an already merged figment.
+    pub fn from_figment(figment: Figment, file: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::from_figment(e, ""))?;
+        Ok(LoadedConfig {
+            config,
+            figment,
+            file,
+        })
+    }
+}
+
+/// The command-line layer, named so errors say `(from command-line flags)`.
+struct FlagsProvider(BTreeMap<String, FigValue>);
+
+impl figment::Provider for FlagsProvider {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("command-line flags")
+    }
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (path, value) in &self.0 {
+            let nested = path
+                .rsplit('.')
+                .fold(value.clone(), |acc, key| {
+                    let mut d = figment::value::Dict::new();
+                    d.insert(key.to_owned(), acc);
+                    FigValue::from(d)
+                });
+            if let FigValue::Dict(_, d) = nested {
+                for (k, v) in d {
+                    merge_dict(&mut dict, k, v);
+                }
+            }
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn merge_dict(into: &mut figment::value::Dict, key: String, value: FigValue) {
+    match (into.get_mut(&key), value) {
+        (Some(FigValue::Dict(_, existing)), FigValue::Dict(_, new)) => {
+            for (k, v) in new {
+                merge_dict(existing, k, v);
+            }
+        }
+        (_, value) => {
+            into.insert(key, value);
+        }
+    }
+}
+
+/// Key names whose values are secrets, redacted by `switchboard check`.
+const SECRET_KEYS: &[&str] = &["secret", "keys", "password", "token", "shared_secret"];
+
+/// Replaces secrets in a JSON rendering of the config with `"<redacted>"`.
+pub fn redact(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if SECRET_KEYS.contains(&k.as_str()) {
+                    match v {
+                        serde_json::Value::Array(items) => {
+                            for item in items.iter_mut() {
+                                *item = serde_json::Value::from("<redacted>");
+                            }
+                        }
+                        serde_json::Value::Null => {}
+                        other => *other = serde_json::Value::from("<redacted>"),
+                    }
+                } else if k == "url" {
+                    if let serde_json::Value::String(s) = v {
+                        *s = redact_url(s);
+                    }
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// Hides the password of a `scheme://user:password@host` URL.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::default();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.server.cors_origins, vec!["http://localhost:3000"]);
+        assert_eq!(c.presence.plugin, "memory");
+        assert_eq!(c.broker.plugin, "memory");
+        assert_eq!(c.redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(c.limits.max_event_bytes, Size::kib(64));
+        assert_eq!(c.limits.max_id_chars, 256);
+        assert_eq!(c.limits.max_depth, 32);
+        assert_eq!(c.limits.max_http_body_bytes, Size::mib(1));
+        assert_eq!((c.limits.events_per_second, c.limits.burst), (50, 200));
+        assert_eq!(c.presence.node_ttl, Dur::secs(10));
+        assert!(!c.auth.allow_query_user_id);
+        assert!(c.api.keys.is_empty());
+    }
+
+    #[test]
+    fn toml_values_with_units_are_read() {
+        let l = LoadedConfig::from_toml_str(
+            "[limits]\nmax_event_bytes = \"1KiB\"\nburst = 3\n[presence]\nnode_ttl = \"2s\"",
+        )
+        .expect("valid config");
+        assert_eq!(l.config.limits.max_event_bytes, Size(1024));
+        assert_eq!(l.config.limits.burst, 3);
+        assert_eq!(l.config.presence.node_ttl, Dur::secs(2));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = LoadedConfig::from_toml_str("[limits]\nmax_event_bytes = \"huge\"")
+            .expect_err("bad size");
+        let text = err.to_string();
+        assert!(text.starts_with("limits.max_event_bytes:"), "{text}");
+
+        let err = LoadedConfig::from_toml_str("[server]\nlisten = \"nowhere\"").expect_err("bad");
+        assert!(err.to_string().starts_with("server.listen:"), "{err}");
+
+        let err = LoadedConfig::from_toml_str("[limits]\nmax_evnt_bytes = 3").expect_err("typo");
+        assert!(err.to_string().starts_with("limits.max_evnt_bytes: unknown key"), "{err}");
+
+        let err = LoadedConfig::from_toml_str("[presence]\nnode_ttl = \"10\"").expect_err("unit");
+        assert!(err.to_string().starts_with("presence.node_ttl:"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut v = serde_json::json!({
+            "auth": {"jwt": {"secret": "s3cr3t", "algorithms": ["HS256"]}},
+            "api": {"keys": ["k1", "k2"]},
+            "redis": {"url": "redis://user:pw@127.0.0.1:6379"}
+        });
+        redact(&mut v);
+        let text = v.to_string();
+        assert!(!text.contains("s3cr3t") && !text.contains("k1") && !text.contains(":pw@"));
+        assert!(text.contains("HS256"));
+    }
+}

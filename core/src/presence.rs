@@ -1,0 +1,51 @@
+//! Presence: the [`PresenceStore`] trait, which knows who is online across the cluster.
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::broker::ConnId;
+
+/// A presence failure (the backend did not answer).
+#[derive(Debug, thiserror::Error)]
+#[error("presence store: {0}")]
+pub struct PresenceError(pub String);
+
+/// A change the store found by itself (a dead node swept), which the runtime announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceChange {
+    /// The user has no connection left anywhere.
+    Offline(String),
+}
+
+/// Where a store reports changes it finds by itself.
+pub type PresenceEvents = mpsc::UnboundedSender<PresenceChange>;
+
+/// Tracks each user's live connections, on this node and (clustered) others.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    /// Records a connection; `true` when it is the user's first anywhere.
+    async fn connect(&self, user_id: &str, conn: &ConnId) -> Result<bool, PresenceError>;
+
+    /// Forgets a connection; `true` when it was the user's last anywhere.
+    async fn disconnect(&self, user_id: &str, conn: &ConnId) -> Result<bool, PresenceError>;
+
+    /// Every user with at least one connection.
+    async fn online_users(&self) -> Result<Vec<String>, PresenceError>;
+
+    /// How many connections a user has.
+    async fn connections(&self, user_id: &str) -> Result<usize, PresenceError>;
+
+    /// Starts background work; changes it finds by itself go to `events`.
+    async fn start(&self, events: PresenceEvents) -> Result<(), PresenceError> {
+        let _ = events;
+        Ok(())
+    }
+
+    /// Whether the backend answers (for `/readyz`).
+    async fn ready(&self) -> bool {
+        true
+    }
+
+    /// Stops background work and withdraws this node's connections.
+    async fn shutdown(&self) {}
+}

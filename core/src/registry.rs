@@ -1,0 +1,257 @@
+//! The plugin registry: compile-time registrations collected with `inventory`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::auth::Authenticator;
+use crate::broker::{LocalHub, RoomBroker};
+use crate::config::{Config, ConfigError, LoadedConfig};
+use crate::event::EventHandler;
+use crate::hooks::Hooks;
+use crate::metrics::Metrics;
+use crate::presence::PresenceStore;
+use crate::transport::Transport;
+
+/// A boxed error from a plugin factory.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The kinds of plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PluginKind {
+    /// Transports (`transports.<name>`).
+    Transport,
+    /// Authenticators (`auth.plugin`).
+    Auth,
+    /// Presence stores (`presence.plugin`).
+    Presence,
+    /// Room brokers (`broker.plugin`).
+    Broker,
+    /// Event handlers (`events.plugins`).
+    Events,
+    /// Hooks (`hooks.<name>`).
+    Hooks,
+}
+
+impl PluginKind {
+    /// Every kind, in listing order.
+    pub const ALL: [PluginKind; 6] = [
+        PluginKind::Transport,
+        PluginKind::Auth,
+        PluginKind::Presence,
+        PluginKind::Broker,
+        PluginKind::Events,
+        PluginKind::Hooks,
+    ];
+
+    /// The config section the kind's plugins live under.
+    pub fn section(self) -> &'static str {
+        match self {
+            PluginKind::Transport => "transports",
+            PluginKind::Auth => "auth",
+            PluginKind::Presence => "presence",
+            PluginKind::Broker => "broker",
+            PluginKind::Events => "events",
+            PluginKind::Hooks => "hooks",
+        }
+    }
+
+    /// A human name for listings and errors.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PluginKind::Transport => "transport",
+            PluginKind::Auth => "authenticator",
+            PluginKind::Presence => "presence store",
+            PluginKind::Broker => "room broker",
+            PluginKind::Events => "event handler",
+            PluginKind::Hooks => "hooks",
+        }
+    }
+}
+
+/// Builds a plugin from its context; each variant is one kind.
+#[derive(Clone, Copy)]
+pub enum Factory {
+    /// A transport; `None` when its section disables it.
+    Transport(fn(&PluginContext<'_>) -> Result<Option<Arc<dyn Transport>>, BoxError>),
+    /// An authenticator.
+    Auth(fn(&PluginContext<'_>) -> Result<Arc<dyn Authenticator>, BoxError>),
+    /// A presence store.
+    Presence(fn(&PluginContext<'_>) -> Result<Arc<dyn PresenceStore>, BoxError>),
+    /// A room broker.
+    Broker(fn(&PluginContext<'_>) -> Result<Arc<dyn RoomBroker>, BoxError>),
+    /// An event handler.
+    Events(fn(&PluginContext<'_>) -> Result<Arc<dyn EventHandler>, BoxError>),
+    /// Hooks; `None` when its section configures nothing to run.
+    Hooks(fn(&PluginContext<'_>) -> Result<Option<Arc<dyn Hooks>>, BoxError>),
+}
+
+/// One plugin's registration: submit it with [`register_plugin!`](crate::register_plugin).
+pub struct Plugin {
+    /// The name used in config (`jwt`, `memory`).
+    pub name: &'static str,
+    /// One line saying what it does.
+    pub description: &'static str,
+    /// Its factory, which also fixes its kind.
+    pub factory: Factory,
+}
+
+inventory::collect!(Plugin);
+
+impl Plugin {
+    /// A registration.
+    pub const fn new(name: &'static str, description: &'static str, factory: Factory) -> Self {
+        Plugin {
+            name,
+            description,
+            factory,
+        }
+    }
+
+    /// The plugin's kind.
+    pub fn kind(&self) -> PluginKind {
+        match self.factory {
+            Factory::Transport(_) => PluginKind::Transport,
+            Factory::Auth(_) => PluginKind::Auth,
+            Factory::Presence(_) => PluginKind::Presence,
+            Factory::Broker(_) => PluginKind::Broker,
+            Factory::Events(_) => PluginKind::Events,
+            Factory::Hooks(_) => PluginKind::Hooks,
+        }
+    }
+
+    /// Its config section (`auth.jwt`).
+    pub fn section(&self) -> String {
+        format!("{}.{}", self.kind().section(), self.name)
+    }
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} plugin `{}`", self.kind().describe(), self.name)
+    }
+}
+
+/// Registers a plugin with the registry at compile time.
+///
+/// ```ignore
+/// switchboard_core::register_plugin!(Plugin::new("memory", "Presence in one process", Factory::Presence(build)));
+/// ```
+#[macro_export]
+macro_rules! register_plugin {
+    ($plugin:expr) => {
+        $crate::inventory::submit! { $plugin }
+    };
+}
+
+/// Every registered plugin, sorted by kind then name.
+pub fn plugins() -> Vec<&'static Plugin> {
+    let mut all: Vec<&'static Plugin> = inventory::iter::<Plugin>.into_iter().collect();
+    all.sort_by(|a, b| (a.kind(), a.name).cmp(&(b.kind(), b.name)));
+    all
+}
+
+/// The names registered for `kind`.
+pub fn names(kind: PluginKind) -> Vec<&'static str> {
+    plugins()
+        .into_iter()
+        .filter(|p| p.kind() == kind)
+        .map(|p| p.name)
+        .collect()
+}
+
+/// Finds a plugin; an unknown name is an error at `key` that lists the known ones.
+pub fn find(kind: PluginKind, name: &str, key: &str) -> Result<&'static Plugin, ConfigError> {
+    plugins()
+        .into_iter()
+        .find(|p| p.kind() == kind && p.name == name)
+        .ok_or_else(|| {
+            let known = names(kind);
+            ConfigError::new(
+                key,
+                format!(
+                    "unknown {} plugin `{name}` (known: {})",
+                    kind.describe(),
+                    if known.is_empty() {
+                        "none compiled in".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        })
+}
+
+/// What a factory gets: its config section, the whole config, metrics and the local hub.
+pub struct PluginContext<'a> {
+    loaded: &'a LoadedConfig,
+    section: String,
+    effective: &'a Mutex<BTreeMap<String, serde_json::Value>>,
+    metrics: &'a Metrics,
+    hub: &'a LocalHub,
+}
+
+impl<'a> PluginContext<'a> {
+    /// A context for the plugin whose section is `section`.
+    pub fn new(
+        loaded: &'a LoadedConfig,
+        section: String,
+        effective: &'a Mutex<BTreeMap<String, serde_json::Value>>,
+        metrics: &'a Metrics,
+        hub: &'a LocalHub,
+    ) -> Self {
+        PluginContext {
+            loaded,
+            section,
+            effective,
+            metrics,
+            hub,
+        }
+    }
+
+    /// The core config.
+    pub fn config(&self) -> &Config {
+        &self.loaded.config
+    }
+
+    /// The plugin's own section path (`auth.jwt`).
+    pub fn section_path(&self) -> &str {
+        &self.section
+    }
+
+    /// Deserializes the plugin's own section; absent keys take `T`'s defaults.
+    ///
+    /// Give `T` `#[serde(deny_unknown_fields, default)]`; errors name the full key path.
+    pub fn section<T: DeserializeOwned + Serialize>(&self) -> Result<T, ConfigError> {
+        let path = self.section.clone();
+        self.extract(&path)
+    }
+
+    /// Deserializes any section (`redis`), recording it for `switchboard check`.
+    pub fn extract<T: DeserializeOwned + Serialize>(&self, path: &str) -> Result<T, ConfigError> {
+        let value: T = self
+            .loaded
+            .figment
+            .focus(path)
+            .extract()
+            .map_err(|e| ConfigError::from_figment(e, path))?;
+        if let Ok(json) = serde_json::to_value(&value) {
+            self.effective.lock().insert(path.to_owned(), json);
+        }
+        Ok(value)
+    }
+
+    /// The node's metrics, to register the plugin's own.
+    pub fn metrics(&self) -> &Metrics {
+        self.metrics
+    }
+
+    /// This node's transports, for brokers that deliver locally.
+    pub fn hub(&self) -> &LocalHub {
+        self.hub
+    }
+}
