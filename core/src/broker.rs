@@ -95,9 +95,9 @@ impl LocalHub {
     }
 
     /// Delivers to this node's members of the delivery's room.
-    pub fn deliver(&self, delivery: &Delivery) {
+    pub async fn deliver(&self, delivery: &Delivery) {
         for t in self.transports.iter() {
-            t.deliver(delivery);
+            t.deliver(delivery).await;
         }
     }
 

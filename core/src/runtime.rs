@@ -230,10 +230,16 @@ impl Gateway {
         tracing::debug!(socket = %session.id(), user = %user, "disconnected");
     }
 
-    /// Handles one client event (`raw` is the whole packet, `["event", payload, …]` as JSON text).
+    /// Handles one client event: `size` is its length on the wire, `payload` its JSON text.
     ///
     /// Sends the reply event or `error` to the socket, and returns what an ack carries.
-    pub async fn inbound(&self, session: &Arc<Session>, event: &str, raw: &str) -> Value {
+    pub async fn inbound(
+        &self,
+        session: &Arc<Session>,
+        event: &str,
+        size: usize,
+        payload: Option<&RawValue>,
+    ) -> Value {
         let known = self.0.inbound.contains_key(event) || event == AUTH_REFRESH;
         self.0
             .metrics
@@ -242,7 +248,18 @@ impl Gateway {
                 event: if known { event } else { "unknown" }.to_owned(),
             })
             .inc();
-        match self.inbound_inner(session, event, raw).await {
+        let result = self.inbound_inner(session, event, size, payload).await;
+        self.reply(session, result)
+    }
+
+    /// Answers a frame the transport could not decode with `error`; returns the ack.
+    pub fn inbound_malformed(&self, session: &Arc<Session>, reason: &str) -> Value {
+        let err = EventError::new(ErrorKind::InvalidPayload, format!("Malformed event: {reason}"));
+        self.reply(session, Err(err))
+    }
+
+    fn reply(&self, session: &Arc<Session>, result: Result<Option<Outcome>, EventError>) -> Value {
+        match result {
             Ok(Some(Outcome::Reply { event, data })) => {
                 session.send_value(event, &data);
                 data
@@ -261,21 +278,21 @@ impl Gateway {
         &self,
         session: &Arc<Session>,
         event: &str,
-        raw: &str,
+        size: usize,
+        payload: Option<&RawValue>,
     ) -> Result<Option<Outcome>, EventError> {
         let limits = &self.0.config.limits;
         self.check_rate(session)?;
-        if raw.len() > limits.max_event_bytes.bytes() {
+        if size > limits.max_event_bytes.bytes() {
             return Err(EventError::new(
                 ErrorKind::TooLarge,
                 format!(
-                    "Event too large: {} bytes (limit {} bytes)",
-                    raw.len(),
+                    "Event too large: {size} bytes (limit {} bytes)",
                     limits.max_event_bytes.bytes()
                 ),
             ));
         }
-        let payload = decode_payload(raw, limits)?;
+        let payload = decode_payload(payload, limits)?;
         if event == AUTH_REFRESH {
             return self.refresh(session, &payload).await.map(Some);
         }
@@ -316,6 +333,7 @@ impl Gateway {
                 if !after.is_zero() && over_for >= after {
                     self.0.metrics.error("rate_disconnect");
                     tracing::info!(socket = %session.id(), "disconnecting a socket that stayed over its event rate");
+                    session.send_error("Disconnected: over the event rate for too long");
                     session.conn.close(CloseReason::RateAbuse);
                 }
                 Err(EventError::new(
@@ -378,6 +396,7 @@ impl Gateway {
             tokio::time::sleep(left).await;
             if let Some(s) = weak.upgrade() {
                 tracing::debug!(socket = %s.id(), "token expired; closing");
+                s.send_error("Authentication failed: Token expired");
                 s.conn.close(CloseReason::TokenExpired);
             }
         });
@@ -495,16 +514,16 @@ impl Gateway {
     }
 }
 
-/// Parses the packet `["event", payload, …]` and checks the payload's depth.
-fn decode_payload(raw: &str, limits: &LimitsConfig) -> Result<Value, EventError> {
-    let parsed: Vec<Value> = serde_json::from_str(raw).map_err(|e| {
+/// Parses a payload's JSON text and checks its depth; an absent payload is `null`.
+fn decode_payload(raw: Option<&RawValue>, limits: &LimitsConfig) -> Result<Value, EventError> {
+    let Some(raw) = raw else { return Ok(Value::Null) };
+    let payload: Value = serde_json::from_str(raw.get()).map_err(|e| {
         if e.to_string().contains("recursion limit") {
             too_deep(limits)
         } else {
             EventError::new(ErrorKind::InvalidPayload, format!("Malformed event: {e}"))
         }
     })?;
-    let payload = parsed.into_iter().nth(1).unwrap_or(Value::Null);
     if event::depth(&payload) > limits.max_depth {
         return Err(too_deep(limits));
     }
@@ -790,21 +809,16 @@ mod tests {
     }
 
     #[test]
-    fn payload_decoding_checks_depth_and_shape() {
+    fn payload_decoding_checks_depth() {
         let limits = LimitsConfig {
             max_depth: 2,
             ..LimitsConfig::default()
         };
-        assert_eq!(
-            decode_payload(r#"["e",{"a":1}]"#, &limits).expect("ok"),
-            json!({"a": 1})
-        );
-        assert_eq!(decode_payload(r#"["e"]"#, &limits).expect("ok"), Value::Null);
-        let deep = decode_payload(r#"["e",{"a":{"b":{}}}]"#, &limits).expect_err("deep");
+        let raw = |s: &str| RawValue::from_string(s.to_owned()).expect("json");
+        assert_eq!(decode_payload(Some(&raw(r#"{"a":1}"#)), &limits).expect("ok"), json!({"a": 1}));
+        assert_eq!(decode_payload(None, &limits).expect("ok"), Value::Null);
+        let deep = decode_payload(Some(&raw(r#"{"a":{"b":{}}}"#)), &limits).expect_err("deep");
         assert_eq!(deep.kind, ErrorKind::TooDeep);
-        let very_deep = format!("[\"e\",{}{}]", "[".repeat(500), "]".repeat(500));
-        assert_eq!(decode_payload(&very_deep, &limits).expect_err("deep").kind, ErrorKind::TooDeep);
-        assert_eq!(decode_payload("nope", &limits).expect_err("bad").kind, ErrorKind::InvalidPayload);
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub trait Transport: Send + Sync + 'static {
     fn router(&self, gateway: Gateway) -> axum::Router;
 
     /// Frames a delivery once and sends it to this transport's local members of its room.
-    fn deliver(&self, delivery: &Delivery);
+    async fn deliver(&self, delivery: &Delivery);
 
     /// Closes every socket cleanly (shutdown).
     async fn shutdown(&self);

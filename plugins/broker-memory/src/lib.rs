@@ -64,7 +64,7 @@ impl RoomBroker for MemoryBroker {
     }
 
     async fn publish(&self, delivery: Arc<Delivery>) -> Result<(), BrokerError> {
-        self.hub.deliver(&delivery);
+        self.hub.deliver(&delivery).await;
         Ok(())
     }
 }

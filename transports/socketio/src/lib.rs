@@ -1,0 +1,273 @@
+//! `transports.socketio`: Socket.IO v5 (socket.io-client 4.x) over WebSocket and long-polling.
+//!
+//! Connections are authenticated in a connect middleware, so a refused client gets
+//! `connect_error` with the authenticator's exact message. Every event goes through the core's
+//! pipeline. Room membership is mirrored into socketioxide's rooms, so a delivery is framed
+//! once by socketioxide's local adapter and the same bytes go to every member.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
+use socketioxide::handler::{ConnectHandler, FromMessage};
+use socketioxide::socket::Socket;
+use switchboard_core::{
+    BoxError, CloseReason, ConnId, Connection, Delivery, Dur, Factory, Gateway, Handshake,
+    Identity, Plugin, PluginContext, Room, Session, Size, Transport, async_trait,
+    register_plugin,
+};
+
+/// `transports.socketio.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketIoConfig {
+    /// Serve Socket.IO at all.
+    pub enabled: bool,
+    /// The namespace clients connect to.
+    pub namespace: String,
+    /// Engine.IO ping interval.
+    pub ping_interval: Dur,
+    /// How long a client may take to answer a ping.
+    pub ping_timeout: Dur,
+    /// Largest frame (WebSocket message or polling payload); a bigger one closes the connection.
+    pub max_frame_bytes: Size,
+    /// Packets queued for one slow client before emits to it fail.
+    pub max_buffer_size: usize,
+    /// How long a client may take to connect to the namespace after the handshake.
+    pub connect_timeout: Dur,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        SocketIoConfig {
+            enabled: true,
+            namespace: "/messages".to_owned(),
+            ping_interval: Dur::secs(25),
+            ping_timeout: Dur::secs(20),
+            max_frame_bytes: Size::mib(1),
+            max_buffer_size: 128,
+            connect_timeout: Dur::secs(45),
+        }
+    }
+}
+
+/// The Socket.IO transport.
+pub struct SocketIoTransport {
+    cfg: SocketIoConfig,
+    io: OnceLock<SocketIo>,
+}
+
+impl std::fmt::Debug for SocketIoTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketIoTransport").field("namespace", &self.cfg.namespace).finish()
+    }
+}
+
+impl SocketIoTransport {
+    /// A transport with `cfg`; it serves once [`Transport::router`] is called.
+    pub fn new(cfg: SocketIoConfig) -> Self {
+        SocketIoTransport { cfg, io: OnceLock::new() }
+    }
+}
+
+/// One Socket.IO socket as a core [`Connection`].
+struct SioConnection {
+    id: ConnId,
+    socket: SocketRef,
+}
+
+impl Connection for SioConnection {
+    fn id(&self) -> &ConnId {
+        &self.id
+    }
+
+    fn send(&self, event: &str, payload: &RawValue) {
+        if let Err(e) = self.socket.emit(event, payload) {
+            tracing::debug!(socket = %self.id, error = %e, "could not send to socket");
+        }
+    }
+
+    fn join(&self, room: &Room) {
+        self.socket.join(room.to_string());
+    }
+
+    fn leave(&self, room: &Room) {
+        self.socket.leave(room.to_string());
+    }
+
+    fn close(&self, reason: CloseReason) {
+        tracing::debug!(socket = %self.id, ?reason, "closing socket");
+        let _ = self.socket.clone().disconnect();
+    }
+}
+
+/// The whole event packet, `["event", payload, …]`, as JSON text.
+struct RawPacket(String);
+
+/// The packet carried binary attachments, which no Switchboard event takes.
+#[derive(Debug)]
+struct BinaryPacket;
+
+impl std::fmt::Display for BinaryPacket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("binary packets are not supported")
+    }
+}
+impl std::error::Error for BinaryPacket {}
+
+impl<A: Adapter> FromMessage<A> for RawPacket {
+    type Error = BinaryPacket;
+    fn from_message(_: Arc<Socket<A>>, v: socketioxide::handler::Value, _: Option<i64>) -> Result<Self, BinaryPacket> {
+        match v {
+            socketioxide::handler::Value::Str(s, _) => Ok(RawPacket(s.as_str().to_owned())),
+            socketioxide::handler::Value::Bytes(_) => Err(BinaryPacket),
+        }
+    }
+}
+
+/// Splits `["event", payload, …]` into its payload's JSON text (`None` when absent).
+fn payload_of(raw: &str) -> Result<Option<&RawValue>, serde_json::Error> {
+    let parts: Vec<&RawValue> = serde_json::from_str(raw)?;
+    Ok(parts.get(1).copied())
+}
+
+async fn on_connect(gw: Gateway, socket: SocketRef) {
+    let Some(identity) = socket.extensions.remove::<Identity>() else {
+        let _ = socket.disconnect();
+        return;
+    };
+    let conn = Arc::new(SioConnection {
+        id: ConnId::new(socket.id.as_str()),
+        socket: socket.clone(),
+    });
+    let session = gw.connect(conn, identity).await;
+    socket.extensions.insert(session);
+
+    let ev_gw = gw.clone();
+    socket.on_fallback(move |s: SocketRef, ack: AckSender, Event(event): Event, RawPacket(raw): RawPacket| {
+        let gw = ev_gw.clone();
+        async move {
+            let Some(session) = s.extensions.get::<Arc<Session>>() else { return };
+            let reply = match payload_of(&raw) {
+                Ok(payload) => gw.inbound(&session, &event, raw.len(), payload).await,
+                Err(e) => gw.inbound_malformed(&session, &e.to_string()),
+            };
+            let _ = ack.send(&reply);
+        }
+    });
+    socket.on_disconnect(move |s: SocketRef| {
+        let gw = gw.clone();
+        async move {
+            if let Some(session) = s.extensions.remove::<Arc<Session>>() {
+                gw.disconnect(&session).await;
+            }
+        }
+    });
+}
+
+async fn authenticate(gw: Gateway, socket: SocketRef, auth: Option<Value>) -> Result<(), switchboard_core::AuthError> {
+    let parts = socket.req_parts();
+    let handshake = Handshake {
+        auth: auth.as_ref(),
+        headers: &parts.headers,
+        query: parts.uri.query(),
+    };
+    let identity = gw.authenticate(&handshake).await?;
+    socket.extensions.insert(identity);
+    Ok(())
+}
+
+#[async_trait]
+impl Transport for SocketIoTransport {
+    fn name(&self) -> &str {
+        "socketio"
+    }
+
+    fn router(&self, gateway: Gateway) -> Router {
+        let c = &self.cfg;
+        let frame = c.max_frame_bytes.bytes();
+        let (svc, io) = SocketIo::builder()
+            .ping_interval(c.ping_interval.get())
+            .ping_timeout(c.ping_timeout.get())
+            .connect_timeout(c.connect_timeout.get())
+            .max_buffer_size(c.max_buffer_size)
+            .max_payload(frame as u64)
+            .ws_max_message_size(frame)
+            .ws_max_frame_size(frame)
+            .build_svc();
+        let gw_auth = gateway.clone();
+        let gw_conn = gateway;
+        let connect = move |s: SocketRef| on_connect(gw_conn.clone(), s);
+        let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
+            authenticate(gw_auth.clone(), s, auth.ok())
+        };
+        io.ns(self.cfg.namespace.clone(), connect.with(middleware));
+        let _ = self.io.set(io);
+        Router::new()
+            .route_service("/socket.io/", svc.clone())
+            .route_service("/socket.io", svc)
+    }
+
+    async fn deliver(&self, d: &Delivery) {
+        let Some(io) = self.io.get() else { return };
+        let Some(ns) = io.of(&self.cfg.namespace) else { return };
+        let sender = d
+            .except
+            .as_ref()
+            .and_then(|id| id.as_str().parse().ok())
+            .and_then(|sid| ns.get_socket(sid));
+        let op = match (&d.room, sender) {
+            (Some(room), Some(s)) => s.to(room.to_string()),
+            (Some(room), None) => ns.to(room.to_string()),
+            (None, Some(s)) => s.broadcast(),
+            (None, None) => ns,
+        };
+        if let Err(e) = op.emit(&*d.event, &*d.payload).await {
+            tracing::debug!(event = %d.event, error = %e, "broadcast incomplete");
+        }
+    }
+
+    async fn shutdown(&self) {
+        if let Some(io) = self.io.get() {
+            io.close().await;
+        }
+    }
+}
+
+fn build(ctx: &PluginContext<'_>) -> Result<Option<Arc<dyn Transport>>, BoxError> {
+    let cfg: SocketIoConfig = ctx.section()?;
+    if !cfg.namespace.starts_with('/') {
+        return Err(Box::new(switchboard_core::ConfigError::new(
+            "transports.socketio.namespace",
+            "must start with `/`",
+        )));
+    }
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(SocketIoTransport::new(cfg))))
+}
+
+register_plugin!(Plugin::new(
+    "socketio",
+    "Socket.IO v5 over WebSocket and long-polling (socket.io-client 4.x)",
+    Factory::Transport(build)
+));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_is_the_second_element() {
+        let p = payload_of(r#"["conversation:join",{"conversationId":"1"}]"#).expect("json");
+        assert_eq!(p.map(RawValue::get), Some(r#"{"conversationId":"1"}"#));
+        assert!(payload_of(r#"["typing:start"]"#).expect("json").is_none());
+        assert!(payload_of("{").is_err());
+    }
+}
