@@ -114,10 +114,6 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return config_failure(&e),
     };
     init_logging(&loaded);
-    let node = match Node::build(loaded) {
-        Ok(n) => n,
-        Err(e) => return config_failure(&e),
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -126,6 +122,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let node = match Node::build(loaded) {
+            Ok(n) => n,
+            Err(e) => return config_failure(&e),
+        };
         let addr = node.gateway().config().server.listen;
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,

@@ -135,6 +135,11 @@ pub trait RoomBroker: Send + Sync + 'static {
     /// Delivers to every member of the delivery's room, on every node, once each.
     async fn publish(&self, delivery: Arc<Delivery>) -> Result<(), BrokerError>;
 
+    /// Starts background work (connections, subscriptions); called once, inside the runtime.
+    async fn start(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     /// Whether the backend answers (for `/readyz`).
     async fn ready(&self) -> bool {
         true

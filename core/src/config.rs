@@ -212,6 +212,8 @@ pub struct LimitsConfig {
     pub burst: u32,
     /// A socket over its rate this long on end is disconnected; `"0s"` never.
     pub rate_disconnect_after: Dur,
+    /// How long a client has to complete its handshake (connect and authenticate).
+    pub handshake_timeout: Dur,
 }
 
 impl Default for LimitsConfig {
@@ -224,6 +226,7 @@ impl Default for LimitsConfig {
             events_per_second: 50,
             burst: 200,
             rate_disconnect_after: Dur::secs(10),
+            handshake_timeout: Dur::secs(10),
         }
     }
 }

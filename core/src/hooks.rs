@@ -67,7 +67,13 @@ pub enum Verdict {
 }
 
 /// Adjusts, drops or authorizes events. Built-in: `lua`.
+///
+/// Hooks run on the runtime's worker threads and must return quickly (the Lua plugin cuts a
+/// call at its timeout). A hook that fails decides itself what happens to the event.
 pub trait Hooks: Send + Sync + 'static {
+    /// Starts background work (file watching, reload on SIGHUP); called once, inside the runtime.
+    fn start(&self) {}
+
     /// Runs before a client's event is handled.
     fn on_inbound(&self, event: &str, payload: Value, ctx: &HookCtx<'_>) -> Verdict {
         let _ = (event, ctx);

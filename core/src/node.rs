@@ -156,9 +156,7 @@ impl Node {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        if let Err(e) = self.gateway.start().await {
-            tracing::warn!(error = %e, "presence store did not start; it will keep retrying");
-        }
+        self.gateway.start().await;
         let app = self.router();
         let transports = self.transports.clone();
         let grace = self.gateway.config().server.shutdown_timeout.get();

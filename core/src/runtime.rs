@@ -127,8 +127,15 @@ impl Gateway {
         }))
     }
 
-    /// Starts background work: the presence store, and announcing the changes it finds.
-    pub async fn start(&self) -> Result<(), crate::presence::PresenceError> {
+    /// Starts background work: hooks, the broker, the presence store, and announcing the
+    /// changes presence finds by itself. Backend failures are logged; the node serves anyway.
+    pub async fn start(&self) {
+        for h in &self.0.hooks {
+            h.start();
+        }
+        if let Err(e) = self.0.broker.start().await {
+            tracing::warn!(error = %e, "room broker did not start; it keeps retrying");
+        }
         let (tx, mut rx) = mpsc::unbounded_channel();
         let weak = Arc::downgrade(&self.0);
         tokio::spawn(async move {
@@ -142,7 +149,9 @@ impl Gateway {
                 }
             }
         });
-        self.0.presence.start(tx).await
+        if let Err(e) = self.0.presence.start(tx).await {
+            tracing::warn!(error = %e, "presence store did not start; it keeps retrying");
+        }
     }
 
     /// The core config.

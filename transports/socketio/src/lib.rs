@@ -38,8 +38,6 @@ pub struct SocketIoConfig {
     pub max_frame_bytes: Size,
     /// Packets queued for one slow client before emits to it fail.
     pub max_buffer_size: usize,
-    /// How long a client may take to connect to the namespace after the handshake.
-    pub connect_timeout: Dur,
 }
 
 impl Default for SocketIoConfig {
@@ -51,7 +49,6 @@ impl Default for SocketIoConfig {
             ping_timeout: Dur::secs(20),
             max_frame_bytes: Size::mib(1),
             max_buffer_size: 128,
-            connect_timeout: Dur::secs(45),
         }
     }
 }
@@ -194,7 +191,7 @@ impl Transport for SocketIoTransport {
         let (svc, io) = SocketIo::builder()
             .ping_interval(c.ping_interval.get())
             .ping_timeout(c.ping_timeout.get())
-            .connect_timeout(c.connect_timeout.get())
+            .connect_timeout(gateway.config().limits.handshake_timeout.get())
             .max_buffer_size(c.max_buffer_size)
             .max_payload(frame as u64)
             .ws_max_message_size(frame)
