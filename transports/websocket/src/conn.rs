@@ -1,0 +1,474 @@
+//! Per-socket handles ([`WsConn`]) and the transport's fan-out index ([`Hub`]).
+//!
+//! A socket's outbound queue is a `VecDeque` of shared frames behind a mutex, with the
+//! socket task's waker beside it: a push is one short lock and at most one wake-up, and a
+//! burst of pushes between two polls costs the task one wake-up and one flush. The queue
+//! starts without an allocation and is shrunk back when a burst has drained.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::Waker;
+
+use parking_lot::{Mutex, RwLock};
+use serde_json::value::RawValue;
+use switchboard_core::{CloseReason, ConnId, Connection, Delivery, Room};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::frame;
+
+/// A server-side close: the WebSocket close code and its reason text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Close {
+    /// The close code.
+    pub(crate) code: u16,
+    /// The reason (at most 123 bytes).
+    pub(crate) reason: &'static str,
+}
+
+impl Close {
+    pub(crate) const AUTH: Close = Close {
+        code: 4401,
+        reason: "Authentication failed",
+    };
+    pub(crate) const TOKEN_EXPIRED: Close = Close {
+        code: 4401,
+        reason: "Token expired",
+    };
+    pub(crate) const HANDSHAKE_TIMEOUT: Close = Close {
+        code: 4408,
+        reason: "Handshake timeout",
+    };
+    pub(crate) const PING_TIMEOUT: Close = Close {
+        code: 4408,
+        reason: "Ping timeout",
+    };
+    pub(crate) const RATE_ABUSE: Close = Close {
+        code: 4429,
+        reason: "Over the event rate for too long",
+    };
+    pub(crate) const SHUTDOWN: Close = Close {
+        code: 1001,
+        reason: "Server shutting down",
+    };
+    pub(crate) const BINARY: Close = Close {
+        code: 1003,
+        reason: "Binary frames are not supported",
+    };
+    pub(crate) const INVALID_UTF8: Close = Close {
+        code: 1007,
+        reason: "Invalid UTF-8",
+    };
+    pub(crate) const PROTOCOL: Close = Close {
+        code: 1002,
+        reason: "Protocol error",
+    };
+    pub(crate) const TOO_BIG: Close = Close {
+        code: 1009,
+        reason: "Message too big",
+    };
+    pub(crate) const SLOW_CONSUMER: Close = Close {
+        code: 1013,
+        reason: "Slow consumer",
+    };
+}
+
+/// A socket's pending output.
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<Utf8Bytes>,
+    waker: Option<Waker>,
+    close: Option<Close>,
+    /// Set once the socket left the hub: later frames are dropped.
+    done: bool,
+}
+
+/// What the socket task finds in its outbox.
+pub(crate) enum Next {
+    /// A frame to write.
+    Frame(Utf8Bytes),
+    /// Nothing queued; the task's waker is registered.
+    Empty,
+}
+
+/// Queues past this capacity are given back to the allocator once drained.
+const SHRINK_ABOVE: usize = 16;
+
+/// One native socket, as the core and the fan-out index see it.
+pub(crate) struct WsConn {
+    id: ConnId,
+    me: Weak<WsConn>,
+    hub: Arc<Hub>,
+    outbox: Mutex<Outbox>,
+}
+
+impl WsConn {
+    /// A new socket handle with a fresh id.
+    pub(crate) fn new(hub: Arc<Hub>) -> Arc<WsConn> {
+        Arc::new_cyclic(|me| WsConn {
+            id: next_socket_id(),
+            me: me.clone(),
+            hub,
+            outbox: Mutex::new(Outbox::default()),
+        })
+    }
+
+    /// The socket id.
+    pub(crate) fn socket_id(&self) -> &ConnId {
+        &self.id
+    }
+
+    /// Queues a frame and wakes the socket task; past the queue limit the socket is closed.
+    pub(crate) fn push(&self, frame: Utf8Bytes) {
+        let waker = {
+            let mut o = self.outbox.lock();
+            if o.done || o.close.is_some() {
+                return;
+            }
+            if o.frames.len() >= self.hub.max_queued {
+                o.frames = VecDeque::new();
+                o.close = Some(Close::SLOW_CONSUMER);
+            } else {
+                o.frames.push_back(frame);
+            }
+            o.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Asks the socket task to close the socket with `close` (the first request wins).
+    pub(crate) fn request_close(&self, close: Close) {
+        let waker = {
+            let mut o = self.outbox.lock();
+            if o.done {
+                return;
+            }
+            o.close.get_or_insert(close);
+            o.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Registers the task's waker; returns a pending close request.
+    pub(crate) fn arm(&self, waker: &Waker) -> Option<Close> {
+        let mut o = self.outbox.lock();
+        match &o.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => o.waker = Some(waker.clone()),
+        }
+        o.close
+    }
+
+    /// Takes the next queued frame.
+    pub(crate) fn pop(&self) -> Next {
+        let mut o = self.outbox.lock();
+        match o.frames.pop_front() {
+            Some(f) => Next::Frame(f),
+            None => {
+                if o.frames.capacity() > SHRINK_ABOVE {
+                    o.frames = VecDeque::new();
+                }
+                Next::Empty
+            }
+        }
+    }
+
+    /// Stops accepting frames (the socket left the hub); what is queued can still be taken.
+    pub(crate) fn finish(&self) {
+        let mut o = self.outbox.lock();
+        o.done = true;
+        o.waker = None;
+    }
+}
+
+impl Connection for WsConn {
+    fn id(&self) -> &ConnId {
+        &self.id
+    }
+
+    fn send(&self, event: &str, payload: &RawValue) {
+        self.push(frame::event(event, payload));
+    }
+
+    fn join(&self, room: &Room) {
+        if let Some(me) = self.me.upgrade() {
+            self.hub
+                .rooms
+                .write()
+                .entry(room.clone())
+                .or_default()
+                .insert(self.id.clone(), me);
+        }
+    }
+
+    fn leave(&self, room: &Room) {
+        let mut rooms = self.hub.rooms.write();
+        if let Some(members) = rooms.get_mut(room) {
+            members.remove(&self.id);
+            if members.is_empty() {
+                rooms.remove(room);
+            }
+        }
+    }
+
+    fn close(&self, reason: CloseReason) {
+        self.request_close(match reason {
+            CloseReason::TokenExpired => Close::TOKEN_EXPIRED,
+            CloseReason::RateAbuse => Close::RATE_ABUSE,
+            CloseReason::Shutdown => Close::SHUTDOWN,
+        });
+    }
+}
+
+type Members = HashMap<ConnId, Arc<WsConn>>;
+
+/// The transport's sockets and its room → members index, for fan-out.
+pub(crate) struct Hub {
+    sockets: RwLock<Members>,
+    rooms: RwLock<HashMap<Room, Members>>,
+    max_queued: usize,
+    closing: AtomicBool,
+    emptied: Notify,
+}
+
+impl Hub {
+    /// An empty hub whose sockets queue at most `max_queued` frames.
+    pub(crate) fn new(max_queued: usize) -> Self {
+        Hub {
+            sockets: RwLock::new(HashMap::new()),
+            rooms: RwLock::new(HashMap::new()),
+            max_queued: max_queued.max(1),
+            closing: AtomicBool::new(false),
+            emptied: Notify::new(),
+        }
+    }
+
+    /// Adds an authenticated socket (it now receives namespace-wide events).
+    pub(crate) fn insert(&self, conn: &Arc<WsConn>) {
+        self.sockets.write().insert(conn.id.clone(), conn.clone());
+    }
+
+    /// Removes a socket from the index and from `rooms`.
+    pub(crate) fn remove(&self, conn: &WsConn, rooms: &[Room]) {
+        if !rooms.is_empty() {
+            let mut index = self.rooms.write();
+            for room in rooms {
+                if let Some(members) = index.get_mut(room) {
+                    members.remove(&conn.id);
+                    if members.is_empty() {
+                        index.remove(room);
+                    }
+                }
+            }
+        }
+        let mut sockets = self.sockets.write();
+        sockets.remove(&conn.id);
+        if sockets.is_empty() {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    /// Frames `d` once and queues the same buffer for every local member of its room.
+    pub(crate) fn deliver(&self, d: &Delivery) {
+        let except = d.except.as_ref();
+        let fan_out = |members: &Members| {
+            let mut frame: Option<Utf8Bytes> = None;
+            for (id, conn) in members {
+                if Some(id) == except {
+                    continue;
+                }
+                let f = frame.get_or_insert_with(|| frame::event(&d.event, &d.payload));
+                conn.push(f.clone());
+            }
+        };
+        match &d.room {
+            Some(room) => {
+                if let Some(members) = self.rooms.read().get(room) {
+                    fan_out(members);
+                }
+            }
+            None => fan_out(&self.sockets.read()),
+        }
+    }
+
+    /// How many sockets are connected, and how many rooms have members.
+    #[cfg(test)]
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.sockets.read().len(), self.rooms.read().len())
+    }
+
+    /// Whether the transport is shutting down (new sockets are refused).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Refuses new sockets, asks every socket to close and waits until they did or `grace` passed.
+    pub(crate) async fn shutdown(&self, grace: std::time::Duration) {
+        self.closing.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + grace;
+        let all: Vec<Arc<WsConn>> = self.sockets.read().values().cloned().collect();
+        for conn in all {
+            conn.request_close(Close::SHUTDOWN);
+        }
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.sockets.read().is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, emptied).await.is_err() {
+                tracing::warn!(
+                    open = self.sockets.read().len(),
+                    "native sockets still open after the shutdown grace period"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// A socket id: 22 URL-safe characters, unique in this process and random across processes.
+pub(crate) fn next_socket_id() -> ConnId {
+    static STATE: OnceLock<(RandomState, u64)> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let (hasher, prefix) = STATE.get_or_init(|| {
+        let s = RandomState::new();
+        let prefix = s.hash_one(std::process::id());
+        (s, prefix)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // splitmix64's finaliser is a bijection: distinct counters give distinct ids.
+    let mut z = n.wrapping_add(hasher.hash_one(0u8));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let mut id = String::with_capacity(22);
+    push_b64(&mut id, *prefix);
+    push_b64(&mut id, z);
+    ConnId::new(id)
+}
+
+/// Appends 64 bits as 11 URL-safe base64 characters.
+fn push_b64(out: &mut String, mut v: u64) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    for _ in 0..11 {
+        out.push(char::from(ALPHABET[(v & 63) as usize]));
+        v >>= 6;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use switchboard_core::Delivery;
+
+    fn drain(c: &WsConn) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Next::Frame(f) = c.pop() {
+            out.push(f.as_str().to_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn ids_are_unique_and_url_safe() {
+        let ids: HashSet<String> = (0..10_000)
+            .map(|_| next_socket_id().as_str().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|i| {
+            i.len() == 22
+                && i.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        }));
+    }
+
+    #[test]
+    fn deliveries_respect_rooms_and_except_and_share_one_buffer() {
+        let hub = Arc::new(Hub::new(16));
+        let (a, b, c) = (
+            WsConn::new(hub.clone()),
+            WsConn::new(hub.clone()),
+            WsConn::new(hub.clone()),
+        );
+        for conn in [&a, &b, &c] {
+            hub.insert(conn);
+        }
+        let room: Room = Arc::from("conversation:1");
+        a.join(&room);
+        b.join(&room);
+        let d = Delivery::encode(
+            "typing:start",
+            Some(room.clone()),
+            &serde_json::json!({"x": 1}),
+        )
+        .expect("encode")
+        .except(Some(a.id.clone()));
+        hub.deliver(&d);
+        assert!(drain(&a).is_empty());
+        assert_eq!(
+            drain(&b),
+            vec![r#"{"event":"typing:start","data":{"x":1}}"#]
+        );
+        assert!(drain(&c).is_empty());
+
+        let all = Delivery::encode("user:online", None, &serde_json::json!({"userId": "u"}))
+            .expect("encode");
+        hub.deliver(&all);
+        let (fa, fb) = (a.pop(), b.pop());
+        let (Next::Frame(fa), Next::Frame(fb)) = (fa, fb) else {
+            panic!("both get it")
+        };
+        assert_eq!(
+            fa.as_str().as_ptr(),
+            fb.as_str().as_ptr(),
+            "one buffer, shared"
+        );
+        assert_eq!(drain(&c).len(), 1);
+
+        a.leave(&room);
+        b.leave(&room);
+        assert_eq!(hub.counts(), (3, 0));
+        hub.remove(&c, &[]);
+        assert_eq!(hub.counts(), (2, 0));
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_slow_consumer() {
+        let hub = Arc::new(Hub::new(2));
+        let c = WsConn::new(hub);
+        for _ in 0..3 {
+            c.push(Utf8Bytes::from_static("{}"));
+        }
+        let waker = Waker::noop();
+        assert_eq!(c.arm(waker), Some(Close::SLOW_CONSUMER));
+        assert!(matches!(c.pop(), Next::Empty), "queued frames are dropped");
+        c.push(Utf8Bytes::from_static("{}"));
+        assert!(
+            matches!(c.pop(), Next::Empty),
+            "nothing is queued once closing"
+        );
+    }
+
+    #[test]
+    fn the_first_close_request_wins_and_pushes_wake_the_task() {
+        let hub = Arc::new(Hub::new(8));
+        let c = WsConn::new(hub);
+        c.close(CloseReason::TokenExpired);
+        c.close(CloseReason::Shutdown);
+        assert_eq!(c.arm(Waker::noop()), Some(Close::TOKEN_EXPIRED));
+        let c2 = WsConn::new(Arc::new(Hub::new(8)));
+        assert_eq!(c2.arm(Waker::noop()), None);
+        c2.finish();
+        c2.push(Utf8Bytes::from_static("{}"));
+        assert!(matches!(c2.pop(), Next::Empty));
+    }
+}

@@ -1,0 +1,301 @@
+//! The wire format of the native protocol: decoding client frames, encoding server frames.
+//!
+//! Server frames are built by hand into one string (no intermediate `Value`), so a delivery's
+//! frame costs one allocation and one copy of the already-encoded payload.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, error::Category};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// A client event frame: `{"event": "...", "data": ..., "id": 7}`.
+#[derive(Debug)]
+pub(crate) struct EventFrame<'a> {
+    /// The event name.
+    pub(crate) event: Cow<'a, str>,
+    /// The payload's JSON text; `None` when absent or `null`.
+    pub(crate) data: Option<&'a RawValue>,
+    /// The ack id (a JSON number or string), when the client asked for an ack.
+    pub(crate) id: Option<&'a RawValue>,
+}
+
+/// A text frame that is not an event; `id` is set when an ack can still be sent.
+#[derive(Debug)]
+pub(crate) struct BadFrame<'a> {
+    /// Why it was refused (the core prefixes `Malformed event: `).
+    pub(crate) reason: String,
+    /// The ack id, when it could be read.
+    pub(crate) id: Option<&'a RawValue>,
+}
+
+/// Every key a client event frame may carry; `op` and `token` only to recognise a second connect.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Strict<'a> {
+    #[serde(borrow, default)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+}
+
+/// Reads only the `id` of a frame that failed the strict parse, to ack the refusal.
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+}
+
+/// What the handshake's first frame says.
+#[derive(Debug, PartialEq)]
+pub(crate) enum FirstFrame {
+    /// `{"op": "connect", "token": ...}`; the token as given (`Null` when absent).
+    Connect(Value),
+    /// Anything else: refused as carrying no token.
+    Other,
+}
+
+/// Whether an ack id is a JSON number or string.
+fn is_valid_id(id: &RawValue) -> bool {
+    matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+}
+
+/// Decodes a text frame received after `connected`.
+pub(crate) fn decode_event(text: &str) -> Result<EventFrame<'_>, BadFrame<'_>> {
+    let frame: Strict<'_> = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let id = serde_json::from_str::<IdOnly<'_>>(text)
+                .ok()
+                .and_then(|f| f.id)
+                .filter(|id| is_valid_id(id));
+            let reason = match e.classify() {
+                Category::Syntax | Category::Eof | Category::Io => format!("not JSON ({e})"),
+                Category::Data => format!(
+                    "expected {{\"event\": string, \"data\"?: any, \"id\"?: number | string}} ({e})"
+                ),
+            };
+            return Err(BadFrame { reason, id });
+        }
+    };
+    let id = match frame.id {
+        Some(id) if !is_valid_id(id) => {
+            return Err(BadFrame {
+                reason: "\"id\" must be a number or a string".to_owned(),
+                id: None,
+            });
+        }
+        id => id,
+    };
+    if let Some(op) = frame.op {
+        let reason = if op == "connect" {
+            "already connected".to_owned()
+        } else {
+            format!("unexpected \"op\": {op:?} (only \"connect\", once, as the first frame)")
+        };
+        return Err(BadFrame { reason, id });
+    }
+    if frame.token.is_some() {
+        return Err(BadFrame {
+            reason: "unexpected \"token\" (send a new token with the auth:refresh event)"
+                .to_owned(),
+            id,
+        });
+    }
+    let Some(event) = frame.event else {
+        return Err(BadFrame {
+            reason: "missing \"event\"".to_owned(),
+            id,
+        });
+    };
+    Ok(EventFrame {
+        event,
+        data: frame.data,
+        id,
+    })
+}
+
+/// Decodes the handshake's first text frame; other keys than `op` and `token` are ignored.
+pub(crate) fn decode_first(text: &str) -> FirstFrame {
+    #[derive(Deserialize)]
+    struct Connect<'a> {
+        #[serde(borrow)]
+        op: Cow<'a, str>,
+        #[serde(default)]
+        token: Value,
+    }
+    match serde_json::from_str::<Connect<'_>>(text) {
+        Ok(c) if c.op == "connect" => FirstFrame::Connect(c.token),
+        _ => FirstFrame::Other,
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 => {
+                    out.push_str(&format!("\\u{:04x}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// The server event frame `{"event": name, "data": payload}`, built once and shared.
+pub(crate) fn event(name: &str, payload: &RawValue) -> Utf8Bytes {
+    let data = payload.get();
+    let mut out = String::with_capacity(name.len() + data.len() + 22);
+    out.push_str("{\"event\":");
+    push_json_str(&mut out, name);
+    out.push_str(",\"data\":");
+    out.push_str(data);
+    out.push('}');
+    Utf8Bytes::from(out)
+}
+
+/// The ack frame `{"ack": id, "data": ...}`; `id` is echoed exactly as the client wrote it.
+pub(crate) fn ack(id: &RawValue, data: &Value) -> Utf8Bytes {
+    let data = serde_json::to_string(data).unwrap_or_else(|_| "null".to_owned());
+    let id = id.get();
+    let mut out = String::with_capacity(id.len() + data.len() + 17);
+    out.push_str("{\"ack\":");
+    out.push_str(id);
+    out.push_str(",\"data\":");
+    out.push_str(&data);
+    out.push('}');
+    Utf8Bytes::from(out)
+}
+
+/// The handshake reply `{"op": "connected", "userId": ..., "socketId": ...}`.
+pub(crate) fn connected(user_id: &str, socket_id: &str) -> Utf8Bytes {
+    let mut out = String::with_capacity(user_id.len() + socket_id.len() + 48);
+    out.push_str("{\"op\":\"connected\",\"userId\":");
+    push_json_str(&mut out, user_id);
+    out.push_str(",\"socketId\":");
+    push_json_str(&mut out, socket_id);
+    out.push('}');
+    Utf8Bytes::from(out)
+}
+
+/// The handshake refusal `{"op": "error", "message": ...}`.
+pub(crate) fn op_error(message: &str) -> Utf8Bytes {
+    let mut out = String::with_capacity(message.len() + 32);
+    out.push_str("{\"op\":\"error\",\"message\":");
+    push_json_str(&mut out, message);
+    out.push('}');
+    Utf8Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(b: &Utf8Bytes) -> Value {
+        serde_json::from_str(b.as_str()).expect("valid JSON")
+    }
+
+    #[test]
+    fn decodes_events_with_and_without_ack() {
+        let f =
+            decode_event(r#"{"event":"conversation:join","data":{"conversationId":"1"},"id":7}"#)
+                .expect("event");
+        assert_eq!(f.event, "conversation:join");
+        assert_eq!(f.data.map(RawValue::get), Some(r#"{"conversationId":"1"}"#));
+        assert_eq!(f.id.map(RawValue::get), Some("7"));
+        let f = decode_event(r#"{"event":"typing:start"}"#).expect("event");
+        assert!(f.data.is_none() && f.id.is_none());
+        let f = decode_event(r#"{"id":"a-1","event":"x","data":null}"#).expect("event");
+        assert_eq!(f.id.map(RawValue::get), Some(r#""a-1""#));
+        assert!(f.data.is_none());
+    }
+
+    #[test]
+    fn refuses_bad_frames_and_keeps_a_readable_id() {
+        let e = decode_event("nope").expect_err("not json");
+        assert!(e.reason.starts_with("not JSON"), "{}", e.reason);
+        assert!(e.id.is_none());
+        let e = decode_event(r#"{"event":"x","payload":{},"id":3}"#).expect_err("unknown key");
+        assert!(e.reason.contains("payload"), "{}", e.reason);
+        assert_eq!(e.id.map(RawValue::get), Some("3"));
+        let e = decode_event(r#"{"event":5,"id":"k"}"#).expect_err("event not a string");
+        assert_eq!(e.id.map(RawValue::get), Some(r#""k""#));
+        let e = decode_event(r#"{"data":{},"id":4}"#).expect_err("no event");
+        assert_eq!(e.reason, "missing \"event\"");
+        assert_eq!(e.id.map(RawValue::get), Some("4"));
+        let e = decode_event(r#"{"event":"x","id":{"a":1}}"#).expect_err("bad id");
+        assert!(e.id.is_none());
+        let e = decode_event(r#"{"op":"connect","token":"t","id":1}"#).expect_err("second connect");
+        assert_eq!(e.reason, "already connected");
+        assert_eq!(e.id.map(RawValue::get), Some("1"));
+        assert!(decode_event("[1,2]").is_err());
+        assert!(decode_event(r#"{"event":"x","event":"y"}"#).is_err());
+    }
+
+    #[test]
+    fn first_frame_is_connect_or_not() {
+        assert_eq!(
+            decode_first(r#"{"op":"connect","token":"abc"}"#),
+            FirstFrame::Connect(json!("abc"))
+        );
+        assert_eq!(
+            decode_first(r#"{"op":"connect"}"#),
+            FirstFrame::Connect(Value::Null)
+        );
+        assert_eq!(
+            decode_first(r#"{"op":"connect","token":5,"client":"x"}"#),
+            FirstFrame::Connect(json!(5))
+        );
+        assert_eq!(
+            decode_first(r#"{"event":"conversation:join"}"#),
+            FirstFrame::Other
+        );
+        assert_eq!(decode_first(r#"{"op":"hello"}"#), FirstFrame::Other);
+        assert_eq!(decode_first("garbage"), FirstFrame::Other);
+    }
+
+    #[test]
+    fn server_frames_carry_exactly_their_keys() {
+        let payload = RawValue::from_string(r#"{"conversationId":"1","userId":"u"}"#.to_owned())
+            .expect("raw");
+        let f = event("typing:start", &payload);
+        assert_eq!(
+            parse(&f),
+            json!({"event": "typing:start", "data": {"conversationId": "1", "userId": "u"}})
+        );
+        let odd = event("we\"ird\\\n\u{1}é", &payload);
+        assert_eq!(parse(&odd)["event"], json!("we\"ird\\\n\u{1}é"));
+        let id = RawValue::from_string("7".to_owned()).expect("raw");
+        assert_eq!(
+            parse(&ack(&id, &json!({"success": true}))),
+            json!({"ack": 7, "data": {"success": true}})
+        );
+        assert_eq!(
+            parse(&connected("u\"1", "abc")),
+            json!({"op": "connected", "userId": "u\"1", "socketId": "abc"})
+        );
+        assert_eq!(
+            parse(&op_error("Authentication failed: Invalid token")),
+            json!({"op": "error", "message": "Authentication failed: Invalid token"})
+        );
+    }
+}
