@@ -1,21 +1,23 @@
 //! Per-socket handles ([`WsConn`]) and the transport's fan-out index ([`Hub`]).
 //!
-//! A socket's outbound queue is a `VecDeque` of shared frames behind a mutex, with the
-//! socket task's waker beside it: a push is one short lock and at most one wake-up, and a
-//! burst of pushes between two polls costs the task one wake-up and one flush. The queue
-//! starts without an allocation and is shrunk back when a burst has drained.
+//! A socket's outbound queue is a `VecDeque` of shared, fully framed WebSocket frames behind
+//! a mutex, with the socket task's waker beside it: a push is one short lock and at most one
+//! wake-up, and a burst of pushes between two polls costs the task one wake-up and one
+//! vectored write. The queue starts without an allocation and is given back when a burst
+//! has drained.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::Waker;
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use serde_json::value::RawValue;
 use switchboard_core::{CloseReason, ConnId, Connection, Delivery, Room};
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Bytes;
 
 use crate::frame;
 
@@ -78,23 +80,12 @@ impl Close {
 /// A socket's pending output.
 #[derive(Default)]
 struct Outbox {
-    frames: VecDeque<Utf8Bytes>,
+    frames: VecDeque<Bytes>,
     waker: Option<Waker>,
     close: Option<Close>,
     /// Set once the socket left the hub: later frames are dropped.
     done: bool,
 }
-
-/// What the socket task finds in its outbox.
-pub(crate) enum Next {
-    /// A frame to write.
-    Frame(Utf8Bytes),
-    /// Nothing queued; the task's waker is registered.
-    Empty,
-}
-
-/// Queues past this capacity are given back to the allocator once drained.
-const SHRINK_ABOVE: usize = 16;
 
 /// One native socket, as the core and the fan-out index see it.
 pub(crate) struct WsConn {
@@ -102,6 +93,8 @@ pub(crate) struct WsConn {
     me: Weak<WsConn>,
     hub: Arc<Hub>,
     outbox: Mutex<Outbox>,
+    /// Pings sent since the last pong.
+    unanswered: AtomicU8,
 }
 
 impl WsConn {
@@ -112,6 +105,7 @@ impl WsConn {
             me: me.clone(),
             hub,
             outbox: Mutex::new(Outbox::default()),
+            unanswered: AtomicU8::new(0),
         })
     }
 
@@ -121,14 +115,16 @@ impl WsConn {
     }
 
     /// Queues a frame and wakes the socket task; past the queue limit the socket is closed.
-    pub(crate) fn push(&self, frame: Utf8Bytes) {
+    pub(crate) fn push(&self, frame: Bytes) {
         let waker = {
             let mut o = self.outbox.lock();
             if o.done || o.close.is_some() {
                 return;
             }
             if o.frames.len() >= self.hub.max_queued {
-                o.frames = VecDeque::new();
+                // Keep only the front frame, which may be half written.
+                o.frames.truncate(1);
+                o.frames.shrink_to_fit();
                 o.close = Some(Close::SLOW_CONSUMER);
             } else {
                 o.frames.push_back(frame);
@@ -138,6 +134,23 @@ impl WsConn {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// The ticker's turn: a ping, or a close when the last two pings went unanswered.
+    pub(crate) fn ping(&self) {
+        let sent = self.unanswered.load(Ordering::Relaxed);
+        if sent >= 2 {
+            tracing::debug!(socket = %self.id, "no pong to the last two pings; closing");
+            self.request_close(Close::PING_TIMEOUT);
+        } else {
+            self.unanswered.store(sent + 1, Ordering::Relaxed);
+            self.push(Bytes::from_static(crate::frame::PING));
+        }
+    }
+
+    /// The client answered a ping.
+    pub(crate) fn pong(&self) {
+        self.unanswered.store(0, Ordering::Relaxed);
     }
 
     /// Asks the socket task to close the socket with `close` (the first request wins).
@@ -165,17 +178,25 @@ impl WsConn {
         o.close
     }
 
-    /// Takes the next queued frame.
-    pub(crate) fn pop(&self) -> Next {
+    /// Clones up to `into.len()` frames from the front of the queue; returns how many.
+    pub(crate) fn peek(&self, into: &mut [Bytes]) -> usize {
+        let o = self.outbox.lock();
+        let mut n = 0;
+        for (slot, f) in into.iter_mut().zip(o.frames.iter()) {
+            *slot = f.clone();
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops the first `n` frames (written); gives the queue's memory back once it is empty.
+    pub(crate) fn consume(&self, n: usize) {
         let mut o = self.outbox.lock();
-        match o.frames.pop_front() {
-            Some(f) => Next::Frame(f),
-            None => {
-                if o.frames.capacity() > SHRINK_ABOVE {
-                    o.frames = VecDeque::new();
-                }
-                Next::Empty
-            }
+        let n = n.min(o.frames.len());
+        o.frames.drain(..n);
+        if o.frames.is_empty() {
+            // An idle socket holds no queue memory at all.
+            o.frames = VecDeque::new();
         }
     }
 
@@ -233,20 +254,50 @@ pub(crate) struct Hub {
     sockets: RwLock<Members>,
     rooms: RwLock<HashMap<Room, Members>>,
     max_queued: usize,
+    ping_interval: Duration,
+    pinging: AtomicBool,
     closing: AtomicBool,
     emptied: Notify,
 }
 
 impl Hub {
-    /// An empty hub whose sockets queue at most `max_queued` frames.
-    pub(crate) fn new(max_queued: usize) -> Self {
+    /// An empty hub whose sockets queue at most `max_queued` frames and are pinged every `ping_interval`.
+    pub(crate) fn new(max_queued: usize, ping_interval: Duration) -> Self {
         Hub {
             sockets: RwLock::new(HashMap::new()),
             rooms: RwLock::new(HashMap::new()),
             max_queued: max_queued.max(1),
+            ping_interval,
+            pinging: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             emptied: Notify::new(),
         }
+    }
+
+    /// Starts the one ticker that pings every socket (once; call from inside the runtime).
+    ///
+    /// One timer for all sockets instead of one per socket: an idle socket's task holds no
+    /// timer, and a tick costs one queued frame per socket.
+    pub(crate) fn start_pinging(self: &Arc<Self>) {
+        if self.pinging.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let hub = Arc::downgrade(self);
+        let period = self.ping_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(hub) = hub.upgrade() else { return };
+                if hub.is_closing() {
+                    return;
+                }
+                for conn in hub.sockets.read().values() {
+                    conn.ping();
+                }
+            }
+        });
     }
 
     /// Adds an authenticated socket (it now receives namespace-wide events).
@@ -278,7 +329,7 @@ impl Hub {
     pub(crate) fn deliver(&self, d: &Delivery) {
         let except = d.except.as_ref();
         let fan_out = |members: &Members| {
-            let mut frame: Option<Utf8Bytes> = None;
+            let mut frame: Option<Bytes> = None;
             for (id, conn) in members {
                 if Some(id) == except {
                     continue;
@@ -309,7 +360,7 @@ impl Hub {
     }
 
     /// Refuses new sockets, asks every socket to close and waits until they did or `grace` passed.
-    pub(crate) async fn shutdown(&self, grace: std::time::Duration) {
+    pub(crate) async fn shutdown(&self, grace: Duration) {
         self.closing.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + grace;
         let all: Vec<Arc<WsConn>> = self.sockets.read().values().cloned().collect();
@@ -371,11 +422,13 @@ mod tests {
     use switchboard_core::Delivery;
 
     fn drain(c: &WsConn) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Next::Frame(f) = c.pop() {
-            out.push(f.as_str().to_owned());
-        }
-        out
+        let mut buf = [const { Bytes::new() }; 64];
+        let n = c.peek(&mut buf);
+        c.consume(n);
+        buf[..n]
+            .iter()
+            .map(|f| crate::frame::tests::payload(f).to_owned())
+            .collect()
     }
 
     #[test]
@@ -393,7 +446,7 @@ mod tests {
 
     #[test]
     fn deliveries_respect_rooms_and_except_and_share_one_buffer() {
-        let hub = Arc::new(Hub::new(16));
+        let hub = Arc::new(Hub::new(16, Duration::from_secs(25)));
         let (a, b, c) = (
             WsConn::new(hub.clone()),
             WsConn::new(hub.clone()),
@@ -423,15 +476,11 @@ mod tests {
         let all = Delivery::encode("user:online", None, &serde_json::json!({"userId": "u"}))
             .expect("encode");
         hub.deliver(&all);
-        let (fa, fb) = (a.pop(), b.pop());
-        let (Next::Frame(fa), Next::Frame(fb)) = (fa, fb) else {
-            panic!("both get it")
-        };
-        assert_eq!(
-            fa.as_str().as_ptr(),
-            fb.as_str().as_ptr(),
-            "one buffer, shared"
-        );
+        let (mut fa, mut fb) = ([Bytes::new()], [Bytes::new()]);
+        assert_eq!((a.peek(&mut fa), b.peek(&mut fb)), (1, 1));
+        assert_eq!(fa[0].as_ptr(), fb[0].as_ptr(), "one buffer, shared");
+        a.consume(1);
+        b.consume(1);
         assert_eq!(drain(&c).len(), 1);
 
         a.leave(&room);
@@ -443,32 +492,30 @@ mod tests {
 
     #[test]
     fn a_full_queue_closes_the_slow_consumer() {
-        let hub = Arc::new(Hub::new(2));
+        let hub = Arc::new(Hub::new(2, Duration::from_secs(25)));
         let c = WsConn::new(hub);
-        for _ in 0..3 {
-            c.push(Utf8Bytes::from_static("{}"));
+        for i in 0..3u8 {
+            c.push(Bytes::from(vec![i]));
         }
-        let waker = Waker::noop();
-        assert_eq!(c.arm(waker), Some(Close::SLOW_CONSUMER));
-        assert!(matches!(c.pop(), Next::Empty), "queued frames are dropped");
-        c.push(Utf8Bytes::from_static("{}"));
-        assert!(
-            matches!(c.pop(), Next::Empty),
-            "nothing is queued once closing"
-        );
+        assert_eq!(c.arm(Waker::noop()), Some(Close::SLOW_CONSUMER));
+        let mut buf = [const { Bytes::new() }; 4];
+        assert_eq!(c.peek(&mut buf), 1, "only the front frame is kept");
+        assert_eq!(buf[0].as_ref(), [0]);
+        c.push(Bytes::from_static(b"x"));
+        assert_eq!(c.peek(&mut buf), 1, "nothing is queued once closing");
     }
 
     #[test]
     fn the_first_close_request_wins_and_pushes_wake_the_task() {
-        let hub = Arc::new(Hub::new(8));
+        let hub = Arc::new(Hub::new(8, Duration::from_secs(25)));
         let c = WsConn::new(hub);
         c.close(CloseReason::TokenExpired);
         c.close(CloseReason::Shutdown);
         assert_eq!(c.arm(Waker::noop()), Some(Close::TOKEN_EXPIRED));
-        let c2 = WsConn::new(Arc::new(Hub::new(8)));
+        let c2 = WsConn::new(Arc::new(Hub::new(8, Duration::from_secs(25))));
         assert_eq!(c2.arm(Waker::noop()), None);
         c2.finish();
-        c2.push(Utf8Bytes::from_static("{}"));
-        assert!(matches!(c2.pop(), Next::Empty));
+        c2.push(Bytes::from_static(b"x"));
+        assert_eq!(c2.peek(&mut [Bytes::new()]), 0);
     }
 }

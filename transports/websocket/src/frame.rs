@@ -1,14 +1,15 @@
 //! The wire format of the native protocol: decoding client frames, encoding server frames.
 //!
-//! Server frames are built by hand into one string (no intermediate `Value`), so a delivery's
-//! frame costs one allocation and one copy of the already-encoded payload.
+//! Server frames are built by hand, WebSocket header included, into one buffer (no
+//! intermediate `Value`): a delivery's frame costs one allocation and one copy of the
+//! already-encoded payload, and the same bytes go to every recipient as they are.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, error::Category};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 
 /// A client event frame: `{"event": "...", "data": ..., "id": 7}`.
 #[derive(Debug)]
@@ -137,81 +138,145 @@ pub(crate) fn decode_first(text: &str) -> FirstFrame {
     }
 }
 
-/// Appends `s` as a JSON string literal.
-fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        out.push_str(s);
-    } else {
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if (c as u32) < 0x20 => {
-                    out.push_str(&format!("\\u{:04x}", c as u32));
+/// Room for the longest server frame header: one byte of opcode, nine of length.
+const HEADER_MAX: usize = 10;
+
+/// The ping frame the server sends (no payload).
+pub(crate) const PING: &[u8] = &[0x89, 0x00];
+
+/// A server text frame under construction: the payload is written after room for the header,
+/// and [`FrameBuf::finish`] fills the header in front of it, so a frame is one allocation.
+struct FrameBuf(Vec<u8>);
+
+impl FrameBuf {
+    fn with_capacity(payload: usize) -> Self {
+        let mut v = Vec::with_capacity(HEADER_MAX + payload);
+        v.resize(HEADER_MAX, 0);
+        FrameBuf(v)
+    }
+
+    fn push_str(&mut self, s: &str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    /// Appends `s` as a JSON string literal.
+    fn push_json_str(&mut self, s: &str) {
+        let out = &mut self.0;
+        out.push(b'"');
+        if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+            out.extend_from_slice(s.as_bytes());
+        } else {
+            for b in s.bytes() {
+                match b {
+                    b'"' => out.extend_from_slice(b"\\\""),
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    b if b < 0x20 => {
+                        const HEX: &[u8; 16] = b"0123456789abcdef";
+                        out.extend_from_slice(b"\\u00");
+                        out.push(HEX[usize::from(b >> 4)]);
+                        out.push(HEX[usize::from(b & 0xf)]);
+                    }
+                    // UTF-8 bytes of other characters are copied as they are.
+                    b => out.push(b),
                 }
-                c => out.push(c),
             }
         }
+        out.push(b'"');
     }
-    out.push('"');
+
+    /// The finished frame: FIN, opcode text, unmasked length, then the payload.
+    fn finish(self) -> Bytes {
+        let mut v = self.0;
+        let len = v.len() - HEADER_MAX;
+        let start = match len {
+            0..=125 => {
+                v[HEADER_MAX - 1] = len as u8;
+                HEADER_MAX - 2
+            }
+            126..=0xffff => {
+                v[HEADER_MAX - 3] = 126;
+                v[HEADER_MAX - 2..HEADER_MAX].copy_from_slice(&(len as u16).to_be_bytes());
+                HEADER_MAX - 4
+            }
+            _ => {
+                v[HEADER_MAX - 9] = 127;
+                v[HEADER_MAX - 8..HEADER_MAX].copy_from_slice(&(len as u64).to_be_bytes());
+                HEADER_MAX - 10
+            }
+        };
+        v[start] = 0x81;
+        Bytes::from(v).slice(start..)
+    }
 }
 
-/// The server event frame `{"event": name, "data": payload}`, built once and shared.
-pub(crate) fn event(name: &str, payload: &RawValue) -> Utf8Bytes {
+/// The server event frame `{"event": name, "data": payload}`, framed once and shared.
+pub(crate) fn event(name: &str, payload: &RawValue) -> Bytes {
     let data = payload.get();
-    let mut out = String::with_capacity(name.len() + data.len() + 22);
-    out.push_str("{\"event\":");
-    push_json_str(&mut out, name);
-    out.push_str(",\"data\":");
-    out.push_str(data);
-    out.push('}');
-    Utf8Bytes::from(out)
+    let mut f = FrameBuf::with_capacity(name.len() + data.len() + 22);
+    f.push_str("{\"event\":");
+    f.push_json_str(name);
+    f.push_str(",\"data\":");
+    f.push_str(data);
+    f.push_str("}");
+    f.finish()
 }
 
 /// The ack frame `{"ack": id, "data": ...}`; `id` is echoed exactly as the client wrote it.
-pub(crate) fn ack(id: &RawValue, data: &Value) -> Utf8Bytes {
+pub(crate) fn ack(id: &RawValue, data: &Value) -> Bytes {
     let data = serde_json::to_string(data).unwrap_or_else(|_| "null".to_owned());
     let id = id.get();
-    let mut out = String::with_capacity(id.len() + data.len() + 17);
-    out.push_str("{\"ack\":");
-    out.push_str(id);
-    out.push_str(",\"data\":");
-    out.push_str(&data);
-    out.push('}');
-    Utf8Bytes::from(out)
+    let mut f = FrameBuf::with_capacity(id.len() + data.len() + 17);
+    f.push_str("{\"ack\":");
+    f.push_str(id);
+    f.push_str(",\"data\":");
+    f.push_str(&data);
+    f.push_str("}");
+    f.finish()
 }
 
 /// The handshake reply `{"op": "connected", "userId": ..., "socketId": ...}`.
-pub(crate) fn connected(user_id: &str, socket_id: &str) -> Utf8Bytes {
-    let mut out = String::with_capacity(user_id.len() + socket_id.len() + 48);
-    out.push_str("{\"op\":\"connected\",\"userId\":");
-    push_json_str(&mut out, user_id);
-    out.push_str(",\"socketId\":");
-    push_json_str(&mut out, socket_id);
-    out.push('}');
-    Utf8Bytes::from(out)
+pub(crate) fn connected(user_id: &str, socket_id: &str) -> Bytes {
+    let mut f = FrameBuf::with_capacity(user_id.len() + socket_id.len() + 48);
+    f.push_str("{\"op\":\"connected\",\"userId\":");
+    f.push_json_str(user_id);
+    f.push_str(",\"socketId\":");
+    f.push_json_str(socket_id);
+    f.push_str("}");
+    f.finish()
 }
 
-/// The handshake refusal `{"op": "error", "message": ...}`.
+/// The handshake refusal `{"op": "error", "message": ...}`, as a message for tungstenite.
 pub(crate) fn op_error(message: &str) -> Utf8Bytes {
-    let mut out = String::with_capacity(message.len() + 32);
-    out.push_str("{\"op\":\"error\",\"message\":");
-    push_json_str(&mut out, message);
-    out.push('}');
-    Utf8Bytes::from(out)
+    Utf8Bytes::from(serde_json::json!({ "op": "error", "message": message }).to_string())
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse(b: &Utf8Bytes) -> Value {
-        serde_json::from_str(b.as_str()).expect("valid JSON")
+    /// Checks a server frame's header (FIN, text, unmasked, exact length) and returns its payload.
+    pub(crate) fn payload(frame: &[u8]) -> &str {
+        assert_eq!(frame[0], 0x81, "FIN + text");
+        let (len, at) = match frame[1] {
+            126 => (usize::from(u16::from_be_bytes([frame[2], frame[3]])), 4),
+            127 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&frame[2..10]);
+                (usize::try_from(u64::from_be_bytes(b)).expect("len"), 10)
+            }
+            n => (usize::from(n), 2),
+        };
+        assert!(frame[1] & 0x80 == 0, "server frames are not masked");
+        assert_eq!(frame.len() - at, len, "length field matches");
+        std::str::from_utf8(&frame[at..]).expect("UTF-8")
+    }
+
+    fn parse(frame: &Bytes) -> Value {
+        serde_json::from_str(payload(frame)).expect("valid JSON")
     }
 
     #[test]
@@ -293,9 +358,29 @@ mod tests {
             parse(&connected("u\"1", "abc")),
             json!({"op": "connected", "userId": "u\"1", "socketId": "abc"})
         );
+        let refusal = op_error("Authentication failed: Invalid token");
         assert_eq!(
-            parse(&op_error("Authentication failed: Invalid token")),
+            serde_json::from_str::<Value>(refusal.as_str()).expect("json"),
             json!({"op": "error", "message": "Authentication failed: Invalid token"})
         );
+    }
+
+    #[test]
+    fn every_length_encoding_is_right() {
+        for n in [
+            0usize,
+            100,
+            125 - 23,
+            126 - 23,
+            300,
+            65_535 - 23,
+            65_536 - 23,
+            200_000,
+        ] {
+            let raw = RawValue::from_string(format!("\"{}\"", "x".repeat(n))).expect("raw");
+            let f = event("e", &raw);
+            assert_eq!(parse(&f)["data"].as_str().map(str::len), Some(n));
+        }
+        assert_eq!(PING, [0x89, 0x00]);
     }
 }

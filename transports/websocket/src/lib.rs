@@ -36,13 +36,14 @@
 //! - **Small buffers that grow under load.** The read buffer is `read_buffer_size` (512 B by
 //!   default) and grows only for a larger message; the outbound queue is a `VecDeque` that
 //!   holds no allocation until something is queued and is given back after a burst.
-//! - **Encoded once.** A delivery's frame `{"event":…,"data":…}` is built once per
-//!   [`Transport::deliver`] from the core's already-serialized payload, and every member gets
-//!   a reference-counted clone of the same buffer; nothing is built when no native socket
-//!   is in the room.
-//! - **One write per batch.** Frames queued for one socket between two wake-ups are all
-//!   written into the WebSocket's write buffer and flushed once; a burst of pushes costs the
-//!   socket's task one wake-up.
+//! - **Encoded once.** A delivery's whole WebSocket frame — header and
+//!   `{"event":…,"data":…}` — is built once per [`Transport::deliver`] from the core's
+//!   already-serialized payload, and every member gets a reference-counted clone of the same
+//!   buffer; nothing is built when no native socket is in the room.
+//! - **One write per batch, no write buffer.** Frames queued for one socket between two
+//!   wake-ups go to the kernel in one vectored write straight from the shared buffers (up to
+//!   32 frames a call); a burst of pushes costs the socket's task one wake-up. Tungstenite
+//!   reads and writes only control frames (pong replies, close), unbuffered.
 //!
 //! Rooms: the core calls [`Connection::join`]/[`Connection::leave`]; this transport keeps
 //! its own room → members index for fan-out, and the list of all its sockets for
@@ -75,7 +76,7 @@ mod frame;
 mod socket;
 
 use conn::Hub;
-use socket::{Ctx, UpgradeInfo};
+use socket::{Ctx, Start};
 
 /// `transports.websocket.*`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,8 +94,6 @@ pub struct WebSocketConfig {
     pub max_queued_frames: usize,
     /// Bytes read from a socket per read; the buffer grows only for a larger message.
     pub read_buffer_size: Size,
-    /// Queued frames are written in one batch up to this size.
-    pub write_buffer_size: Size,
     /// How long the server waits for the client's reply to its close frame.
     pub close_timeout: Dur,
 }
@@ -108,7 +107,6 @@ impl Default for WebSocketConfig {
             max_frame_bytes: Size::mib(1),
             max_queued_frames: 1024,
             read_buffer_size: Size(512),
-            write_buffer_size: Size::kib(16),
             close_timeout: Dur::secs(1),
         }
     }
@@ -167,20 +165,15 @@ impl WebSocketConfig {
                 "must be between 64 B and 1 MiB",
             ));
         }
-        if self.write_buffer_size.bytes() > 64 << 20 {
-            return Err(ConfigError::new(
-                key("write_buffer_size"),
-                "must be at most 64 MiB",
-            ));
-        }
         Ok(())
     }
 
+    /// Tungstenite's settings: it reads, and writes only control frames (unbuffered).
     fn protocol(&self) -> WsProtocol {
         let max = self.max_frame_bytes.bytes();
         WsProtocol::default()
             .read_buffer_size(self.read_buffer_size.bytes())
-            .write_buffer_size(self.write_buffer_size.bytes())
+            .write_buffer_size(0)
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
     }
@@ -204,7 +197,7 @@ impl std::fmt::Debug for WebSocketTransport {
 impl WebSocketTransport {
     /// A transport with `cfg` (already validated); it serves once [`Transport::router`] is called.
     pub fn new(cfg: WebSocketConfig) -> Self {
-        let hub = Arc::new(Hub::new(cfg.max_queued_frames));
+        let hub = Arc::new(Hub::new(cfg.max_queued_frames, cfg.ping_interval.get()));
         WebSocketTransport {
             cfg,
             hub,
@@ -227,7 +220,6 @@ impl Transport for WebSocketTransport {
             gw: gateway,
             hub: self.hub.clone(),
             protocol: self.cfg.protocol(),
-            ping_interval: self.cfg.ping_interval.get(),
             close_timeout: self.cfg.close_timeout.get(),
         });
         Router::new()
@@ -301,20 +293,24 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
         return refuse(StatusCode::BAD_REQUEST, "Bad Sec-WebSocket-Key");
     };
     // Copies, so nothing keeps hyper's request buffer alive once the socket runs.
-    let info = UpgradeInfo {
-        authorization: headers
-            .get(AUTHORIZATION)
-            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
-        query: req.uri().query().map(str::to_owned),
-    };
-    let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
+    let authorization = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+    let query = req.uri().query().map(str::to_owned);
+    let Some(upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
         return refuse(
             StatusCode::UPGRADE_REQUIRED,
             "This connection cannot be upgraded (HTTP/1.1 only)",
         );
     };
     drop(req);
-    tokio::spawn(socket::serve(ctx, on_upgrade, info));
+    ctx.hub.start_pinging();
+    let start = Box::new(Start {
+        upgrade,
+        authorization,
+        query,
+    });
+    tokio::spawn(socket::serve(ctx, start));
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();

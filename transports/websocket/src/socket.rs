@@ -1,13 +1,24 @@
 //! The one task that runs a native socket: handshake, then a single poll loop over the
 //! socket's reads, its outbound queue and its ping timer, then the close handshake.
 //!
+//! Reading, control frames (pong replies, the close handshake) and the handshake's own
+//! replies go through tungstenite. Every other server frame is already framed, WebSocket
+//! header included, by [`crate::frame`] and shared between recipients; the task writes the
+//! queued frames straight from those shared buffers to the socket with one vectored write
+//! per batch, so a socket has no write buffer of its own. The two writers never interleave
+//! inside a frame: raw frames are written only once tungstenite's buffer is flushed, and
+//! tungstenite (which may answer a ping while reading) is only polled to read when no raw
+//! frame is half written.
+//!
 //! Rarely-used phases (the handshake, handling one inbound event, closing) are boxed, so an
-//! idle socket's task holds only the loop's small state.
+//! idle socket's task holds only the loop's small state. Pings come from the hub's one
+//! ticker for all sockets (see [`crate::conn::Hub::start_pinging`]), not a timer per socket.
 
-use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -16,14 +27,14 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use switchboard_core::{AuthError, Gateway, Handshake, Identity, Session};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{Instant, sleep_until};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig as WsProtocol};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
-use crate::conn::{Close, Hub, Next, WsConn};
+use crate::conn::{Close, Hub, WsConn};
 use crate::frame::{self, FirstFrame};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -33,13 +44,14 @@ pub(crate) struct Ctx {
     pub(crate) gw: Gateway,
     pub(crate) hub: Arc<Hub>,
     pub(crate) protocol: WsProtocol,
-    pub(crate) ping_interval: Duration,
     pub(crate) close_timeout: Duration,
 }
 
-/// What the upgrade request carried that the handshake may need (copied out of the request,
-/// so the request and its read buffer are freed before the socket starts).
-pub(crate) struct UpgradeInfo {
+/// A socket to start: the pending upgrade and what the upgrade request carried that the
+/// handshake may need (copied out of the request, so the request and hyper's read buffer
+/// are freed before the socket starts). Boxed, so the task does not keep room for it.
+pub(crate) struct Start {
+    pub(crate) upgrade: OnUpgrade,
     pub(crate) authorization: Option<http::HeaderValue>,
     pub(crate) query: Option<String>,
 }
@@ -53,41 +65,12 @@ struct Refusal {
 }
 
 /// Runs one socket from the upgrade to the end.
-pub(crate) async fn serve(ctx: Arc<Ctx>, upgrade: OnUpgrade, info: UpgradeInfo) {
-    let upgraded = match upgrade.await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::debug!(error = %e, "websocket upgrade failed");
-            return;
-        }
-    };
-    let mut ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ctx.protocol))
-            .await;
-    let identity = match Box::pin(handshake(&ctx, &mut ws, info)).await {
-        Ok(identity) if !ctx.hub.is_closing() => identity,
-        Ok(_) => {
-            Box::pin(finish(
-                &mut ws,
-                None,
-                None,
-                Some(Close::SHUTDOWN),
-                ctx.close_timeout,
-            ))
-            .await;
-            return;
-        }
-        Err(r) => {
-            Box::pin(finish(
-                &mut ws,
-                None,
-                r.message.map(|m| frame::op_error(&m)),
-                r.close,
-                ctx.close_timeout,
-            ))
-            .await;
-            return;
-        }
+///
+/// The WebSocket lives in a box and every phase but the loop is a boxed future, so the
+/// task's own future stays a few pointers wide for the socket's whole life.
+pub(crate) async fn serve(ctx: Arc<Ctx>, start: Box<Start>) {
+    let Some((mut ws, identity)) = Box::pin(open(&ctx, start)).await else {
+        return;
     };
     let conn = WsConn::new(ctx.hub.clone());
     conn.push(frame::connected(
@@ -97,17 +80,59 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, upgrade: OnUpgrade, info: UpgradeInfo) 
     ctx.hub.insert(&conn);
     let session = Box::pin(ctx.gw.connect(conn.clone(), identity)).await;
 
-    let close = run(&ctx, &mut ws, &conn, &session).await;
+    let (close, offset) = run(&ctx, &mut ws, &conn, &session).await;
 
     ctx.hub.remove(&conn, &session.rooms());
     conn.finish();
     Box::pin(ctx.gw.disconnect(&session)).await;
     drop(session);
-    Box::pin(finish(&mut ws, Some(&conn), None, close, ctx.close_timeout)).await;
+    Box::pin(finish(
+        &mut ws,
+        Some((&conn, offset)),
+        None,
+        close,
+        ctx.close_timeout,
+    ))
+    .await;
+}
+
+/// Completes the upgrade and the connect handshake; a refused socket is closed here.
+async fn open(ctx: &Ctx, start: Box<Start>) -> Option<(Box<Ws>, Identity)> {
+    let Start {
+        upgrade,
+        authorization,
+        query,
+    } = *start;
+    let upgraded = match upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            return None;
+        }
+    };
+    let io = TokioIo::new(upgraded);
+    let mut ws =
+        Box::new(WebSocketStream::from_raw_socket(io, Role::Server, Some(ctx.protocol)).await);
+    let refusal = match handshake(ctx, &mut ws, authorization, query).await {
+        Ok(identity) if !ctx.hub.is_closing() => return Some((ws, identity)),
+        Ok(_) => Refusal {
+            message: None,
+            close: Some(Close::SHUTDOWN),
+        },
+        Err(r) => r,
+    };
+    let first = refusal.message.map(|m| frame::op_error(&m));
+    finish(&mut ws, None, first, refusal.close, ctx.close_timeout).await;
+    None
 }
 
 /// Waits for `{"op": "connect"}` and authenticates it.
-async fn handshake(ctx: &Ctx, ws: &mut Ws, info: UpgradeInfo) -> Result<Identity, Refusal> {
+async fn handshake(
+    ctx: &Ctx,
+    ws: &mut Ws,
+    authorization: Option<http::HeaderValue>,
+    query: Option<String>,
+) -> Result<Identity, Refusal> {
     let deadline = Instant::now() + ctx.gw.config().limits.handshake_timeout.get();
     let first = loop {
         let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
@@ -138,14 +163,12 @@ async fn handshake(ctx: &Ctx, ws: &mut Ws, info: UpgradeInfo) -> Result<Identity
         }
     };
     let mut headers = HeaderMap::new();
-    let query;
     let auth;
     let handshake = match first {
         FirstFrame::Connect(token) => {
-            if let Some(value) = info.authorization {
+            if let Some(value) = authorization {
                 headers.insert(http::header::AUTHORIZATION, value);
             }
-            query = info.query;
             auth = json!({ "token": token });
             Handshake {
                 auth: Some(&auth),
@@ -178,89 +201,102 @@ enum Wake {
     Read(Message),
     ReadError(WsError),
     Ended,
-    Tick,
     Close(Close),
-    WriteError(WsError),
+    WriteError(std::io::Error),
 }
 
-/// The socket's life after `connected`: returns the close to send, if any.
-async fn run(ctx: &Ctx, ws: &mut Ws, conn: &Arc<WsConn>, session: &Arc<Session>) -> Option<Close> {
-    let mut next_ping = Instant::now() + ctx.ping_interval;
-    let mut timer = pin!(sleep_until(next_ping));
-    let mut unanswered: u8 = 0;
-    let mut ping_due = false;
-    let mut dirty = false;
+/// Frames written per vectored write.
+const BATCH: usize = 32;
+
+/// Writes the socket's queued frames until the queue is empty (`Ready(Ok)`) or the socket
+/// is full (`Pending`). `offset` is how much of the front frame is already written.
+fn poll_write_queue(
+    ws: &mut Ws,
+    conn: &WsConn,
+    offset: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>> {
+    loop {
+        let mut frames = [const { Bytes::new() }; BATCH];
+        let n = conn.peek(&mut frames);
+        if n == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        // Whatever tungstenite buffered (a pong) goes out first, whole.
+        ready!(ws.poll_flush_unpin(cx)).map_err(std::io::Error::other)?;
+        let mut slices = [IoSlice::new(&[]); BATCH];
+        for (slice, f) in slices.iter_mut().zip(&frames[..n]) {
+            *slice = IoSlice::new(f);
+        }
+        slices[0] = IoSlice::new(frames[0].get(*offset..).unwrap_or_default());
+        let written = ready!(Pin::new(ws.get_mut()).poll_write_vectored(cx, &slices[..n]))?;
+        if written == 0 {
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+        }
+        let mut left = *offset + written;
+        let mut done = 0;
+        for f in &frames[..n] {
+            if left < f.len() {
+                break;
+            }
+            left -= f.len();
+            done += 1;
+        }
+        *offset = left;
+        conn.consume(done);
+    }
+}
+
+/// The socket's life after `connected`: returns the close to send, if any, and how much of
+/// the front queued frame is already written.
+async fn run(
+    ctx: &Ctx,
+    ws: &mut Ws,
+    conn: &Arc<WsConn>,
+    session: &Arc<Session>,
+) -> (Option<Close>, usize) {
+    let mut offset = 0;
     loop {
         let wake = poll_fn(|cx| {
             if let Some(close) = conn.arm(cx.waker()) {
                 return Poll::Ready(Wake::Close(close));
             }
-            // Write what the socket takes: queued frames go into tungstenite's buffer and
-            // reach the kernel in one write per batch (at the flush below).
-            loop {
-                match ws.poll_ready_unpin(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => return Poll::Ready(Wake::WriteError(e)),
-                    Poll::Pending => break,
-                }
-                let msg = if ping_due {
-                    ping_due = false;
-                    Message::Ping(Bytes::new())
-                } else {
-                    match conn.pop() {
-                        Next::Frame(f) => Message::Text(f),
-                        Next::Empty => break,
-                    }
-                };
-                if let Err(e) = ws.start_send_unpin(msg) {
-                    return Poll::Ready(Wake::WriteError(e));
-                }
-                dirty = true;
+            if let Poll::Ready(Err(e)) = poll_write_queue(ws, conn, &mut offset, cx) {
+                return Poll::Ready(Wake::WriteError(e));
             }
-            if dirty {
-                match ws.poll_flush_unpin(cx) {
-                    Poll::Ready(Ok(())) => dirty = false,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Wake::WriteError(e)),
+            // Reading may make tungstenite answer a ping: only between two whole frames.
+            if offset == 0 {
+                match ws.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(m))) => return Poll::Ready(Wake::Read(m)),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Wake::ReadError(e)),
+                    Poll::Ready(None) => return Poll::Ready(Wake::Ended),
                     Poll::Pending => {}
                 }
-            }
-            match ws.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(m))) => return Poll::Ready(Wake::Read(m)),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Wake::ReadError(e)),
-                Poll::Ready(None) => return Poll::Ready(Wake::Ended),
-                Poll::Pending => {}
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wake::Tick);
             }
             Poll::Pending
         })
         .await;
-        match wake {
+        let close = match wake {
             Wake::Read(Message::Text(text)) => {
                 Box::pin(on_text(&ctx.gw, conn, session, text)).await;
+                continue;
             }
-            Wake::Read(Message::Binary(_)) => return Some(Close::BINARY),
-            Wake::Read(Message::Pong(_)) => unanswered = 0,
-            Wake::Read(Message::Ping(_) | Message::Frame(_) | Message::Close(_)) => {}
-            Wake::ReadError(e) => return close_for(&e),
-            Wake::Ended => return None,
-            Wake::Tick => {
-                if unanswered >= 2 {
-                    tracing::debug!(socket = %conn.socket_id(), "no pong to the last two pings; closing");
-                    return Some(Close::PING_TIMEOUT);
-                }
-                unanswered += 1;
-                ping_due = true;
-                next_ping += ctx.ping_interval;
-                timer.as_mut().reset(next_ping);
+            Wake::Read(Message::Pong(_)) => {
+                conn.pong();
+                continue;
             }
-            Wake::Close(close) => return Some(close),
+            Wake::Read(Message::Ping(_) | Message::Frame(_)) => continue,
+            Wake::Read(Message::Binary(_)) => Some(Close::BINARY),
+            // The peer closes: tungstenite has queued its reply; nothing more is sent.
+            Wake::Read(Message::Close(_)) | Wake::Ended => None,
+            Wake::ReadError(e) => close_for(&e),
+            Wake::Close(close) => Some(close),
             Wake::WriteError(e) => {
                 tracing::debug!(socket = %conn.socket_id(), error = %e, "websocket write failed");
-                return None;
+                None
             }
-        }
+        };
+        return (close, offset);
     }
 }
 
@@ -293,36 +329,45 @@ fn close_for(e: &WsError) -> Option<Close> {
     }
 }
 
-/// Ends a socket within `grace`: the queued frames and `first`, the close frame, the peer's
-/// close reply, then a clean TCP shutdown.
+/// Ends a socket within `grace`. For a close of ours: the rest of the queue, `first`, the
+/// close frame and the peer's reply; otherwise only what tungstenite still holds (its reply
+/// to the peer's close). Then a clean TCP shutdown.
 async fn finish(
     ws: &mut Ws,
-    conn: Option<&WsConn>,
+    queue: Option<(&WsConn, usize)>,
     first: Option<Utf8Bytes>,
     close: Option<Close>,
     grace: Duration,
 ) {
     let closing = async {
-        if let Some(close) = close {
-            if let Some(f) = first {
-                let _ = ws.feed(Message::Text(f)).await;
-            }
-            if let Some(conn) = conn {
-                while let Next::Frame(f) = conn.pop() {
-                    if ws.feed(Message::Text(f)).await.is_err() {
-                        break;
-                    }
+        match close {
+            Some(close) => {
+                if let Some((conn, mut offset)) = queue
+                    && poll_fn(|cx| poll_write_queue(ws, conn, &mut offset, cx))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                if let Some(f) = first {
+                    let _ = ws.feed(Message::Text(f)).await;
+                }
+                let frame = CloseFrame {
+                    code: close.code.into(),
+                    reason: Utf8Bytes::from_static(close.reason),
+                };
+                if ws.send(Message::Close(Some(frame))).await.is_ok() {
+                    // Read until the peer's close reply (tungstenite then ends the stream).
+                    while let Some(Ok(_)) = ws.next().await {}
                 }
             }
-            let frame = CloseFrame {
-                code: close.code.into(),
-                reason: Utf8Bytes::from_static(close.reason),
-            };
-            if ws.send(Message::Close(Some(frame))).await.is_ok() {
-                // Read until the peer's close reply (tungstenite answers it and then ends).
-                while let Some(Ok(_)) = ws.next().await {}
+            None => {
+                let _ = ws.flush().await;
             }
         }
+    };
+    let _ = tokio::time::timeout(grace, closing).await;
+    let shutdown = async {
         let io = ws.get_mut();
         let _ = io.shutdown().await;
         // Drain what the peer still sends, so closing does not reset the connection.
@@ -333,5 +378,5 @@ async fn finish(
             }
         }
     };
-    let _ = tokio::time::timeout(grace, closing).await;
+    let _ = tokio::time::timeout(grace, shutdown).await;
 }
