@@ -8,8 +8,12 @@
 //!   `{redis.key_prefix}broadcast`, which every node subscribes to. A node subscribes to a
 //!   room's channel when its first local socket joins (0 → 1) and unsubscribes when the
 //!   last one leaves (1 → 0), so a node only receives what it delivers. `join` returns
-//!   once Redis has confirmed the `SUBSCRIBE`, which makes a join effective across the
-//!   cluster when the client gets its `conversation:joined`.
+//!   once Redis has processed the `SUBSCRIBE`, which makes a join effective across the
+//!   cluster when the client gets its `conversation:joined`. (fred completes a
+//!   `SUBSCRIBE` as soon as it is written and drops the confirmation, so the broker
+//!   sends a `PING` on the subscriber connection right after it: Redis answers commands
+//!   of one connection in order, so the `PONG` proves the subscription is in place.
+//!   `SSUBSCRIBE` is answered by fred itself.)
 //! * **Why not a fixed set of shard channels?** Hashing rooms onto N channels and
 //!   filtering locally bounds the number of subscriptions, but every node then receives
 //!   every event of every room that shares a shard with one of its rooms: with many
@@ -414,7 +418,14 @@ impl Inner {
                 Err(_) => Err(timeout_error("SSUBSCRIBE")),
             }
         } else {
-            match tokio::time::timeout(self.timeout, self.sub.subscribe(channels)).await {
+            // fred resolves SUBSCRIBE once it is written (its confirmation arrives out of
+            // band); the PING that follows on the same connection is answered only after
+            // Redis has processed the SUBSCRIBE.
+            let confirmed = async {
+                self.sub.subscribe(channels).await?;
+                self.sub.ping::<fred::prelude::Value>(None).await.map(|_| ())
+            };
+            match tokio::time::timeout(self.timeout, confirmed).await {
                 Ok(r) => r,
                 Err(_) => Err(timeout_error("SUBSCRIBE")),
             }
