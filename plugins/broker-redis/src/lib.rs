@@ -423,7 +423,10 @@ impl Inner {
             // Redis has processed the SUBSCRIBE.
             let confirmed = async {
                 self.sub.subscribe(channels).await?;
-                self.sub.ping::<fred::prelude::Value>(None).await.map(|_| ())
+                self.sub
+                    .ping::<fred::prelude::Value>(None)
+                    .await
+                    .map(|_| ())
             };
             match tokio::time::timeout(self.timeout, confirmed).await {
                 Ok(r) => r,

@@ -9,7 +9,9 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use switchboard_broker_redis::{RedisBroker, RedisBrokerConfig};
 use switchboard_core::config::RedisConfig;
-use switchboard_core::{ConnId, Delivery, Gateway, LocalHub, Room, RoomBroker, Transport, async_trait};
+use switchboard_core::{
+    ConnId, Delivery, Gateway, LocalHub, Room, RoomBroker, Transport, async_trait,
+};
 use switchboard_testkit::{RedisServer, eventually};
 
 /// A transport that records every delivery its node hands it.
@@ -45,9 +47,11 @@ impl Transport for Recorder {
     }
     async fn deliver(&self, d: &Delivery) {
         let payload: Value = serde_json::from_str(d.payload.get()).expect("payload is JSON");
-        self.seen
-            .lock()
-            .push((d.event.to_string(), d.room.as_deref().map(str::to_owned), payload));
+        self.seen.lock().push((
+            d.event.to_string(),
+            d.room.as_deref().map(str::to_owned),
+            payload,
+        ));
     }
     async fn shutdown(&self) {}
 }
@@ -96,13 +100,20 @@ async fn settle() {
 }
 
 async fn numsub(server: &RedisServer, channel: &str) -> i64 {
-    let client = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&server.url()).expect("url"))
-        .build()
-        .expect("client");
+    let client = fred::prelude::Builder::from_config(
+        fred::prelude::Config::from_url(&server.url()).expect("url"),
+    )
+    .build()
+    .expect("client");
     client.init().await.expect("connect");
-    let v: Vec<fred::prelude::Value> = client.pubsub_numsub(channel.to_owned()).await.expect("numsub");
+    let v: Vec<fred::prelude::Value> = client
+        .pubsub_numsub(channel.to_owned())
+        .await
+        .expect("numsub");
     let _ = client.quit().await;
-    v.get(1).and_then(fred::prelude::Value::as_i64).expect("count")
+    v.get(1)
+        .and_then(fred::prelude::Value::as_i64)
+        .expect("count")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,20 +121,39 @@ async fn events_cross_nodes_exactly_once() {
     let server = RedisServer::start();
     let cfg = redis_config(&server, false);
     let (a, b) = (node(&cfg).await, node(&cfg).await);
-    b.broker.join(&room("conversation:1"), &ConnId::new("b1")).await.expect("join");
+    b.broker
+        .join(&room("conversation:1"), &ConnId::new("b1"))
+        .await
+        .expect("join");
 
     publish(&a, Some("conversation:1"), json!({"n": 1})).await;
     assert!(eventually(Duration::from_secs(5), || async { b.rec.len() == 1 }).await);
     publish(&b, Some("conversation:1"), json!({"n": 2})).await;
     publish(&a, None, json!({"n": 3})).await;
-    assert!(eventually(Duration::from_secs(5), || async { b.rec.len() == 3 && a.rec.len() == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            b.rec.len() == 3 && a.rec.len() == 1
+        })
+        .await
+    );
     settle().await;
 
-    assert_eq!(b.rec.payloads("conversation:1"), vec![json!({"n": 1}), json!({"n": 2})]);
-    let broadcast: Vec<_> = b.rec.events().into_iter().filter(|(_, r, _)| r.is_none()).collect();
+    assert_eq!(
+        b.rec.payloads("conversation:1"),
+        vec![json!({"n": 1}), json!({"n": 2})]
+    );
+    let broadcast: Vec<_> = b
+        .rec
+        .events()
+        .into_iter()
+        .filter(|(_, r, _)| r.is_none())
+        .collect();
     assert_eq!(broadcast.len(), 1, "the namespace-wide event arrives once");
     // A has no member in the room: it is not subscribed and receives only the broadcast.
-    assert_eq!(a.rec.events(), vec![("message:received".to_owned(), None, json!({"n": 3}))]);
+    assert_eq!(
+        a.rec.events(),
+        vec![("message:received".to_owned(), None, json!({"n": 3}))]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +161,10 @@ async fn sharded_pubsub_crosses_nodes() {
     let server = RedisServer::start();
     let cfg = redis_config(&server, true);
     let (a, b) = (node(&cfg).await, node(&cfg).await);
-    b.broker.join(&room("session:9"), &ConnId::new("b1")).await.expect("join");
+    b.broker
+        .join(&room("session:9"), &ConnId::new("b1"))
+        .await
+        .expect("join");
     publish(&a, Some("session:9"), json!({"s": 1})).await;
     publish(&a, None, json!({"s": 2})).await;
     assert!(eventually(Duration::from_secs(5), || async { b.rec.len() == 2 }).await);
@@ -147,13 +180,19 @@ async fn a_join_is_effective_when_it_returns() {
     let (a, b) = (node(&cfg).await, node(&cfg).await);
     for i in 0..30 {
         let r = format!("conversation:j{i}");
-        a.broker.join(&room(&r), &ConnId::new("a1")).await.expect("join");
+        a.broker
+            .join(&room(&r), &ConnId::new("a1"))
+            .await
+            .expect("join");
         publish(&b, Some(&r), json!({"i": i})).await;
     }
     let ok = eventually(Duration::from_secs(5), || async { a.rec.len() == 30 }).await;
     assert!(ok, "{:?}", a.rec.events());
     for i in 0..30 {
-        assert_eq!(a.rec.payloads(&format!("conversation:j{i}")), vec![json!({"i": i})]);
+        assert_eq!(
+            a.rec.payloads(&format!("conversation:j{i}")),
+            vec![json!({"i": i})]
+        );
     }
 }
 
@@ -170,7 +209,12 @@ async fn concurrent_publishers_on_two_nodes_see_one_order() {
     for (name, n) in [("a", a.clone()), ("b", b.clone())] {
         tasks.push(tokio::spawn(async move {
             for seq in 0..N {
-                publish(&n, Some("conversation:order"), json!({"src": name, "seq": seq})).await;
+                publish(
+                    &n,
+                    Some("conversation:order"),
+                    json!({"src": name, "seq": seq}),
+                )
+                .await;
             }
         }));
     }
@@ -178,22 +222,35 @@ async fn concurrent_publishers_on_two_nodes_see_one_order() {
         t.await.expect("publisher");
     }
     assert!(
-        eventually(Duration::from_secs(10), || async { a.rec.len() == 2 * N && b.rec.len() == 2 * N }).await,
+        eventually(Duration::from_secs(10), || async {
+            a.rec.len() == 2 * N && b.rec.len() == 2 * N
+        })
+        .await,
         "a got {}, b got {}",
         a.rec.len(),
         b.rec.len()
     );
     settle().await;
-    let (seen_a, seen_b) = (a.rec.payloads("conversation:order"), b.rec.payloads("conversation:order"));
+    let (seen_a, seen_b) = (
+        a.rec.payloads("conversation:order"),
+        b.rec.payloads("conversation:order"),
+    );
     assert_eq!(seen_a.len(), 2 * N, "exactly once on a");
-    assert_eq!(seen_a, seen_b, "both nodes deliver the room's events in the same order");
+    assert_eq!(
+        seen_a, seen_b,
+        "both nodes deliver the room's events in the same order"
+    );
     for src in ["a", "b"] {
         let seqs: Vec<u64> = seen_a
             .iter()
             .filter(|p| p["src"] == src)
             .map(|p| p["seq"].as_u64().expect("seq"))
             .collect();
-        assert_eq!(seqs, (0..N as u64).collect::<Vec<_>>(), "publisher {src}'s order is kept");
+        assert_eq!(
+            seqs,
+            (0..N as u64).collect::<Vec<_>>(),
+            "publisher {src}'s order is kept"
+        );
     }
 }
 
@@ -206,19 +263,29 @@ async fn the_last_leave_unsubscribes() {
     let channel = b.broker.room_channel("conversation:2");
     b.broker.join(&r, &ConnId::new("b1")).await.expect("join");
     b.broker.join(&r, &ConnId::new("b2")).await.expect("join");
-    assert_eq!(numsub(&server, &channel).await, 1, "one subscription per node, not per member");
+    assert_eq!(
+        numsub(&server, &channel).await,
+        1,
+        "one subscription per node, not per member"
+    );
     b.broker.leave(&r, &ConnId::new("b1")).await.expect("leave");
     assert_eq!(numsub(&server, &channel).await, 1);
     assert_eq!(b.broker.members("conversation:2").await, 1);
     b.broker.leave(&r, &ConnId::new("b2")).await.expect("leave");
     assert!(
-        eventually(Duration::from_secs(5), || async { numsub(&server, &channel).await == 0 }).await,
+        eventually(Duration::from_secs(5), || async {
+            numsub(&server, &channel).await == 0
+        })
+        .await,
         "unsubscribed after the last leave"
     );
     assert_eq!(b.broker.rooms().await, 0);
     publish(&a, Some("conversation:2"), json!({"late": true})).await;
     settle().await;
-    assert!(b.rec.payloads("conversation:2").is_empty(), "a node without members gets nothing");
+    assert!(
+        b.rec.payloads("conversation:2").is_empty(),
+        "a node without members gets nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,15 +298,30 @@ async fn redis_outage_delivers_locally_then_resubscribes() {
     b.broker.join(&r, &ConnId::new("b1")).await.expect("join");
 
     server.stop();
-    assert!(eventually(Duration::from_secs(5), || async { !a.broker.ready().await && !b.broker.ready().await }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !a.broker.ready().await && !b.broker.ready().await
+        })
+        .await
+    );
     publish(&a, Some("conversation:3"), json!({"during": 1})).await;
-    assert_eq!(a.rec.payloads("conversation:3"), vec![json!({"during": 1})], "local delivery keeps working");
+    assert_eq!(
+        a.rec.payloads("conversation:3"),
+        vec![json!({"during": 1})],
+        "local delivery keeps working"
+    );
     // A join during the outage counts locally and is subscribed once Redis is back.
-    b.broker.join(&room("conversation:4"), &ConnId::new("b1")).await.expect("join while down");
+    b.broker
+        .join(&room("conversation:4"), &ConnId::new("b1"))
+        .await
+        .expect("join while down");
 
     server.restart();
     assert!(
-        eventually(Duration::from_secs(10), || async { a.broker.ready().await && b.broker.ready().await }).await,
+        eventually(Duration::from_secs(10), || async {
+            a.broker.ready().await && b.broker.ready().await
+        })
+        .await,
         "both nodes are ready again"
     );
     publish(&a, Some("conversation:3"), json!({"after": 1})).await;
@@ -247,17 +329,30 @@ async fn redis_outage_delivers_locally_then_resubscribes() {
     publish(&a, Some("conversation:4"), json!({"after": 3})).await;
     assert!(
         eventually(Duration::from_secs(5), || async {
-            a.rec.payloads("conversation:3").len() == 3 && b.rec.payloads("conversation:3").len() == 2
+            a.rec.payloads("conversation:3").len() == 3
+                && b.rec.payloads("conversation:3").len() == 2
         })
         .await
     );
-    assert!(eventually(Duration::from_secs(5), || async { b.rec.payloads("conversation:4").len() == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            b.rec.payloads("conversation:4").len() == 1
+        })
+        .await
+    );
     settle().await;
     assert_eq!(
         a.rec.payloads("conversation:3"),
-        vec![json!({"during": 1}), json!({"after": 1}), json!({"after": 2})]
+        vec![
+            json!({"during": 1}),
+            json!({"after": 1}),
+            json!({"after": 2})
+        ]
     );
-    assert_eq!(b.rec.payloads("conversation:3"), vec![json!({"after": 1}), json!({"after": 2})]);
+    assert_eq!(
+        b.rec.payloads("conversation:3"),
+        vec![json!({"after": 1}), json!({"after": 2})]
+    );
     assert_eq!(b.rec.payloads("conversation:4"), vec![json!({"after": 3})]);
 }
 
@@ -269,9 +364,15 @@ async fn starts_without_redis_and_catches_up() {
     let rec = Arc::new(Recorder::default());
     let hub = LocalHub::new(vec![rec.clone() as Arc<dyn Transport>]);
     let broker = RedisBroker::new(hub, &cfg, &fast()).expect("broker");
-    assert!(broker.start().await.is_err(), "start reports that Redis did not answer");
+    assert!(
+        broker.start().await.is_err(),
+        "start reports that Redis did not answer"
+    );
     assert!(!broker.ready().await);
-    broker.join(&room("conversation:5"), &ConnId::new("x")).await.expect("join");
+    broker
+        .join(&room("conversation:5"), &ConnId::new("x"))
+        .await
+        .expect("join");
     let d = Delivery::encode("e", Some(room("conversation:5")), &json!(1)).expect("encode");
     broker.publish(Arc::new(d)).await.expect("local publish");
     assert_eq!(rec.len(), 1);

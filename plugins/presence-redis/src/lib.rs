@@ -558,21 +558,23 @@ impl Inner {
         Ok(())
     }
 
+    /// Takes the users of failed disconnects and checks them once every live node had a
+    /// TTL to register again.
     fn schedule_pending_check(self: &Arc<Self>) {
-        if self.pending_offline.lock().is_empty() {
+        let users: Vec<String> = self.pending_offline.lock().drain().collect();
+        if users.is_empty() {
             return;
         }
         let me = Arc::clone(self);
         let task = tokio::spawn(async move {
             tokio::time::sleep(me.ttl).await;
-            me.check_pending().await;
+            me.check_pending(users).await;
         });
         self.tasks.lock().push(task);
     }
 
     /// Reports the users of failed disconnects that still have no connection anywhere.
-    async fn check_pending(&self) {
-        let users: Vec<String> = self.pending_offline.lock().drain().collect();
+    async fn check_pending(&self, users: Vec<String>) {
         let claim_ttl = millis(self.ttl * 3).to_string();
         let mut gone = Vec::new();
         for u in users {
