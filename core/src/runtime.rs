@@ -110,7 +110,9 @@ impl Gateway {
                 inbound.entry((*ev).to_owned()).or_insert_with(|| h.clone());
             }
             for ev in h.outbound_events() {
-                outbound.entry((*ev).to_owned()).or_insert_with(|| h.clone());
+                outbound
+                    .entry((*ev).to_owned())
+                    .or_insert_with(|| h.clone());
             }
         }
         Gateway(Arc::new(Inner {
@@ -263,7 +265,10 @@ impl Gateway {
 
     /// Answers a frame the transport could not decode with `error`; returns the ack.
     pub fn inbound_malformed(&self, session: &Arc<Session>, reason: &str) -> Value {
-        let err = EventError::new(ErrorKind::InvalidPayload, format!("Malformed event: {reason}"));
+        let err = EventError::new(
+            ErrorKind::InvalidPayload,
+            format!("Malformed event: {reason}"),
+        );
         self.reply(session, Err(err))
     }
 
@@ -356,13 +361,22 @@ impl Gateway {
         }
     }
 
-    async fn refresh(&self, session: &Arc<Session>, payload: &Value) -> Result<Outcome, EventError> {
+    async fn refresh(
+        &self,
+        session: &Arc<Session>,
+        payload: &Value,
+    ) -> Result<Outcome, EventError> {
         #[derive(Deserialize)]
         struct Refresh {
             token: String,
         }
         let req: Refresh = event::parse_payload(AUTH_REFRESH, payload)?;
-        let fail = |why: &str| EventError::new(ErrorKind::Unauthorized, format!("Token refresh failed: {why}"));
+        let fail = |why: &str| {
+            EventError::new(
+                ErrorKind::Unauthorized,
+                format!("Token refresh failed: {why}"),
+            )
+        };
         let identity = self
             .0
             .auth
@@ -501,7 +515,13 @@ impl Gateway {
     }
 
     /// Runs the hooks in order; `None` when one dropped the event.
-    fn run_hooks(&self, event: &str, mut payload: Value, ctx: &HookCtx<'_>, dir: Direction) -> Option<Value> {
+    fn run_hooks(
+        &self,
+        event: &str,
+        mut payload: Value,
+        ctx: &HookCtx<'_>,
+        dir: Direction,
+    ) -> Option<Value> {
         for hook in &self.0.hooks {
             let verdict = match dir {
                 Direction::Inbound => hook.on_inbound(event, payload, ctx),
@@ -525,7 +545,9 @@ impl Gateway {
 
 /// Parses a payload's JSON text and checks its depth; an absent payload is `null`.
 fn decode_payload(raw: Option<&RawValue>, limits: &LimitsConfig) -> Result<Value, EventError> {
-    let Some(raw) = raw else { return Ok(Value::Null) };
+    let Some(raw) = raw else {
+        return Ok(Value::Null);
+    };
     let payload: Value = serde_json::from_str(raw.get()).map_err(|e| {
         if e.to_string().contains("recursion limit") {
             too_deep(limits)
@@ -542,7 +564,10 @@ fn decode_payload(raw: Option<&RawValue>, limits: &LimitsConfig) -> Result<Value
 fn too_deep(limits: &LimitsConfig) -> EventError {
     EventError::new(
         ErrorKind::TooDeep,
-        format!("Payload nested too deep (limit {} levels)", limits.max_depth),
+        format!(
+            "Payload nested too deep (limit {} levels)",
+            limits.max_depth
+        ),
     )
 }
 
@@ -586,7 +611,10 @@ impl Session {
     }
     /// Sends the contract's `error` event `{message, timestamp}`.
     pub fn send_error(&self, message: &str) {
-        self.send_value("error", &json!({ "message": message, "timestamp": iso8601_now() }));
+        self.send_value(
+            "error",
+            &json!({ "message": message, "timestamp": iso8601_now() }),
+        );
     }
     /// Sends pre-encoded JSON to this socket alone.
     pub fn send_raw(&self, event: &str, payload: &RawValue) {
@@ -641,7 +669,10 @@ impl InboundCtx<'_> {
             .await
             .map_err(|e| {
                 self.gw.backend_error("broker", &e.to_string());
-                EventError::new(ErrorKind::Backend, format!("Could not join {room}: backend unavailable"))
+                EventError::new(
+                    ErrorKind::Backend,
+                    format!("Could not join {room}: backend unavailable"),
+                )
             })?;
         self.session.conn.join(&room);
         let mut rooms = self.session.rooms.lock();
@@ -660,10 +691,8 @@ impl InboundCtx<'_> {
             rooms.len() != before
         };
         self.session.conn.leave(&room);
-        if was_in {
-            if let Err(e) = self.gw.0.broker.leave(&room, self.session.id()).await {
-                self.gw.backend_error("broker", &e.to_string());
-            }
+        if was_in && let Err(e) = self.gw.0.broker.leave(&room, self.session.id()).await {
+            self.gw.backend_error("broker", &e.to_string());
         }
         Ok(())
     }
@@ -824,7 +853,10 @@ mod tests {
             ..LimitsConfig::default()
         };
         let raw = |s: &str| RawValue::from_string(s.to_owned()).expect("json");
-        assert_eq!(decode_payload(Some(&raw(r#"{"a":1}"#)), &limits).expect("ok"), json!({"a": 1}));
+        assert_eq!(
+            decode_payload(Some(&raw(r#"{"a":1}"#)), &limits).expect("ok"),
+            json!({"a": 1})
+        );
         assert_eq!(decode_payload(None, &limits).expect("ok"), Value::Null);
         let deep = decode_payload(Some(&raw(r#"{"a":{"b":{}}}"#)), &limits).expect_err("deep");
         assert_eq!(deep.kind, ErrorKind::TooDeep);
