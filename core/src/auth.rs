@@ -46,6 +46,9 @@ pub enum AuthError {
     /// A token was given and did not verify.
     #[error("Authentication failed: Invalid token")]
     InvalidToken,
+    /// The identity is fine but a connection limit refuses it; the text says which.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Where a handshake's token was found, if anywhere.

@@ -42,6 +42,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Hook plugin sections (`hooks.lua`).
     pub hooks: Sections,
+    /// Room access policies.
+    pub rooms: crate::access::RoomsConfig,
     /// Limits on clients and requests.
     pub limits: LimitsConfig,
     /// Logging.
@@ -214,6 +216,12 @@ pub struct LimitsConfig {
     pub rate_disconnect_after: Dur,
     /// How long a client has to complete its handshake (connect and authenticate).
     pub handshake_timeout: Dur,
+    /// Rooms one socket may be in at once.
+    pub max_rooms_per_socket: usize,
+    /// Connections one user may hold on one node; `0`: no limit.
+    pub max_connections_per_user: usize,
+    /// Connections one node accepts; `0`: no limit.
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
@@ -227,6 +235,9 @@ impl Default for LimitsConfig {
             burst: 200,
             rate_disconnect_after: Dur::secs(10),
             handshake_timeout: Dur::secs(10),
+            max_rooms_per_socket: 100,
+            max_connections_per_user: 32,
+            max_connections: 50_000,
         }
     }
 }

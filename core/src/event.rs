@@ -23,6 +23,8 @@ pub enum ErrorKind {
     RateLimited,
     /// A join the policy or a hook refused.
     Unauthorized,
+    /// Over `limits.max_rooms_per_socket`.
+    RoomLimit,
     /// A backend (Redis) did not answer.
     Backend,
     /// A hook failed.
@@ -39,6 +41,7 @@ impl ErrorKind {
             ErrorKind::TooDeep => "too_deep",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::RoomLimit => "room_limit",
             ErrorKind::Backend => "backend",
             ErrorKind::Hook => "hook",
         }

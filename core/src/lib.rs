@@ -3,6 +3,7 @@
 //!
 //! Plugins depend on this crate alone and register with [`register_plugin!`].
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod broker;

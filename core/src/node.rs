@@ -119,6 +119,7 @@ impl Node {
                 return Err(ConfigError { issues });
             }
         };
+        let access = crate::access::RoomAccess::new(c.rooms.clone(), metrics.clone())?;
         let mut eff = serde_json::to_value(&loaded.config).unwrap_or_default();
         for (path, value) in effective.into_inner() {
             set_path(&mut eff, &path, value);
@@ -133,6 +134,7 @@ impl Node {
             hooks,
             hub,
             metrics,
+            access,
         });
         Ok(Node {
             gateway,

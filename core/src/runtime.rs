@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::access::RoomAccess;
 use crate::auth::{AuthError, Authenticator, Handshake, Identity};
 use crate::broker::{ConnId, Delivery, LocalHub, Room, RoomBroker};
 use crate::config::{Config, LimitsConfig};
@@ -40,6 +41,8 @@ pub struct Parts {
     pub hub: LocalHub,
     /// Metrics.
     pub metrics: Metrics,
+    /// Room access policies.
+    pub access: RoomAccess,
 }
 
 struct Inner {
@@ -52,6 +55,8 @@ struct Inner {
     hooks: Vec<Arc<dyn Hooks>>,
     hub: LocalHub,
     metrics: Metrics,
+    access: RoomAccess,
+    per_user: Mutex<HashMap<String, usize>>,
     log_limit: LogLimiter,
 }
 
@@ -125,6 +130,8 @@ impl Gateway {
             hooks: parts.hooks,
             hub: parts.hub,
             metrics: parts.metrics,
+            access: parts.access,
+            per_user: Mutex::new(HashMap::new()),
             log_limit: LogLimiter::new(Duration::from_secs(10)),
         }))
     }
@@ -183,15 +190,40 @@ impl Gateway {
     }
 
     /// Authenticates a handshake, counting failures.
+    ///
+    /// A verified identity may still be refused by `limits.max_connections` or
+    /// `limits.max_connections_per_user` ([`AuthError::Refused`]).
     pub async fn authenticate(&self, handshake: &Handshake<'_>) -> Result<Identity, AuthError> {
-        let result = self.0.auth.authenticate(handshake).await;
+        let result = self.0.auth.authenticate(handshake).await.and_then(|id| {
+            self.admit(&id.user_id)?;
+            Ok(id)
+        });
         if let Err(e) = &result {
             self.0.metrics.error(match e {
                 AuthError::NoToken => "auth_no_token",
                 AuthError::InvalidToken => "auth_invalid_token",
+                AuthError::Refused(_) => "connection_limit",
             });
         }
         result
+    }
+
+    fn admit(&self, user: &str) -> Result<(), AuthError> {
+        let limits = &self.0.config.limits;
+        let open = usize::try_from(self.0.metrics.connections.get()).unwrap_or(0);
+        if limits.max_connections > 0 && open >= limits.max_connections {
+            return Err(AuthError::Refused(
+                "Connection refused: this node is at its connection limit".to_owned(),
+            ));
+        }
+        let mine = self.0.per_user.lock().get(user).copied().unwrap_or(0);
+        if limits.max_connections_per_user > 0 && mine >= limits.max_connections_per_user {
+            return Err(AuthError::Refused(format!(
+                "Connection refused: at most {} connections per user",
+                limits.max_connections_per_user
+            )));
+        }
+        Ok(())
     }
 
     /// Registers an authenticated connection: presence, `user:online`, the token's expiry timer.
@@ -207,6 +239,7 @@ impl Gateway {
         self.0.metrics.connections.inc();
         self.0.metrics.connects.inc();
         let user = session.user_id();
+        *self.0.per_user.lock().entry(user.clone()).or_insert(0) += 1;
         match self.0.presence.connect(&user, session.id()).await {
             Ok(true) => {
                 self.announce("user:online", &user, Some(session.id().clone()))
@@ -233,6 +266,15 @@ impl Gateway {
         }
         self.0.metrics.connections.dec();
         let user = session.user_id();
+        {
+            let mut per_user = self.0.per_user.lock();
+            if let Some(n) = per_user.get_mut(&user) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_user.remove(&user);
+                }
+            }
+        }
         match self.0.presence.disconnect(&user, session.id()).await {
             Ok(true) => self.announce("user:offline", &user, None).await,
             Ok(false) => {}
@@ -642,9 +684,21 @@ impl InboundCtx<'_> {
         &self.gw.0.config.limits
     }
 
-    /// Joins `room` if the hooks allow it; effective cluster-wide when this returns.
+    /// Joins `room` if the room policy and the hooks allow it; effective cluster-wide when
+    /// this returns.
     pub async fn join(&self, room: Room) -> Result<(), EventError> {
         let identity = self.session.identity();
+        if self.session.rooms.lock().contains(&room) {
+            return Ok(());
+        }
+        let max = self.gw.0.config.limits.max_rooms_per_socket;
+        if self.session.rooms.lock().len() >= max {
+            return Err(EventError::new(
+                ErrorKind::RoomLimit,
+                format!("Too many rooms: at most {max} per socket"),
+            ));
+        }
+        self.gw.0.access.check(&identity, &room).await?;
         let ctx = HookCtx {
             direction: Direction::Inbound,
             room: Some(&room),
@@ -658,9 +712,6 @@ impl InboundCtx<'_> {
                 ErrorKind::Unauthorized,
                 format!("Not authorized to join {room}"),
             ));
-        }
-        if self.session.rooms.lock().contains(&room) {
-            return Ok(());
         }
         self.gw
             .0
