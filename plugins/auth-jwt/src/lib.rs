@@ -6,6 +6,7 @@
 //! reverse), and `alg: none` is never accepted. `exp` and `nbf` are checked with
 //! `auth.jwt.leeway`; `iss` and `aud` when configured; `sub` must be a non-empty string.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,6 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk::KeyAlgorithm};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+mod keys;
+
+use keys::{KeyRing, KeySources};
 use switchboard_core::{
     AuthError, Authenticator, BoxError, ConfigError, Dur, Factory, Handshake, Identity, Plugin,
     PluginContext, TokenSource, async_trait, register_plugin,
@@ -24,8 +28,14 @@ use switchboard_core::{
 pub struct JwtConfig {
     /// Secret for HS256/384/512; required when an HS algorithm is accepted.
     pub secret: Option<String>,
-    /// PEM public key for RS*/PS*/ES*/EdDSA.
+    /// PEM public key for RS*/PS*/ES*/EdDSA, used for tokens without a known `kid`.
     pub public_key_file: Option<PathBuf>,
+    /// PEM public keys by `kid` (`{ "2026-11" = "keys/2026-11.pem" }`).
+    pub public_keys: BTreeMap<String, PathBuf>,
+    /// A JWK set (JSON) whose keys are chosen by `kid`.
+    pub jwks_file: Option<PathBuf>,
+    /// How often key files are checked for changes.
+    pub reload_interval: Dur,
     /// Accepted algorithms.
     pub algorithms: Vec<String>,
     /// When set, a token's `iss` must equal it.
@@ -43,6 +53,9 @@ impl Default for JwtConfig {
         JwtConfig {
             secret: None,
             public_key_file: None,
+            public_keys: BTreeMap::new(),
+            jwks_file: None,
+            reload_interval: Dur::secs(5),
             algorithms: vec!["HS256".to_owned()],
             issuer: None,
             audience: None,
@@ -83,8 +96,7 @@ fn is_hmac(alg: Algorithm) -> bool {
 pub struct JwtAuthenticator {
     algorithms: Vec<Algorithm>,
     secret: Option<DecodingKey>,
-    public: Option<DecodingKey>,
-    public_family: Option<jsonwebtoken::AlgorithmFamily>,
+    public: Option<KeyRing>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway: u64,
@@ -139,49 +151,22 @@ impl JwtAuthenticator {
         } else {
             None
         };
-        let asymmetric: Vec<Algorithm> = algorithms
-            .iter()
-            .copied()
-            .filter(|a| !is_hmac(*a))
-            .collect();
-        let (public, public_family) = match asymmetric.first() {
-            None => (None, None),
-            Some(first) => {
-                let family = first.family();
-                if asymmetric.iter().any(|a| a.family() != family) {
-                    return Err(ConfigError::new(
-                        "auth.jwt.algorithms",
-                        "the public key has one family: accept RS*/PS*, ES* or EdDSA algorithms, not a mix",
-                    ));
-                }
-                let path = cfg.public_key_file.as_ref().ok_or_else(|| {
-                    ConfigError::new(
-                        "auth.jwt.public_key_file",
-                        "missing (required when an RS*/PS*/ES*/EdDSA algorithm is accepted)",
-                    )
-                })?;
-                let pem = std::fs::read(path).map_err(|e| {
-                    ConfigError::new(
-                        "auth.jwt.public_key_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                let key = match family {
-                    jsonwebtoken::AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
-                    jsonwebtoken::AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
-                    _ => DecodingKey::from_ed_pem(&pem),
-                }
-                .map_err(|e| {
-                    ConfigError::new(
-                        "auth.jwt.public_key_file",
-                        format!(
-                            "{} is not a PEM public key for {first:?}: {e}",
-                            path.display()
-                        ),
-                    )
-                })?;
-                (Some(key), Some(family))
+        let sources = KeySources {
+            default_pem: cfg.public_key_file.clone(),
+            pems_by_kid: cfg.public_keys.clone().into_iter().collect(),
+            jwks: cfg.jwks_file.clone(),
+            reload_every: cfg.reload_interval.get(),
+        };
+        let public = if algorithms.iter().any(|a| !is_hmac(*a)) {
+            if sources.is_empty() {
+                return Err(ConfigError::new(
+                    "auth.jwt.public_key_file",
+                    "missing (an RS*/PS*/ES*/EdDSA algorithm needs public_key_file, public_keys or jwks_file)",
+                ));
             }
+            Some(KeyRing::new(sources)?)
+        } else {
+            None
         };
         if allow_query_user_id {
             tracing::warn!(
@@ -192,7 +177,6 @@ impl JwtAuthenticator {
             algorithms,
             secret,
             public,
-            public_family,
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             leeway: cfg.leeway.get().as_secs(),
@@ -207,14 +191,6 @@ impl JwtAuthenticator {
         if !self.algorithms.contains(&header.alg) {
             return Err(AuthError::InvalidToken);
         }
-        let key = if is_hmac(header.alg) {
-            self.secret.as_ref()
-        } else if Some(header.alg.family()) == self.public_family {
-            self.public.as_ref()
-        } else {
-            None
-        }
-        .ok_or(AuthError::InvalidToken)?;
         let mut v = Validation::new(header.alg);
         v.leeway = self.leeway;
         v.validate_nbf = true;
@@ -238,7 +214,18 @@ impl JwtAuthenticator {
             Some(aud) => v.set_audience(&[aud]),
             None => v.validate_aud = false,
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v)
+        let decode = |key: &DecodingKey| jsonwebtoken::decode::<Map<String, Value>>(token, key, &v);
+        // The family is fixed by the accepted algorithm: HS tokens only ever meet the secret,
+        // asymmetric ones only the public keys, so neither can pose as the other.
+        let result = if is_hmac(header.alg) {
+            self.secret.as_ref().map(decode)
+        } else {
+            self.public
+                .as_ref()
+                .and_then(|ring| ring.with_key(header.kid.as_deref(), decode))
+        };
+        let data = result
+            .ok_or(AuthError::InvalidToken)?
             .map_err(|_| AuthError::InvalidToken)?;
         identity_from_claims(data.claims)
     }
