@@ -183,6 +183,9 @@ struct Inner {
     rooms: Box<[AsyncMutex<HashMap<Room, usize>>]>,
     /// The subscriber connection is up: joins subscribe right away.
     sub_up: AtomicBool,
+    /// Per pooled connection: up since its last (re)connect, down since its last error.
+    /// fred's own state still says "connected" for a moment after a connection drops.
+    pool_up: Box<[AtomicBool]>,
     /// Every channel with local members is subscribed on the current connection.
     subscribed: AtomicBool,
     /// Asks the supervisor for a resubscription pass.
@@ -279,6 +282,7 @@ impl RedisBroker {
                 timeout: cfg.command_timeout.get(),
                 rooms,
                 sub_up: AtomicBool::new(false),
+                pool_up: (0..cfg.pool_size).map(|_| AtomicBool::new(false)).collect(),
                 subscribed: AtomicBool::new(false),
                 resync: Notify::new(),
                 reported_down: AtomicBool::new(true),
@@ -376,16 +380,28 @@ impl Inner {
         &self.rooms[stable_hash(room) as usize % self.rooms.len()]
     }
 
-    /// The pooled connection a channel always publishes on.
-    fn publisher(&self, channel: &str) -> &Client {
+    /// The pooled connection a channel always publishes on, and whether it is up.
+    fn publisher(&self, channel: &str) -> (&Client, bool) {
         let clients = self.pool.clients();
-        &clients[stable_hash(channel) as usize % clients.len()]
+        let i = stable_hash(channel) as usize % clients.len();
+        (&clients[i], self.pool_client_up(i))
+    }
+
+    fn pool_client_up(&self, i: usize) -> bool {
+        self.pool_up
+            .get(i)
+            .is_some_and(|u| u.load(Ordering::SeqCst))
+            && self
+                .pool
+                .clients()
+                .get(i)
+                .is_some_and(ClientLike::is_connected)
     }
 
     fn ready(&self) -> bool {
         self.subscribed.load(Ordering::SeqCst)
             && self.sub.is_connected()
-            && self.pool.clients().iter().all(ClientLike::is_connected)
+            && (0..self.pool.clients().len()).all(|i| self.pool_client_up(i))
     }
 
     /// Logs a change of health once: "unreachable" when it goes, "back" when it returns.
@@ -562,6 +578,9 @@ async fn supervise(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut need_resubscribe = true;
+    // After a connection error, resubscribing waits for the reconnect (fred still reports
+    // the old connection as connected for a moment); a fallback lifts the wait.
+    let mut awaiting_reconnect: Option<Instant> = None;
     let mut last_error = String::new();
     loop {
         tokio::select! {
@@ -570,6 +589,7 @@ async fn supervise(
                     // A new connection has no subscriptions.
                     inner.subscribed.store(false, Ordering::SeqCst);
                     need_resubscribe = true;
+                    awaiting_reconnect = None;
                 }
                 Err(RecvError::Closed) => break,
             },
@@ -578,20 +598,25 @@ async fn supervise(
                     last_error = e.to_string();
                     inner.down();
                     need_resubscribe = true;
+                    awaiting_reconnect = Some(Instant::now());
                 }
                 Err(RecvError::Lagged(_)) => {
                     inner.down();
                     need_resubscribe = true;
+                    awaiting_reconnect = Some(Instant::now());
                 }
                 Err(RecvError::Closed) => break,
             },
             () = inner.resync.notified() => need_resubscribe = true,
             _ = tick.tick() => {}
         }
+        if awaiting_reconnect.is_some_and(|t| t.elapsed() > inner.timeout * 2) {
+            awaiting_reconnect = None;
+        }
         if !inner.sub.is_connected() {
             inner.down();
             need_resubscribe = true;
-        } else if need_resubscribe {
+        } else if need_resubscribe && awaiting_reconnect.is_none() {
             // Set before the pass: a join that still sees `false` holds its room's lock,
             // so the pass (which takes every lock in turn) subscribes that room after it.
             inner.sub_up.store(true, Ordering::SeqCst);
@@ -663,8 +688,8 @@ impl RoomBroker for RedisBroker {
     async fn publish(&self, delivery: Arc<Delivery>) -> Result<(), BrokerError> {
         let inner = &self.inner;
         let channel = inner.channel(delivery.room.as_deref());
-        let client = inner.publisher(&channel);
-        let through_redis = inner.subscribed.load(Ordering::SeqCst) && client.is_connected();
+        let (client, client_up) = inner.publisher(&channel);
+        let through_redis = inner.subscribed.load(Ordering::SeqCst) && client_up;
         let skip = (!through_redis).then_some(inner.node.as_str());
         let message = serde_json::to_string(&EnvelopeOut { skip, d: &delivery })
             .map_err(|e| BrokerError(format!("cannot encode the delivery: {e}")))?;
@@ -680,7 +705,7 @@ impl RoomBroker for RedisBroker {
         inner.report(false, "not subscribed");
         inner.metrics.local_only.inc();
         inner.hub.deliver(&delivery).await;
-        if client.is_connected() {
+        if client_up {
             // Other nodes may still hear Redis; this node skips its own tagged copy.
             let _ = inner.send(client, channel, message).await;
         }
@@ -702,6 +727,14 @@ impl RoomBroker for RedisBroker {
             tasks.push(tokio::spawn(forward(inner.clone(), messages, tx)));
             tasks.push(tokio::spawn(deliver(inner.clone(), rx)));
             tasks.push(tokio::spawn(supervise(inner.clone(), reconnects, errors)));
+            for (i, c) in inner.pool.clients().iter().enumerate() {
+                tasks.push(tokio::spawn(watch_pool_client(
+                    inner.clone(),
+                    i,
+                    c.reconnect_rx(),
+                    c.error_rx(),
+                )));
+            }
             tasks.push(flatten(inner.sub.connect()));
             tasks.push(flatten(inner.pool.connect()));
         }
@@ -730,6 +763,30 @@ impl RoomBroker for RedisBroker {
         }
         let _ = tokio::time::timeout(inner.timeout, inner.sub.quit()).await;
         let _ = tokio::time::timeout(inner.timeout, inner.pool.quit()).await;
+    }
+}
+
+/// Tracks one pooled connection: up after each (re)connect, down after each connection error.
+async fn watch_pool_client(
+    inner: Arc<Inner>,
+    i: usize,
+    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    mut errors: tokio::sync::broadcast::Receiver<(RedisError, Option<fred::types::config::Server>)>,
+) {
+    let Some(flag) = inner.pool_up.get(i) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            r = reconnects.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => flag.store(true, Ordering::SeqCst),
+                Err(RecvError::Closed) => break,
+            },
+            r = errors.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => flag.store(false, Ordering::SeqCst),
+                Err(RecvError::Closed) => break,
+            },
+        }
     }
 }
 

@@ -70,7 +70,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::prelude::{
@@ -302,6 +302,10 @@ struct Inner {
     /// Redis's view of this node may be stale (a reconnect happened, or a call failed).
     need_resync: AtomicBool,
     wake: Notify,
+    /// Per pooled connection: up since its last (re)connect, down since its last error.
+    /// fred's own state still says "connected" for a moment after a connection drops.
+    up: Box<[AtomicBool]>,
+    next: AtomicUsize,
     events: Mutex<Option<PresenceEvents>>,
     last_beat: Mutex<Option<Instant>>,
     /// The Redis epoch this node last registered in; a new one means Redis restarted empty.
@@ -395,6 +399,8 @@ impl RedisPresence {
                 gate: RwLock::new(()),
                 need_resync: AtomicBool::new(true),
                 wake: Notify::new(),
+                up: (0..cfg.pool_size).map(|_| AtomicBool::new(false)).collect(),
+                next: AtomicUsize::new(0),
                 events: Mutex::new(None),
                 last_beat: Mutex::new(None),
                 epoch: Mutex::new(None),
@@ -429,17 +435,27 @@ impl Drop for RedisPresence {
 }
 
 impl Inner {
-    /// A connected client, or `None` while Redis is unreachable.
+    fn client_up(&self, i: usize) -> bool {
+        self.up.get(i).is_some_and(|u| u.load(Ordering::SeqCst))
+            && self
+                .pool
+                .clients()
+                .get(i)
+                .is_some_and(ClientLike::is_connected)
+    }
+
+    /// A connected client (round robin), or `None` while Redis is unreachable.
     fn client(&self) -> Option<&Client> {
-        let c = self.pool.next();
-        if c.is_connected() {
-            return Some(c);
-        }
-        self.pool.clients().iter().find(|c| c.is_connected())
+        let clients = self.pool.clients();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..clients.len())
+            .map(|k| (start + k) % clients.len())
+            .find(|&i| self.client_up(i))
+            .and_then(|i| clients.get(i))
     }
 
     fn connected(&self) -> bool {
-        self.pool.clients().iter().any(ClientLike::is_connected)
+        (0..self.pool.clients().len()).any(|i| self.client_up(i))
     }
 
     fn ready(&self) -> bool {
@@ -659,16 +675,31 @@ async fn maintain(inner: Arc<Inner>) {
     }
 }
 
-/// Asks for a re-registration after every reconnect of one pooled connection.
-async fn watch_reconnects(
+/// Tracks one pooled connection: after every (re)connect it is up and this node
+/// re-registers; after a connection error it is down.
+async fn watch_client(
     inner: Arc<Inner>,
-    mut rx: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    i: usize,
+    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    mut errors: tokio::sync::broadcast::Receiver<(RedisError, Option<fred::types::config::Server>)>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
-    // Ends when the client is dropped (the channel closes).
-    while let Ok(_) | Err(RecvError::Lagged(_)) = rx.recv().await {
-        inner.need_resync.store(true, Ordering::SeqCst);
-        inner.wake.notify_one();
+    let Some(flag) = inner.up.get(i) else { return };
+    loop {
+        tokio::select! {
+            r = reconnects.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    flag.store(true, Ordering::SeqCst);
+                    inner.need_resync.store(true, Ordering::SeqCst);
+                    inner.wake.notify_one();
+                }
+                Err(RecvError::Closed) => break,
+            },
+            r = errors.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => flag.store(false, Ordering::SeqCst),
+                Err(RecvError::Closed) => break,
+            },
+        }
     }
 }
 
@@ -811,10 +842,12 @@ impl PresenceStore for RedisPresence {
         *inner.events.lock() = Some(events);
         {
             let mut tasks = inner.tasks.lock();
-            for c in inner.pool.clients() {
-                tasks.push(tokio::spawn(watch_reconnects(
+            for (i, c) in inner.pool.clients().iter().enumerate() {
+                tasks.push(tokio::spawn(watch_client(
                     inner.clone(),
+                    i,
                     c.reconnect_rx(),
+                    c.error_rx(),
                 )));
             }
             let connecting = inner.pool.connect();
