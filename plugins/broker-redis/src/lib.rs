@@ -228,6 +228,24 @@ fn builder(
     Ok(b)
 }
 
+/// Checks `redis.url`'s scheme before fred reads the rest.
+fn check_url(url: &str) -> Result<(), String> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some(
+            "redis" | "valkey" | "redis-cluster" | "valkey-cluster" | "redis-sentinel"
+            | "valkey-sentinel" | "redis+unix" | "valkey+unix",
+        ) => Ok(()),
+        Some(s) if s.starts_with("rediss") || s.starts_with("valkeys") => Err(format!(
+            "`{s}://` (TLS) is not supported by this build; use redis://, redis-cluster:// or redis-sentinel://"
+        )),
+        _ => Err(
+            "must start with redis://, redis-cluster://, redis-sentinel:// or redis+unix://"
+                .to_owned(),
+        ),
+    }
+}
+
 /// A random id for this process, so a node skips its own tagged messages.
 fn random_node_id() -> String {
     let nanos = std::time::SystemTime::now()
@@ -258,6 +276,7 @@ impl RedisBroker {
                 "broker.redis.pool_size: must be at least 1".into(),
             ));
         }
+        check_url(&redis.url).map_err(|e| BrokerError(format!("redis.url: {e}")))?;
         let bad_url = |e: RedisError| BrokerError(format!("redis.url: {}", e.details()));
         let sub = builder(redis, cfg, 16 * 1024)
             .map_err(bad_url)?
@@ -864,6 +883,26 @@ mod tests {
         assert_eq!(back.d.payload.get(), r#"{"a":1}"#);
         let plain = serde_json::to_string(&EnvelopeOut { skip: None, d: &d }).expect("encode");
         assert!(!plain.contains("skip"));
+    }
+
+    #[test]
+    fn urls_need_a_redis_scheme() {
+        assert!(check_url("redis://127.0.0.1:6379").is_ok());
+        assert!(check_url("redis-cluster://10.0.0.1:7000").is_ok());
+        assert!(check_url("http://x").is_err());
+        assert!(
+            check_url("rediss://h:6380")
+                .expect_err("tls")
+                .contains("TLS")
+        );
+        let hub = LocalHub::default();
+        let redis = RedisConfig {
+            url: "localhost:6379".into(),
+            ..RedisConfig::default()
+        };
+        let err =
+            RedisBroker::new(hub, &redis, &RedisBrokerConfig::default()).expect_err("bad url");
+        assert!(err.0.starts_with("redis.url:"), "{}", err.0);
     }
 
     #[test]

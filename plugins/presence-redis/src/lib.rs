@@ -324,6 +324,24 @@ fn unreachable() -> PresenceError {
     PresenceError("Redis unreachable".to_owned())
 }
 
+/// Checks `redis.url`'s scheme before fred reads the rest.
+fn check_url(url: &str) -> Result<(), String> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some(
+            "redis" | "valkey" | "redis-cluster" | "valkey-cluster" | "redis-sentinel"
+            | "valkey-sentinel" | "redis+unix" | "valkey+unix",
+        ) => Ok(()),
+        Some(s) if s.starts_with("rediss") || s.starts_with("valkeys") => Err(format!(
+            "`{s}://` (TLS) is not supported by this build; use redis://, redis-cluster:// or redis-sentinel://"
+        )),
+        _ => Err(
+            "must start with redis://, redis-cluster://, redis-sentinel:// or redis+unix://"
+                .to_owned(),
+        ),
+    }
+}
+
 fn random_node_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -362,6 +380,7 @@ impl RedisPresence {
                 "presence.redis.pool_size: must be at least 1".into(),
             ));
         }
+        check_url(&redis.url).map_err(|e| PresenceError(format!("redis.url: {e}")))?;
         let bad_url = |e: RedisError| PresenceError(format!("redis.url: {}", e.details()));
         let config = Config {
             fail_fast: false,
