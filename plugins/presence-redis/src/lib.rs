@@ -728,8 +728,9 @@ impl Inner {
         user_id: &str,
         conn: &ConnId,
     ) -> Result<bool, PresenceError> {
-        self.local.lock().insert(conn.clone(), user_id.to_owned());
+        // Under the gate: a resync's snapshot and this call's script never interleave.
         let shared = self.gate.read().await;
+        self.local.lock().insert(conn.clone(), user_id.to_owned());
         if !self.connected() {
             self.need_resync.store(true, Ordering::SeqCst);
             return Err(unreachable());
@@ -772,8 +773,8 @@ impl Inner {
         user_id: &str,
         conn: &ConnId,
     ) -> Result<bool, PresenceError> {
-        self.local.lock().remove(conn);
         let shared = self.gate.read().await;
+        self.local.lock().remove(conn);
         if !self.connected() {
             self.need_resync.store(true, Ordering::SeqCst);
             self.pending_offline.lock().insert(user_id.to_owned());
