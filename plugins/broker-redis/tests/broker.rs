@@ -383,3 +383,56 @@ async fn starts_without_redis_and_catches_up() {
     assert!(eventually(Duration::from_secs(5), || async { rec.len() == 2 }).await);
     broker.shutdown().await;
 }
+
+async fn channel_count(server: &RedisServer, pattern: &str) -> usize {
+    let client = fred::prelude::Builder::from_config(
+        fred::prelude::Config::from_url(&server.url()).expect("url"),
+    )
+    .build()
+    .expect("client");
+    client.init().await.expect("connect");
+    let v: Vec<String> = client
+        .pubsub_channels(pattern.to_owned())
+        .await
+        .expect("channels");
+    let _ = client.quit().await;
+    v.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_rooms_are_resubscribed_in_batches_after_a_restart() {
+    let mut server = RedisServer::start();
+    let cfg = redis_config(&server, false);
+    let (a, b) = (node(&cfg).await, node(&cfg).await);
+    const ROOMS: usize = 3000;
+    for i in 0..ROOMS {
+        b.broker
+            .join(&room(&format!("conversation:m{i}")), &ConnId::new("b1"))
+            .await
+            .expect("join");
+    }
+    assert_eq!(b.broker.rooms().await, ROOMS);
+    assert_eq!(channel_count(&server, "t:room:*").await, ROOMS);
+
+    server.restart();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            a.broker.ready().await && b.broker.ready().await
+        })
+        .await
+    );
+    assert_eq!(
+        channel_count(&server, "t:room:*").await,
+        ROOMS,
+        "every room with a member is subscribed again"
+    );
+    for i in (0..ROOMS).step_by(250) {
+        publish(&a, Some(&format!("conversation:m{i}")), json!({"i": i})).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            b.rec.len() == ROOMS.div_ceil(250)
+        })
+        .await
+    );
+}
