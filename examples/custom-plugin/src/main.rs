@@ -89,10 +89,7 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(listen = %addr, "switchboard-polls serving");
-        let ctrl_c = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        match node.serve(listener, ctrl_c).await {
+        match node.serve(listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "server failed");
@@ -101,6 +98,22 @@ fn main() -> ExitCode {
         }
     })
     // ANCHOR_END: serve
+}
+
+/// Resolves on SIGINT or SIGTERM; the node then closes every socket cleanly.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn config_failure(e: &ConfigError) -> ExitCode {
