@@ -153,6 +153,7 @@ impl PollEvents {
         Ok(())
     }
 
+    // ANCHOR: vote
     /// `poll:vote`: validate, check membership, publish `poll:voted` to the room.
     async fn vote(
         &self,
@@ -187,6 +188,7 @@ impl PollEvents {
             ))
         }
     }
+    // ANCHOR_END: vote
 }
 
 // ANCHOR: handler
