@@ -5,8 +5,7 @@
 //!
 //! ```text
 //! $ cargo run -p switchboard-example-polls -- --config examples/custom-plugin/switchboard.toml
-//! INFO switchboard_polls: event plugins compiled in: conversation, polls, session, typing
-//! INFO switchboard_polls: switchboard-polls serving listen=127.0.0.1:3000
+//! INFO switchboard::run: switchboard-polls serving listen=127.0.0.1:3000
 //! ```
 //!
 //! `switchboard-polls plugins` lists the registry, to check the plugin is linked in.
@@ -15,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use switchboard::registry::{self, PluginKind};
-use switchboard::{ConfigError, LoadedConfig, Node, Overrides};
+use switchboard::{LoadedConfig, Overrides, run};
 // ANCHOR: link
 // Naming the plugin crate keeps it in the binary: a crate nothing refers to may be left
 // out by the linker, and its `register_plugin!` registration with it.
@@ -52,74 +51,13 @@ fn main() -> ExitCode {
     // ANCHOR: serve
     let loaded = match LoadedConfig::load(file.as_deref(), &overrides) {
         Ok(loaded) => loaded,
-        Err(e) => return config_failure(&e),
+        Err(e) => return run::config_failure("switchboard-polls", &e),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&loaded.config.log.level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    tracing::info!(
-        "event plugins compiled in: {}",
-        registry::names(PluginKind::Events).join(", ")
-    );
     if !registry::names(PluginKind::Events).contains(&polls::NAME) {
-        tracing::error!("the polls plugin is not linked in");
+        eprintln!("switchboard-polls: the polls plugin is not linked in");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("switchboard-polls: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let node = match Node::build(loaded) {
-            Ok(node) => node,
-            Err(e) => return config_failure(&e),
-        };
-        let addr = node.gateway().config().server.listen;
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(%addr, error = %e, "cannot bind server.listen");
-                return ExitCode::FAILURE;
-            }
-        };
-        tracing::info!(listen = %addr, "switchboard-polls serving");
-        match node.serve(listener, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "server failed");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    // Logging, every configured plugin, the listener, and a clean stop on SIGINT/SIGTERM.
+    run::serve("switchboard-polls", loaded)
     // ANCHOR_END: serve
-}
-
-/// Resolves on SIGINT or SIGTERM; the node then closes every socket cleanly.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-fn config_failure(e: &ConfigError) -> ExitCode {
-    eprintln!("switchboard-polls: invalid configuration:");
-    for issue in &e.issues {
-        eprintln!("  {issue}");
-    }
-    ExitCode::from(2)
 }
