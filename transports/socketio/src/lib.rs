@@ -17,7 +17,8 @@ use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessage};
 use socketioxide::socket::Socket;
 use switchboard_core::{
-    BoxError, CloseReason, ConnId, Connection, Delivery, Dur, Factory, Gateway, Handshake, Plugin, PluginContext, Room, Session, Size, Transport, async_trait, register_plugin,
+    BoxError, CloseReason, ConnId, Connection, Delivery, Dur, Factory, Gateway, Handshake, Plugin,
+    PluginContext, Room, Session, Size, Transport, async_trait, register_plugin,
 };
 
 /// `transports.socketio.*`.
@@ -224,9 +225,8 @@ impl Transport for SocketIoTransport {
             .ws_max_message_size(frame)
             .ws_max_frame_size(frame)
             .build_svc();
-        let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
-            admit(gateway.clone(), s, auth.ok())
-        };
+        let middleware =
+            move |s: SocketRef, TryData(auth): TryData<Value>| admit(gateway.clone(), s, auth.ok());
         let connected = |_: SocketRef| async {};
         io.ns(self.cfg.namespace.clone(), connected.with(middleware));
         let _ = self.io.set(io);
@@ -277,11 +277,14 @@ fn build(ctx: &PluginContext<'_>) -> Result<Option<Arc<dyn Transport>>, BoxError
     Ok(Some(Arc::new(SocketIoTransport::new(cfg))))
 }
 
-register_plugin!(Plugin::new(
-    "socketio",
-    "Socket.IO v5 over WebSocket and long-polling (socket.io-client 4.x)",
-    Factory::Transport(build)
-));
+register_plugin!(
+    Plugin::new(
+        "socketio",
+        "Socket.IO v5 over WebSocket and long-polling (socket.io-client 4.x)",
+        Factory::Transport(build)
+    )
+    .with_config(switchboard_core::registry::config_defaults::<SocketIoConfig>)
+);
 
 #[cfg(test)]
 mod tests {
