@@ -841,11 +841,14 @@ fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn RoomBroker>, BoxError> {
     Ok(Arc::new(broker))
 }
 
-register_plugin!(Plugin::new(
-    "redis",
-    "Rooms across nodes: Redis pub/sub, a channel per room with local members",
-    Factory::Broker(build)
-));
+register_plugin!(
+    Plugin::new(
+        "redis",
+        "Rooms across nodes: Redis pub/sub, a channel per room with local members",
+        Factory::Broker(build)
+    )
+    .with_config(switchboard_core::registry::config_defaults::<RedisBrokerConfig>)
+);
 
 #[cfg(test)]
 mod tests {

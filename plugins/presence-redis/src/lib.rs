@@ -963,11 +963,14 @@ fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn PresenceStore>, BoxError> {
     Ok(Arc::new(store))
 }
 
-register_plugin!(Plugin::new(
-    "redis",
-    "Presence across nodes: Redis sets, node heartbeats and sweeps of dead nodes",
-    Factory::Presence(build)
-));
+register_plugin!(
+    Plugin::new(
+        "redis",
+        "Presence across nodes: Redis sets, node heartbeats and sweeps of dead nodes",
+        Factory::Presence(build)
+    )
+    .with_config(switchboard_core::registry::config_defaults::<RedisPresenceConfig>)
+);
 
 #[cfg(test)]
 mod tests {
