@@ -708,8 +708,9 @@ async fn watch_client(
         tokio::select! {
             r = reconnects.recv() => match r {
                 Ok(_) | Err(RecvError::Lagged(_)) => {
-                    flag.store(true, Ordering::SeqCst);
+                    // Ask for the resync before showing the connection as up.
                     inner.need_resync.store(true, Ordering::SeqCst);
+                    flag.store(true, Ordering::SeqCst);
                     inner.wake.notify_one();
                 }
                 Err(RecvError::Closed) => break,
@@ -875,8 +876,11 @@ impl PresenceStore for RedisPresence {
                 let _ = connecting.await;
             }));
         }
+        // Wait for every connection's first (re)connect event to be handled (each asks for a
+        // resync), so the registration below is the one that makes the store ready.
         let deadline = Instant::now() + inner.timeout;
-        while Instant::now() < deadline && !inner.connected() {
+        let all_up = || (0..inner.pool.clients().len()).all(|i| inner.client_up(i));
+        while Instant::now() < deadline && !all_up() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let first = if inner.connected() {
