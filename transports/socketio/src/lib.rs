@@ -17,9 +17,8 @@ use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessage};
 use socketioxide::socket::Socket;
 use switchboard_core::{
-    BoxError, CloseReason, ConnId, Connection, Delivery, Dur, Factory, Gateway, Handshake,
-    Identity, Plugin, PluginContext, Room, Session, Size, Transport, async_trait,
-    register_plugin,
+    BoxError, CloseReason, ConnId, Connection, Delivery, Dur, Factory, Gateway, Handshake, Plugin,
+    PluginContext, Room, Session, Size, Transport, async_trait, register_plugin,
 };
 
 /// `transports.socketio.*`.
@@ -61,14 +60,19 @@ pub struct SocketIoTransport {
 
 impl std::fmt::Debug for SocketIoTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SocketIoTransport").field("namespace", &self.cfg.namespace).finish()
+        f.debug_struct("SocketIoTransport")
+            .field("namespace", &self.cfg.namespace)
+            .finish()
     }
 }
 
 impl SocketIoTransport {
     /// A transport with `cfg`; it serves once [`Transport::router`] is called.
     pub fn new(cfg: SocketIoConfig) -> Self {
-        SocketIoTransport { cfg, io: OnceLock::new() }
+        SocketIoTransport {
+            cfg,
+            io: OnceLock::new(),
+        }
     }
 }
 
@@ -119,7 +123,11 @@ impl std::error::Error for BinaryPacket {}
 
 impl<A: Adapter> FromMessage<A> for RawPacket {
     type Error = BinaryPacket;
-    fn from_message(_: Arc<Socket<A>>, v: socketioxide::handler::Value, _: Option<i64>) -> Result<Self, BinaryPacket> {
+    fn from_message(
+        _: Arc<Socket<A>>,
+        v: socketioxide::handler::Value,
+        _: Option<i64>,
+    ) -> Result<Self, BinaryPacket> {
         match v {
             socketioxide::handler::Value::Str(s, _) => Ok(RawPacket(s.as_str().to_owned())),
             socketioxide::handler::Value::Bytes(_) => Err(BinaryPacket),
@@ -133,10 +141,22 @@ fn payload_of(raw: &str) -> Result<Option<&RawValue>, serde_json::Error> {
     Ok(parts.get(1).copied())
 }
 
-async fn on_connect(gw: Gateway, socket: SocketRef) {
-    let Some(identity) = socket.extensions.remove::<Identity>() else {
-        let _ = socket.disconnect();
-        return;
+/// Authenticates, registers the session and installs the event handlers, all before the
+/// client is told it is connected: an event sent right after `connect` always finds its
+/// handler, and the presence API counts the socket as soon as the client sees `connect`.
+async fn admit(
+    gw: Gateway,
+    socket: SocketRef,
+    auth: Option<Value>,
+) -> Result<(), switchboard_core::AuthError> {
+    let identity = {
+        let parts = socket.req_parts();
+        let handshake = Handshake {
+            auth: auth.as_ref(),
+            headers: &parts.headers,
+            query: parts.uri.query(),
+        };
+        gw.authenticate(&handshake).await?
     };
     let conn = Arc::new(SioConnection {
         id: ConnId::new(socket.id.as_str()),
@@ -146,37 +166,45 @@ async fn on_connect(gw: Gateway, socket: SocketRef) {
     socket.extensions.insert(session);
 
     let ev_gw = gw.clone();
-    socket.on_fallback(move |s: SocketRef, ack: AckSender, Event(event): Event, RawPacket(raw): RawPacket| {
-        let gw = ev_gw.clone();
-        async move {
-            let Some(session) = s.extensions.get::<Arc<Session>>() else { return };
-            let reply = match payload_of(&raw) {
-                Ok(payload) => gw.inbound(&session, &event, raw.len(), payload).await,
-                Err(e) => gw.inbound_malformed(&session, &e.to_string()),
-            };
-            let _ = ack.send(&reply);
-        }
-    });
-    socket.on_disconnect(move |s: SocketRef| {
-        let gw = gw.clone();
-        async move {
-            if let Some(session) = s.extensions.remove::<Arc<Session>>() {
-                gw.disconnect(&session).await;
+    socket.on_fallback(
+        move |s: SocketRef, ack: AckSender, Event(event): Event, RawPacket(raw): RawPacket| {
+            let gw = ev_gw.clone();
+            async move {
+                let Some(session) = s.extensions.get::<Arc<Session>>() else {
+                    return;
+                };
+                let reply = match payload_of(&raw) {
+                    Ok(payload) => gw.inbound(&session, &event, raw.len(), payload).await,
+                    Err(e) => gw.inbound_malformed(&session, &e.to_string()),
+                };
+                let _ = ack.send(&reply);
             }
+        },
+    );
+    let dc_gw = gw.clone();
+    socket.on_disconnect(move |s: SocketRef| {
+        let gw = dc_gw.clone();
+        async move { release(&gw, &s).await }
+    });
+
+    // If the connect packet cannot be sent (the client vanished mid-handshake), socketioxide
+    // drops the socket without a disconnect callback; release the session here instead.
+    let grace = gw.config().limits.handshake_timeout.get();
+    let watched = socket.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        if !watched.connected() {
+            release(&gw, &watched).await;
         }
     });
+    Ok(())
 }
 
-async fn authenticate(gw: Gateway, socket: SocketRef, auth: Option<Value>) -> Result<(), switchboard_core::AuthError> {
-    let parts = socket.req_parts();
-    let handshake = Handshake {
-        auth: auth.as_ref(),
-        headers: &parts.headers,
-        query: parts.uri.query(),
-    };
-    let identity = gw.authenticate(&handshake).await?;
-    socket.extensions.insert(identity);
-    Ok(())
+/// Ends a socket's session once, whoever gets here first.
+async fn release(gw: &Gateway, socket: &SocketRef) {
+    if let Some(session) = socket.extensions.remove::<Arc<Session>>() {
+        gw.disconnect(&session).await;
+    }
 }
 
 #[async_trait]
@@ -197,13 +225,10 @@ impl Transport for SocketIoTransport {
             .ws_max_message_size(frame)
             .ws_max_frame_size(frame)
             .build_svc();
-        let gw_auth = gateway.clone();
-        let gw_conn = gateway;
-        let connect = move |s: SocketRef| on_connect(gw_conn.clone(), s);
-        let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
-            authenticate(gw_auth.clone(), s, auth.ok())
-        };
-        io.ns(self.cfg.namespace.clone(), connect.with(middleware));
+        let middleware =
+            move |s: SocketRef, TryData(auth): TryData<Value>| admit(gateway.clone(), s, auth.ok());
+        let connected = |_: SocketRef| async {};
+        io.ns(self.cfg.namespace.clone(), connected.with(middleware));
         let _ = self.io.set(io);
         Router::new()
             .route_service("/socket.io/", svc.clone())
@@ -212,7 +237,9 @@ impl Transport for SocketIoTransport {
 
     async fn deliver(&self, d: &Delivery) {
         let Some(io) = self.io.get() else { return };
-        let Some(ns) = io.of(&self.cfg.namespace) else { return };
+        let Some(ns) = io.of(&self.cfg.namespace) else {
+            return;
+        };
         let sender = d
             .except
             .as_ref()
@@ -250,11 +277,14 @@ fn build(ctx: &PluginContext<'_>) -> Result<Option<Arc<dyn Transport>>, BoxError
     Ok(Some(Arc::new(SocketIoTransport::new(cfg))))
 }
 
-register_plugin!(Plugin::new(
-    "socketio",
-    "Socket.IO v5 over WebSocket and long-polling (socket.io-client 4.x)",
-    Factory::Transport(build)
-));
+register_plugin!(
+    Plugin::new(
+        "socketio",
+        "Socket.IO v5 over WebSocket and long-polling (socket.io-client 4.x)",
+        Factory::Transport(build)
+    )
+    .with_config(switchboard_core::registry::config_defaults::<SocketIoConfig>)
+);
 
 #[cfg(test)]
 mod tests {
