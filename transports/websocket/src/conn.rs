@@ -31,6 +31,10 @@ pub(crate) struct Close {
 }
 
 impl Close {
+    pub(crate) const CONNECTION_LIMIT: Close = Close {
+        code: 4429,
+        reason: "Connection limit",
+    };
     pub(crate) const AUTH: Close = Close {
         code: 4401,
         reason: "Authentication failed",

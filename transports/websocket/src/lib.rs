@@ -329,11 +329,14 @@ fn build(ctx: &PluginContext<'_>) -> Result<Option<Arc<dyn Transport>>, BoxError
     Ok(Some(Arc::new(WebSocketTransport::new(cfg))))
 }
 
-register_plugin!(Plugin::new(
-    "websocket",
-    "The native WebSocket protocol: JSON text frames, the same events and rooms as Socket.IO",
-    Factory::Transport(build)
-));
+register_plugin!(
+    Plugin::new(
+        "websocket",
+        "The native WebSocket protocol: JSON text frames, the same events and rooms as Socket.IO",
+        Factory::Transport(build)
+    )
+    .with_config(switchboard_core::registry::config_defaults::<WebSocketConfig>)
+);
 
 #[cfg(test)]
 mod tests {

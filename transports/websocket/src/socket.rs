@@ -186,14 +186,13 @@ async fn handshake(
     match ctx.gw.authenticate(&handshake).await {
         Ok(identity) => Ok(identity),
         Err(e) => Err(Refusal {
-            message: Some(auth_message(&e)),
-            close: Some(Close::AUTH),
+            message: Some(e.to_string()),
+            close: Some(match e {
+                AuthError::Refused(_) => Close::CONNECTION_LIMIT,
+                AuthError::NoToken | AuthError::InvalidToken => Close::AUTH,
+            }),
         }),
     }
-}
-
-fn auth_message(e: &AuthError) -> String {
-    e.to_string()
 }
 
 /// Why the loop woke up.
