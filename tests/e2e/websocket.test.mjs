@@ -1,8 +1,9 @@
 // CONTRACT §5: the native WebSocket protocol, driven with the `ws` package, beside
 // socket.io-client in the same rooms. Connect (each refusal and its close code, the
 // handshake timeout), every §2 client event and its ack, mixed rooms with Socket.IO
-// (typing both ways, every API-published event, presence), bad frames, binary and
-// oversize closes, the ping timeout of a silent client, token expiry, rate abuse, shutdown.
+// (typing both ways, every API-published event, presence), the same across two nodes on
+// one Redis, bad frames, binary and oversize closes, the ping timeout of a silent client,
+// token expiry, rate abuse, shutdown.
 
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,6 +13,7 @@ import {
   standardHooks, SECRET,
 } from './helpers.mjs';
 import { openNative, connectNative, nativeRefusal, closeAllNative } from './native.mjs';
+import { startRedis } from './redis.mjs';
 
 const NO_TOKEN = 'Authentication failed: No token provided';
 const INVALID = 'Authentication failed: Invalid token';
@@ -397,5 +399,66 @@ describe('native keep-alive, expiry, rate, shutdown', () => {
     assert.equal((await closed).code, 1001);
     assert.equal(code, 0);
     s.disconnect();
+  });
+});
+
+describe('native and Socket.IO across two nodes on one Redis', () => {
+  let redis;
+  let a;
+  let b;
+  before(async () => {
+    redis = await startRedis();
+    const prefix = `${uid('sbws')}:`;
+    const toml = configToml({
+      extra: [
+        '[presence]', 'plugin = "redis"', 'node_ttl = "2s"', '',
+        '[broker]', 'plugin = "redis"', '',
+        '[redis]', `url = "${redis.url}"`, `key_prefix = "${prefix}"`, '',
+      ].join('\n'),
+    });
+    a = await startServer({ toml });
+    b = await startServer({ toml });
+    for (const s of [a, b]) {
+      await eventually(async () => (await fetch(`${s.url}/readyz`)).status === 200, 10000);
+    }
+  });
+  after(async () => {
+    await a?.stop();
+    await b?.stop();
+    await redis?.stop();
+  });
+  standardHooks(() => [a, b]);
+
+  it('a native socket on one node and a Socket.IO socket on the other share rooms and presence', async () => {
+    const [nu, su] = [user('n-node-a'), user('s-node-b')];
+    const s = await connect(b, { token: su.token });
+    const onlineOnB = waitFor(s, 'user:online', 5000, (d) => d.userId === nu.sub);
+    const n = await connectNative(a, { token: nu.token });
+    assert.deepEqual(await onlineOnB, { userId: nu.sub });
+    await expectOnline(b, nu.sub, 1, 5000);
+
+    const conv = uid('conv');
+    await n.emitAck('conversation:join', { conversationId: conv });
+    await joinConversation(s, conv);
+
+    const typing = waitFor(s, 'typing:start');
+    n.emit('typing:start', { conversationId: conv });
+    assert.deepEqual(await typing, { conversationId: conv, userId: nu.sub, isTyping: true });
+    s.emit('typing:stop', { conversationId: conv });
+    assert.deepEqual(await n.event('typing:stop'), { conversationId: conv, userId: su.sub, isTyping: false });
+
+    for (const [i, node] of [a, b].entries()) {
+      const data = { conversationId: conv, messageId: `m${i}`, status: 'read' };
+      const got = waitFor(s, 'message:status', 5000, (d) => d.messageId === `m${i}`);
+      assert.equal((await emitApi(node, { event: 'message:status', data })).status, 200);
+      assert.deepEqual(await got, data);
+      assert.deepEqual(await n.event('message:status', 5000, (d) => d.messageId === `m${i}`), data);
+    }
+    await sleep(300);
+    assert.equal(n.frames.filter((f) => f.event === 'message:status').length, 2, 'each publish once');
+
+    const offlineOnB = waitFor(s, 'user:offline', 5000, (d) => d.userId === nu.sub);
+    n.close();
+    assert.deepEqual(await offlineOnB, { userId: nu.sub });
   });
 });
