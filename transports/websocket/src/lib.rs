@@ -30,12 +30,13 @@
 //! - **One task per socket.** The upgrade handler copies the two things the handshake may
 //!   need (the `Authorization` header and the query) out of the request, so hyper's request
 //!   buffer is freed, and spawns a single task. That task runs the handshake, then one
-//!   `poll_fn` loop over the socket's reads, its outbound queue and its ping timer, then
-//!   the close handshake. The handshake, the handling of one event and the close are boxed
-//!   futures, so an idle socket's task keeps only the loop's small state.
+//!   `poll_fn` loop over the socket's reads and its outbound queue, then the close
+//!   handshake. The WebSocket, the handshake, the handling of one event and the close are
+//!   boxed, so an idle socket's task future is a few hundred bytes. One ticker pings every
+//!   socket (there is no timer per socket).
 //! - **Small buffers that grow under load.** The read buffer is `read_buffer_size` (512 B by
 //!   default) and grows only for a larger message; the outbound queue is a `VecDeque` that
-//!   holds no allocation until something is queued and is given back after a burst.
+//!   holds no allocation while it is empty (it is given back as soon as it drains).
 //! - **Encoded once.** A delivery's whole WebSocket frame — header and
 //!   `{"event":…,"data":…}` — is built once per [`Transport::deliver`] from the core's
 //!   already-serialized payload, and every member gets a reference-counted clone of the same
@@ -45,7 +46,8 @@
 //!   32 frames a call); a burst of pushes costs the socket's task one wake-up. Tungstenite
 //!   reads and writes only control frames (pong replies, close), unbuffered.
 //!
-//! Rooms: the core calls [`Connection::join`]/[`Connection::leave`]; this transport keeps
+//! Rooms: the core calls [`Connection::join`](switchboard_core::Connection::join) and
+//! [`Connection::leave`](switchboard_core::Connection::leave); this transport keeps
 //! its own room → members index for fan-out, and the list of all its sockets for
 //! namespace-wide events (`user:online`, `user:offline`).
 

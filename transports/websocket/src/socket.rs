@@ -1,5 +1,5 @@
 //! The one task that runs a native socket: handshake, then a single poll loop over the
-//! socket's reads, its outbound queue and its ping timer, then the close handshake.
+//! socket's reads and its outbound queue, then the close handshake.
 //!
 //! Reading, control frames (pong replies, the close handshake) and the handshake's own
 //! replies go through tungstenite. Every other server frame is already framed, WebSocket
