@@ -51,6 +51,8 @@ const child = spawn(wrap[0] ?? bin, [...wrap.slice(1), ...(wrap.length ? [bin] :
     ...process.env,
     SWITCHBOARD_AUTH__JWT__SECRET: secret,
     SWITCHBOARD_LIMITS__HANDSHAKE_TIMEOUT: '30s',
+    // 0 = no limit: --same-user opens every connection as one user.
+    SWITCHBOARD_LIMITS__MAX_CONNECTIONS_PER_USER: '0',
     SWITCHBOARD_LOG__LEVEL: 'warn',
   },
   stdio: ['ignore', 'inherit', 'inherit'],
