@@ -1,0 +1,533 @@
+//! One sandboxed Luau state with every script loaded, and the calls into it.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use mlua::chunk::{ChunkMode, Compiler};
+use mlua::{Function, Lua, LuaOptions, LuaSerdeExt, MultiValue, StdLib, Table, Value, VmState};
+use serde_json::Value as Json;
+use switchboard_core::HookCtx;
+
+/// The three hook functions a script may define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Hook {
+    /// `on_inbound(event, payload, ctx)`.
+    Inbound,
+    /// `on_outbound(event, payload, ctx)`.
+    Outbound,
+    /// `authorize(ctx)`.
+    Authorize,
+}
+
+impl Hook {
+    /// Every hook, in a fixed order (the index into per-script tables).
+    pub(crate) const ALL: [Hook; 3] = [Hook::Inbound, Hook::Outbound, Hook::Authorize];
+
+    /// The global function's name, also the `hook` metric label.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Hook::Inbound => "on_inbound",
+            Hook::Outbound => "on_outbound",
+            Hook::Authorize => "authorize",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Hook::Inbound => 0,
+            Hook::Outbound => 1,
+            Hook::Authorize => 2,
+        }
+    }
+}
+
+/// Why one call into a script failed; the `kind` metric label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// It ran past `hooks.lua.timeout`.
+    Timeout,
+    /// Its VM hit `hooks.lua.memory_limit`.
+    Memory,
+    /// It raised an error.
+    Runtime(String),
+    /// It returned something other than a table or nil.
+    Result(String),
+    /// Its payload could not be converted to or from JSON.
+    Payload(String),
+    /// No VM was free within the timeout.
+    Busy,
+}
+
+impl Failure {
+    /// The `kind` label.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Memory => "memory",
+            Failure::Runtime(_) => "runtime",
+            Failure::Result(_) => "result",
+            Failure::Payload(_) => "payload",
+            Failure::Busy => "busy",
+        }
+    }
+
+    /// A human description for the log.
+    pub(crate) fn describe(&self, timeout: Duration, memory_limit: usize) -> String {
+        match self {
+            Failure::Timeout => format!("ran past hooks.lua.timeout ({timeout:?})"),
+            Failure::Memory => {
+                format!("ran out of memory (hooks.lua.memory_limit = {memory_limit} bytes)")
+            }
+            Failure::Runtime(m) => m.clone(),
+            Failure::Result(m) => m.clone(),
+            Failure::Payload(m) => format!("payload conversion failed: {m}"),
+            Failure::Busy => "no Lua VM was free within hooks.lua.timeout".to_owned(),
+        }
+    }
+}
+
+/// One script's source compiled to Luau bytecode; shared by every VM of a generation.
+#[derive(Debug, Clone)]
+pub(crate) struct Compiled {
+    /// The path as configured (also the `script` metric label).
+    pub(crate) label: Arc<str>,
+    /// The source it was compiled from (to tell a changed file from a touched one).
+    pub(crate) source: Arc<[u8]>,
+    /// The bytecode.
+    pub(crate) bytecode: Arc<[u8]>,
+}
+
+impl Compiled {
+    /// Reads and compiles `path`; the error names the file and line.
+    pub(crate) fn from_file(label: &str, path: &Path) -> Result<Self, String> {
+        let source = std::fs::read(path).map_err(|e| format!("{label}: cannot read: {e}"))?;
+        Self::from_source(label, source)
+    }
+
+    /// Compiles `source`; the error names the file and line.
+    pub(crate) fn from_source(label: &str, source: Vec<u8>) -> Result<Self, String> {
+        let bytecode = compiler().compile(&source).map_err(|e| match e {
+            mlua::Error::SyntaxError { message, .. } => format!("{label}:{message}"),
+            other => format!("{label}: {other}"),
+        })?;
+        Ok(Compiled {
+            label: Arc::from(label),
+            source: Arc::from(source),
+            bytecode: Arc::from(bytecode),
+        })
+    }
+}
+
+fn compiler() -> Compiler {
+    Compiler::new().set_optimization_level(2).set_debug_level(1)
+}
+
+/// The limits every VM runs under.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Per call.
+    pub(crate) timeout: Duration,
+    /// For running a script's top level when a VM is built.
+    pub(crate) load_timeout: Duration,
+    /// Per VM, in bytes.
+    pub(crate) memory: usize,
+}
+
+/// A script loaded into one VM: its own environment and the hooks it defined.
+struct Loaded {
+    label: Arc<str>,
+    hooks: [Option<Function>; 3],
+    /// Whether each hook declares a `ctx` parameter (skip building it when it does not).
+    wants_ctx: [bool; 3],
+}
+
+/// Which hooks a set of scripts defines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Defined([bool; 3]);
+
+impl Defined {
+    /// Whether any script defines `hook`.
+    pub(crate) fn any(self, hook: Hook) -> bool {
+        self.0[hook.index()]
+    }
+}
+
+/// A monotonic clock in nanoseconds since the first call, for deadlines shared with the interrupt.
+fn now_nanos() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+const NO_DEADLINE: u64 = u64::MAX;
+
+/// A sandboxed Luau state with every script of one generation loaded.
+pub(crate) struct Vm {
+    lua: Lua,
+    deadline: Arc<AtomicU64>,
+    timed_out: Arc<AtomicBool>,
+    scripts: Vec<Loaded>,
+    limits: Limits,
+    /// The script generation it was built from.
+    pub(crate) generation: u64,
+    /// Set when the VM should be rebuilt rather than reused (stuck near its memory limit).
+    pub(crate) spoiled: bool,
+}
+
+/// Why a VM could not be built: the index of the script that failed, and why.
+#[derive(Debug, Clone)]
+pub(crate) struct BuildError {
+    /// Index into the script list; `None` when the VM itself failed.
+    pub(crate) script: Option<usize>,
+    /// What went wrong, naming the file and line where there is one.
+    pub(crate) message: String,
+}
+
+impl Vm {
+    /// Builds a sandboxed state and loads `scripts` into it, each with its own environment.
+    pub(crate) fn build(
+        scripts: &[Compiled],
+        limits: Limits,
+        generation: u64,
+    ) -> Result<Self, BuildError> {
+        let vm_err = |e: mlua::Error| BuildError {
+            script: None,
+            message: format!("cannot set up the Lua VM: {e}"),
+        };
+        let lua = Lua::new_with(
+            StdLib::COROUTINE
+                | StdLib::TABLE
+                | StdLib::OS
+                | StdLib::STRING
+                | StdLib::UTF8
+                | StdLib::BIT
+                | StdLib::BUFFER
+                | StdLib::MATH,
+            LuaOptions::new(),
+        )
+        .map_err(vm_err)?;
+        let globals = sandbox(&lua).map_err(vm_err)?;
+
+        let deadline = Arc::new(AtomicU64::new(NO_DEADLINE));
+        let timed_out = Arc::new(AtomicBool::new(false));
+        {
+            let deadline = deadline.clone();
+            let timed_out = timed_out.clone();
+            lua.set_interrupt(move |_| {
+                let d = deadline.load(Ordering::Relaxed);
+                if d != NO_DEADLINE && now_nanos() >= d {
+                    timed_out.store(true, Ordering::Relaxed);
+                    return Err(mlua::Error::runtime("script timed out"));
+                }
+                Ok(VmState::Continue)
+            });
+        }
+        // The limit covers the whole state: libraries, scripts, their globals and payloads.
+        lua.set_memory_limit(limits.memory).map_err(vm_err)?;
+
+        let mut vm = Vm {
+            lua,
+            deadline,
+            timed_out,
+            scripts: Vec::with_capacity(scripts.len()),
+            limits,
+            generation,
+            spoiled: false,
+        };
+        for (i, script) in scripts.iter().enumerate() {
+            let loaded = vm.load(script, &globals).map_err(|message| BuildError {
+                script: Some(i),
+                message,
+            })?;
+            vm.scripts.push(loaded);
+        }
+        Ok(vm)
+    }
+
+    /// Runs one script's top level in a fresh environment and collects its hooks.
+    fn load(&self, script: &Compiled, globals: &Table) -> Result<Loaded, String> {
+        let label = &script.label;
+        let fail = |e: mlua::Error| format!("{label}: {}", error_text(&e));
+        let lua = &self.lua;
+        let env = lua.create_table().map_err(fail)?;
+        let meta = lua.create_table().map_err(fail)?;
+        meta.raw_set("__index", globals.clone()).map_err(fail)?;
+        meta.set_readonly(true);
+        env.set_metatable(Some(meta)).map_err(fail)?;
+        let name = label.to_string();
+        let print = lua
+            .create_function(move |_, args: MultiValue| {
+                let text: Vec<String> = args.iter().map(display_value).collect();
+                tracing::info!(script = %name, "{}", text.join("\t"));
+                Ok(())
+            })
+            .map_err(fail)?;
+        env.raw_set("print", print).map_err(fail)?;
+        env.set_safeenv(true);
+        let chunk = lua
+            .load(&script.bytecode[..])
+            .set_name(format!("@{label}"))
+            .set_mode(ChunkMode::Binary)
+            .set_environment(env.clone())
+            .into_function()
+            .map_err(fail)?;
+        self.with_deadline(self.limits.load_timeout, || chunk.call::<()>(()))
+            .map_err(|f| match f {
+                Failure::Timeout => format!(
+                    "{label}: its top level ran past {:?}",
+                    self.limits.load_timeout
+                ),
+                Failure::Memory => format!("{label}: its top level ran out of memory"),
+                other => other.describe(self.limits.timeout, self.limits.memory),
+            })?;
+        let mut hooks: [Option<Function>; 3] = [None, None, None];
+        let mut wants_ctx = [false; 3];
+        for hook in Hook::ALL {
+            match env.raw_get::<Value>(hook.name()).map_err(fail)? {
+                Value::Function(f) => {
+                    let params = usize::from(f.info().num_params);
+                    wants_ctx[hook.index()] = match hook {
+                        Hook::Authorize => params >= 1,
+                        _ => params >= 3,
+                    };
+                    hooks[hook.index()] = Some(f);
+                }
+                Value::Nil => {}
+                other => {
+                    return Err(format!(
+                        "{label}: `{}` must be a function, not a {}",
+                        hook.name(),
+                        other.type_name()
+                    ));
+                }
+            }
+        }
+        Ok(Loaded {
+            label: label.clone(),
+            hooks,
+            wants_ctx,
+        })
+    }
+
+    /// Which hooks the loaded scripts define.
+    pub(crate) fn defined(&self) -> Defined {
+        let mut d = Defined::default();
+        for s in &self.scripts {
+            for hook in Hook::ALL {
+                if s.hooks[hook.index()].is_some() {
+                    d.0[hook.index()] = true;
+                }
+            }
+        }
+        d
+    }
+
+    /// The number of scripts loaded.
+    pub(crate) fn len(&self) -> usize {
+        self.scripts.len()
+    }
+
+    /// The label of script `i`.
+    pub(crate) fn label(&self, i: usize) -> &Arc<str> {
+        &self.scripts[i].label
+    }
+
+    /// Whether script `i` defines `hook`.
+    pub(crate) fn has(&self, i: usize, hook: Hook) -> bool {
+        self.scripts[i].hooks[hook.index()].is_some()
+    }
+
+    /// Bytes the VM uses now.
+    pub(crate) fn used_memory(&self) -> usize {
+        self.lua.used_memory()
+    }
+
+    /// Calls script `i`'s `on_inbound`/`on_outbound`: `Some(payload)` to send, `None` to drop.
+    pub(crate) fn call_payload(
+        &mut self,
+        i: usize,
+        hook: Hook,
+        event: &str,
+        payload: &Json,
+        ctx: &HookCtx<'_>,
+    ) -> Result<Option<Json>, Failure> {
+        let Some(f) = &self.scripts[i].hooks[hook.index()] else {
+            return Ok(Some(payload.clone()));
+        };
+        let wants_ctx = self.scripts[i].wants_ctx[hook.index()];
+        let result = self.with_deadline(self.limits.timeout, || {
+            let lua = &self.lua;
+            let p = lua.to_value(payload)?;
+            let c = if wants_ctx {
+                Value::Table(ctx_table(lua, ctx)?)
+            } else {
+                Value::Nil
+            };
+            let out: Value = f.call((event, p, c))?;
+            match out {
+                Value::Nil => Ok(Ok(None)),
+                Value::Table(t) => Ok(lua
+                    .from_value::<Json>(Value::Table(t))
+                    .map(Some)
+                    .map_err(|e| Failure::Payload(error_text(&e)))),
+                other => Ok(Err(Failure::Result(format!(
+                    "{} returned a {}; return the payload table, or nil to drop the event",
+                    hook.name(),
+                    other.type_name()
+                )))),
+            }
+        });
+        self.settle(result).and_then(|r| r)
+    }
+
+    /// Calls script `i`'s `authorize(ctx)`: `true` allows, anything else denies.
+    pub(crate) fn call_authorize(&mut self, i: usize, ctx: &HookCtx<'_>) -> Result<bool, Failure> {
+        let hook = Hook::Authorize;
+        let Some(f) = &self.scripts[i].hooks[hook.index()] else {
+            return Ok(true);
+        };
+        let wants_ctx = self.scripts[i].wants_ctx[hook.index()];
+        let result = self.with_deadline(self.limits.timeout, || {
+            let c = if wants_ctx {
+                Value::Table(ctx_table(&self.lua, ctx)?)
+            } else {
+                Value::Nil
+            };
+            let out: Value = f.call(c)?;
+            Ok(matches!(out, Value::Boolean(true)))
+        });
+        self.settle(result)
+    }
+
+    /// After a failed call: collect garbage after a memory error, and spoil a VM that stays full.
+    fn settle<T>(&mut self, result: Result<T, Failure>) -> Result<T, Failure> {
+        if let Err(Failure::Memory) = &result {
+            let _ = self.lua.gc_collect();
+            if self.lua.used_memory() > self.limits.memory / 4 * 3 {
+                self.spoiled = true;
+            }
+        }
+        result
+    }
+
+    /// Runs `f` with the interrupt armed for `budget`, classifying its failure.
+    fn with_deadline<T>(
+        &self,
+        budget: Duration,
+        f: impl FnOnce() -> mlua::Result<T>,
+    ) -> Result<T, Failure> {
+        let nanos = u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX / 2);
+        self.timed_out.store(false, Ordering::Relaxed);
+        self.deadline
+            .store(now_nanos().saturating_add(nanos), Ordering::Relaxed);
+        let result = f();
+        self.deadline.store(NO_DEADLINE, Ordering::Relaxed);
+        let timed_out = self.timed_out.swap(false, Ordering::Relaxed);
+        match result {
+            // A script that caught the timeout error and returned anyway still timed out.
+            _ if timed_out => Err(Failure::Timeout),
+            Ok(v) => Ok(v),
+            Err(e) if is_memory(&e) => Err(Failure::Memory),
+            Err(e) => Err(Failure::Runtime(error_text(&e))),
+        }
+    }
+}
+
+/// Removes everything that reaches outside the VM, adds `null` and `array`, then sandboxes.
+///
+/// Returns the (now read-only) global table that every script environment reads through.
+fn sandbox(lua: &Lua) -> mlua::Result<Table> {
+    let globals = lua.globals();
+    for name in [
+        "require",
+        "loadstring",
+        "getfenv",
+        "setfenv",
+        "debug",
+        "print",
+    ] {
+        globals.raw_set(name, Value::Nil)?;
+    }
+    // `os` keeps only the clock: no date formatting, no environment, no processes.
+    let os: Table = globals.raw_get("os")?;
+    let safe_os = lua.create_table()?;
+    safe_os.raw_set("time", os.raw_get::<Function>("time")?)?;
+    safe_os.raw_set("clock", os.raw_get::<Function>("clock")?)?;
+    globals.raw_set("os", safe_os)?;
+    globals.raw_set("null", lua.null())?;
+    let array_mt = lua.array_metatable();
+    let mark = array_mt.clone();
+    globals.raw_set(
+        "array",
+        lua.create_function(move |_, t: Option<Table>| {
+            let t = match t {
+                Some(t) => t,
+                None => return Err(mlua::Error::runtime("array(t): t must be a table")),
+            };
+            t.set_metatable(Some(mark.clone()))?;
+            Ok(t)
+        })?,
+    )?;
+    array_mt.set_readonly(true);
+    lua.sandbox(true)?;
+    Ok(globals)
+}
+
+/// The `ctx` table: direction, room, source, userId, socketId, claims; read-only.
+fn ctx_table(lua: &Lua, ctx: &HookCtx<'_>) -> mlua::Result<Table> {
+    let t = lua.create_table_with_capacity(0, 6)?;
+    t.raw_set("direction", ctx.direction.as_str())?;
+    if let Some(room) = ctx.room {
+        t.raw_set("room", room)?;
+    }
+    t.raw_set("source", ctx.source.as_str())?;
+    if let Some(user) = ctx.user_id {
+        t.raw_set("userId", user)?;
+    }
+    if let Some(socket) = ctx.socket_id {
+        t.raw_set("socketId", socket)?;
+    }
+    if let Some(claims) = ctx.claims {
+        let c = lua.to_value(claims)?;
+        if let Value::Table(ct) = &c {
+            ct.set_readonly(true);
+        }
+        t.raw_set("claims", c)?;
+    }
+    t.set_readonly(true);
+    Ok(t)
+}
+
+/// Whether an error (or its cause) is a memory error.
+fn is_memory(e: &mlua::Error) -> bool {
+    match e {
+        mlua::Error::MemoryError(_) => true,
+        mlua::Error::CallbackError { cause, .. } => is_memory(cause),
+        mlua::Error::WithContext { cause, .. } => is_memory(cause),
+        _ => false,
+    }
+}
+
+/// An error's message without mlua's Rust-side traceback.
+fn error_text(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::RuntimeError(m) => m.clone(),
+        mlua::Error::CallbackError { cause, .. } => error_text(cause),
+        mlua::Error::WithContext { cause, .. } => error_text(cause),
+        other => other.to_string(),
+    }
+}
+
+fn display_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.to_string_lossy(),
+        Value::Nil => "nil".to_owned(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Integer(i) => i.to_string(),
+        Value::Number(n) => n.to_string(),
+        other if other.is_null() => "null".to_owned(),
+        other => other.type_name().to_owned(),
+    }
+}
