@@ -461,10 +461,10 @@ fn sandbox(lua: &Lua) -> mlua::Result<Table> {
     let mark = array_mt.clone();
     globals.raw_set(
         "array",
-        lua.create_function(move |_, t: Option<Table>| {
+        lua.create_function(move |lua, t: Option<Table>| {
             let t = match t {
                 Some(t) => t,
-                None => return Err(mlua::Error::runtime("array(t): t must be a table")),
+                None => lua.create_table()?,
             };
             t.set_metatable(Some(mark.clone()))?;
             Ok(t)
