@@ -54,10 +54,16 @@ pub fn router(gw: Gateway) -> Router {
         .route("/api/v1/presence/{user_id}", get(presence_user))
         .route("/api/{*rest}", axum::routing::any(api_not_found))
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(gw.clone(), require_key))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            require_key,
+        ))
         .layer(DefaultBodyLimit::max(body_limit));
     Router::new()
-        .route("/healthz", get(|| async { (StatusCode::OK, axum::Json(json!({"status": "ok"}))) }))
+        .route(
+            "/healthz",
+            get(|| async { (StatusCode::OK, axum::Json(json!({"status": "ok"}))) }),
+        )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api)
@@ -84,8 +90,11 @@ async fn require_key(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(key) = presented else {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "Missing API key: send Authorization: Bearer <key>")
-            .into_response();
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Missing API key: send Authorization: Bearer <key>",
+        )
+        .into_response();
     };
     // Compare against every key in constant time, without stopping at the first match.
     let mut ok = 0u8;
@@ -123,17 +132,31 @@ async fn emit(
     let body = body.map_err(|e| {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, format!("Body too large (limit {} bytes)", gw.config().limits.max_http_body_bytes.bytes()))
+            ApiError::new(
+                status,
+                format!(
+                    "Body too large (limit {} bytes)",
+                    gw.config().limits.max_http_body_bytes.bytes()
+                ),
+            )
         } else {
             ApiError::new(status, "Could not read the body")
         }
     })?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "Body is not valid JSON").details(json!(e.to_string())))?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "Body is not valid JSON")
+            .details(json!(e.to_string()))
+    })?;
     let req: Publish = serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
-        ApiError::new(StatusCode::BAD_REQUEST, format!("Body must be {{\"event\": string, \"data\": object, \"room\"?: string}}: {}", e.into_inner()))
-            .details(json!({ "field": path }))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Body must be {{\"event\": string, \"data\": object, \"room\"?: string}}: {}",
+                e.into_inner()
+            ),
+        )
+        .details(json!({ "field": path }))
     })?;
     let event = req.event.clone();
     match gw.publish(req).await {
@@ -144,7 +167,9 @@ async fn emit(
             }
             Ok((StatusCode::OK, axum::Json(out)).into_response())
         }
-        Err(e @ PublishError::UnknownEvent(_)) => Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string())),
+        Err(e @ PublishError::UnknownEvent(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
         Err(PublishError::Invalid(msg)) => {
             gw.metrics().error("api_invalid");
             Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg))
@@ -179,13 +204,20 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
     if gw.ready().await {
         (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "not ready"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not ready"})),
+        )
+            .into_response()
     }
 }
 
 async fn metrics(State(gw): State<Gateway>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         gw.metrics().encode(),
     )
         .into_response()

@@ -46,6 +46,9 @@ pub enum AuthError {
     /// A token was given and did not verify.
     #[error("Authentication failed: Invalid token")]
     InvalidToken,
+    /// The identity is fine but a connection limit refuses it; the text says which.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Where a handshake's token was found, if anywhere.
@@ -141,23 +144,49 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn hs<'a>(auth: Option<&'a Value>, headers: &'a HeaderMap, q: Option<&'a str>) -> Handshake<'a> {
-        Handshake { auth, headers, query: q }
+    fn hs<'a>(
+        auth: Option<&'a Value>,
+        headers: &'a HeaderMap,
+        q: Option<&'a str>,
+    ) -> Handshake<'a> {
+        Handshake {
+            auth,
+            headers,
+            query: q,
+        }
     }
 
     #[test]
     fn token_comes_from_auth_then_bearer() {
         let mut headers = HeaderMap::new();
-        headers.insert("authorization", "Bearer from-header".parse().expect("header"));
+        headers.insert(
+            "authorization",
+            "Bearer from-header".parse().expect("header"),
+        );
         let auth = json!({"token": "from-auth"});
-        assert_eq!(hs(Some(&auth), &headers, None).token(), TokenSource::Token("from-auth"));
+        assert_eq!(
+            hs(Some(&auth), &headers, None).token(),
+            TokenSource::Token("from-auth")
+        );
         let empty = json!({"token": ""});
-        assert_eq!(hs(Some(&empty), &headers, None).token(), TokenSource::Token("from-header"));
+        assert_eq!(
+            hs(Some(&empty), &headers, None).token(),
+            TokenSource::Token("from-header")
+        );
         let null = json!({"token": null});
-        assert_eq!(hs(Some(&null), &HeaderMap::new(), None).token(), TokenSource::Missing);
+        assert_eq!(
+            hs(Some(&null), &HeaderMap::new(), None).token(),
+            TokenSource::Missing
+        );
         let num = json!({"token": 5});
-        assert_eq!(hs(Some(&num), &headers, None).token(), TokenSource::NotAString);
-        assert_eq!(hs(None, &HeaderMap::new(), Some("token=abc")).token(), TokenSource::Missing);
+        assert_eq!(
+            hs(Some(&num), &headers, None).token(),
+            TokenSource::NotAString
+        );
+        assert_eq!(
+            hs(None, &HeaderMap::new(), Some("token=abc")).token(),
+            TokenSource::Missing
+        );
     }
 
     #[test]

@@ -70,7 +70,11 @@ impl Delivery {
         room: Option<Room>,
         payload: &T,
     ) -> Result<Self, serde_json::Error> {
-        Ok(Delivery::new(event, room, serde_json::value::to_raw_value(payload)?))
+        Ok(Delivery::new(
+            event,
+            room,
+            serde_json::value::to_raw_value(payload)?,
+        ))
     }
 
     /// Excludes one connection.

@@ -5,9 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::Value as FigValue;
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::units::{Dur, Size};
@@ -42,6 +42,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Hook plugin sections (`hooks.lua`).
     pub hooks: Sections,
+    /// Room access policies.
+    pub rooms: crate::access::RoomsConfig,
     /// Limits on clients and requests.
     pub limits: LimitsConfig,
     /// Logging.
@@ -214,6 +216,12 @@ pub struct LimitsConfig {
     pub rate_disconnect_after: Dur,
     /// How long a client has to complete its handshake (connect and authenticate).
     pub handshake_timeout: Dur,
+    /// Rooms one socket may be in at once.
+    pub max_rooms_per_socket: usize,
+    /// Connections one user may hold on one node; `0`: no limit.
+    pub max_connections_per_user: usize,
+    /// Connections one node accepts; `0`: no limit.
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
@@ -227,6 +235,9 @@ impl Default for LimitsConfig {
             burst: 200,
             rate_disconnect_after: Dur::secs(10),
             handshake_timeout: Dur::secs(10),
+            max_rooms_per_socket: 100,
+            max_connections_per_user: 32,
+            max_connections: 50_000,
         }
     }
 }
@@ -353,8 +364,7 @@ impl ConfigError {
                         Some(figment::Source::File(p)) => format!("file {}", p.display()),
                         Some(figment::Source::Custom(s)) => s.clone(),
                         _ if name.contains("environment") => {
-                            let var: Vec<String> =
-                                path.iter().map(|p| p.to_uppercase()).collect();
+                            let var: Vec<String> = path.iter().map(|p| p.to_uppercase()).collect();
                             format!("env {ENV_PREFIX}{}", var.join("__"))
                         }
                         _ => name,
@@ -407,7 +417,10 @@ impl LoadedConfig {
                 if !p.is_file() {
                     return Err(ConfigError::new(
                         "",
-                        format!("config file {} does not exist or is not a file", p.display()),
+                        format!(
+                            "config file {} does not exist or is not a file",
+                            p.display()
+                        ),
                     ));
                 }
                 Some(p.to_path_buf())
@@ -465,13 +478,11 @@ impl figment::Provider for FlagsProvider {
     ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         let mut dict = figment::value::Dict::new();
         for (path, value) in &self.0 {
-            let nested = path
-                .rsplit('.')
-                .fold(value.clone(), |acc, key| {
-                    let mut d = figment::value::Dict::new();
-                    d.insert(key.to_owned(), acc);
-                    FigValue::from(d)
-                });
+            let nested = path.rsplit('.').fold(value.clone(), |acc, key| {
+                let mut d = figment::value::Dict::new();
+                d.insert(key.to_owned(), acc);
+                FigValue::from(d)
+            });
             if let FigValue::Dict(_, d) = nested {
                 for (k, v) in d {
                     merge_dict(&mut dict, k, v);
@@ -585,7 +596,11 @@ mod tests {
         assert!(err.to_string().starts_with("server.listen:"), "{err}");
 
         let err = LoadedConfig::from_toml_str("[limits]\nmax_evnt_bytes = 3").expect_err("typo");
-        assert!(err.to_string().starts_with("limits.max_evnt_bytes: unknown key"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("limits.max_evnt_bytes: unknown key"),
+            "{err}"
+        );
 
         let err = LoadedConfig::from_toml_str("[presence]\nnode_ttl = \"10\"").expect_err("unit");
         assert!(err.to_string().starts_with("presence.node_ttl:"), "{err}");

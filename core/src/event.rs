@@ -23,6 +23,8 @@ pub enum ErrorKind {
     RateLimited,
     /// A join the policy or a hook refused.
     Unauthorized,
+    /// Over `limits.max_rooms_per_socket`.
+    RoomLimit,
     /// A backend (Redis) did not answer.
     Backend,
     /// A hook failed.
@@ -39,6 +41,7 @@ impl ErrorKind {
             ErrorKind::TooDeep => "too_deep",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::RoomLimit => "room_limit",
             ErrorKind::Backend => "backend",
             ErrorKind::Hook => "hook",
         }
@@ -168,9 +171,18 @@ pub fn json_type(v: &Value) -> &'static str {
 }
 
 /// Checks an id field: a non-empty string of at most `limits.max_id_chars` characters.
-pub fn check_id(event: &str, field: &str, id: &str, limits: &LimitsConfig) -> Result<(), EventError> {
+pub fn check_id(
+    event: &str,
+    field: &str,
+    id: &str,
+    limits: &LimitsConfig,
+) -> Result<(), EventError> {
     if id.is_empty() {
-        return Err(EventError::invalid(event, field, "must be a non-empty string"));
+        return Err(EventError::invalid(
+            event,
+            field,
+            "must be a non-empty string",
+        ));
     }
     if id.chars().count() > limits.max_id_chars {
         return Err(EventError::invalid(
@@ -202,6 +214,37 @@ pub fn depth(v: &Value) -> usize {
     max
 }
 
+/// Deserializes `payload` into `T` and checks it, the shared first step of every handler.
+pub trait Validate: DeserializeOwned {
+    /// Checks the fields serde cannot (id lengths, enums); errors name the field.
+    fn validate(&self, event: &str, limits: &LimitsConfig) -> Result<(), EventError>;
+
+    /// Parses and validates in one step.
+    fn parse(event: &str, payload: &Value, limits: &LimitsConfig) -> Result<Self, EventError> {
+        let v: Self = parse_payload(event, payload)?;
+        v.validate(event, limits)?;
+        Ok(v)
+    }
+}
+
+/// Checks that `value` is one of `allowed`.
+pub fn check_enum(
+    event: &str,
+    field: &str,
+    value: &str,
+    allowed: &[&str],
+) -> Result<(), EventError> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(EventError::invalid(
+            event,
+            field,
+            format!("must be one of {}, got {value:?}", allowed.join(", ")),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,12 +261,18 @@ mod tests {
     #[test]
     fn payload_errors_name_the_field() {
         let e = parse_payload::<Join>("conversation:join", &json!({})).expect_err("missing");
-        assert_eq!(e.message, "Invalid payload for conversation:join: conversationId: is required");
+        assert_eq!(
+            e.message,
+            "Invalid payload for conversation:join: conversationId: is required"
+        );
         let e = parse_payload::<Join>("conversation:join", &json!({"conversationId": 5}))
             .expect_err("type");
         assert!(e.message.starts_with("Invalid payload for conversation:join: conversationId: invalid type: integer `5`, expected a string"), "{}", e.message);
         let e = parse_payload::<Join>("conversation:join", &json!("x")).expect_err("shape");
-        assert_eq!(e.message, "Invalid payload for conversation:join: expected an object, got a string");
+        assert_eq!(
+            e.message,
+            "Invalid payload for conversation:join: expected an object, got a string"
+        );
         assert!(parse_payload::<Join>("c", &json!({"conversationId": "1", "extra": 1})).is_ok());
     }
 
@@ -244,31 +293,5 @@ mod tests {
         assert_eq!(depth(&json!(1)), 0);
         assert_eq!(depth(&json!({})), 1);
         assert_eq!(depth(&json!({"a": [1, {"b": {}}]})), 4);
-    }
-}
-
-/// Deserializes `payload` into `T` and checks it, the shared first step of every handler.
-pub trait Validate: DeserializeOwned {
-    /// Checks the fields serde cannot (id lengths, enums); errors name the field.
-    fn validate(&self, event: &str, limits: &LimitsConfig) -> Result<(), EventError>;
-
-    /// Parses and validates in one step.
-    fn parse(event: &str, payload: &Value, limits: &LimitsConfig) -> Result<Self, EventError> {
-        let v: Self = parse_payload(event, payload)?;
-        v.validate(event, limits)?;
-        Ok(v)
-    }
-}
-
-/// Checks that `value` is one of `allowed`.
-pub fn check_enum(event: &str, field: &str, value: &str, allowed: &[&str]) -> Result<(), EventError> {
-    if allowed.contains(&value) {
-        Ok(())
-    } else {
-        Err(EventError::invalid(
-            event,
-            field,
-            format!("must be one of {}, got {value:?}", allowed.join(", ")),
-        ))
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Plugins depend on this crate alone and register with [`register_plugin!`].
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod broker;
@@ -27,7 +28,7 @@ pub use metrics::Metrics;
 pub use node::Node;
 pub use presence::{PresenceChange, PresenceError, PresenceEvents, PresenceStore};
 pub use registry::{BoxError, Factory, Plugin, PluginContext, PluginKind};
-pub use runtime::{Gateway, InboundCtx, Publish, Published, PublishError, Session};
+pub use runtime::{Gateway, InboundCtx, Publish, PublishError, Published, Session};
 pub use transport::{CloseReason, Connection, Transport};
 pub use units::{Dur, Size};
 

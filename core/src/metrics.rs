@@ -55,9 +55,17 @@ impl Metrics {
         let events_in = Family::<EventLabels, Counter>::default();
         let events_out = Family::<EventLabels, Counter>::default();
         let errors = Family::<KindLabels, Counter>::default();
-        registry.register("connections", "Open client connections", connections.clone());
+        registry.register(
+            "connections",
+            "Open client connections",
+            connections.clone(),
+        );
         registry.register("connects", "Accepted client connections", connects.clone());
-        registry.register("events_in", "Client events received, by name", events_in.clone());
+        registry.register(
+            "events_in",
+            "Client events received, by name",
+            events_in.clone(),
+        );
         registry.register(
             "events_out",
             "Events published to rooms or the namespace, by name",

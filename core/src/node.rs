@@ -27,7 +27,9 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("gateway", &self.gateway).finish()
+        f.debug_struct("Node")
+            .field("gateway", &self.gateway)
+            .finish()
     }
 }
 
@@ -45,7 +47,8 @@ impl Node {
         let mut transports = Vec::new();
         for p in registry::plugins() {
             if let Factory::Transport(f) = p.factory {
-                let ctx = PluginContext::new(&loaded, p.section(), &effective, &metrics, &empty_hub);
+                let ctx =
+                    PluginContext::new(&loaded, p.section(), &effective, &metrics, &empty_hub);
                 match f(&ctx) {
                     Ok(Some(t)) => transports.push(t),
                     Ok(None) => {}
@@ -54,27 +57,44 @@ impl Node {
             }
         }
         let hub = LocalHub::new(transports.clone());
-        let ctx_for = |section: String| PluginContext::new(&loaded, section, &effective, &metrics, &hub);
+        let ctx_for =
+            |section: String| PluginContext::new(&loaded, section, &effective, &metrics, &hub);
         let c = &loaded.config;
 
-        let auth = pick(PluginKind::Auth, &c.auth.plugin, "auth.plugin").and_then(|p| match p.factory {
-            Factory::Auth(f) => f(&ctx_for(p.section())).map_err(|e| plugin_error(&p.section(), e)),
-            _ => unreachable_kind(),
-        });
-        let presence = pick(PluginKind::Presence, &c.presence.plugin, "presence.plugin").and_then(|p| match p.factory {
-            Factory::Presence(f) => f(&ctx_for(p.section())).map_err(|e| plugin_error(&p.section(), e)),
-            _ => unreachable_kind(),
-        });
-        let broker = pick(PluginKind::Broker, &c.broker.plugin, "broker.plugin").and_then(|p| match p.factory {
-            Factory::Broker(f) => f(&ctx_for(p.section())).map_err(|e| plugin_error(&p.section(), e)),
-            _ => unreachable_kind(),
+        let auth =
+            pick(PluginKind::Auth, &c.auth.plugin, "auth.plugin").and_then(|p| match p.factory {
+                Factory::Auth(f) => {
+                    f(&ctx_for(p.section())).map_err(|e| plugin_error(&p.section(), e))
+                }
+                _ => unreachable_kind(),
+            });
+        let presence =
+            pick(PluginKind::Presence, &c.presence.plugin, "presence.plugin").and_then(|p| match p
+                .factory
+            {
+                Factory::Presence(f) => {
+                    f(&ctx_for(p.section())).map_err(|e| plugin_error(&p.section(), e))
+                }
+                _ => unreachable_kind(),
+            });
+        let broker = pick(PluginKind::Broker, &c.broker.plugin, "broker.plugin").and_then(|p| {
+            match p.factory {
+                Factory::Broker(f) => {
+                    f(&ctx_for(p.section())).map_err(|e| plugin_error(&p.section(), e))
+                }
+                _ => unreachable_kind(),
+            }
         });
         let mut handlers = Vec::new();
         for (i, name) in c.events.plugins.iter().enumerate() {
-            let built = pick(PluginKind::Events, name, &format!("events.plugins[{i}]")).and_then(|p| match p.factory {
-                Factory::Events(f) => f(&ctx_for(p.section())).map_err(|e| plugin_error(&p.section(), e)),
-                _ => unreachable_kind(),
-            });
+            let built = pick(PluginKind::Events, name, &format!("events.plugins[{i}]")).and_then(
+                |p| match p.factory {
+                    Factory::Events(f) => {
+                        f(&ctx_for(p.section())).map_err(|e| plugin_error(&p.section(), e))
+                    }
+                    _ => unreachable_kind(),
+                },
+            );
             match built {
                 Ok(h) => handlers.push(h),
                 Err(e) => collect(e),
@@ -99,6 +119,7 @@ impl Node {
                 return Err(ConfigError { issues });
             }
         };
+        let access = crate::access::RoomAccess::new(c.rooms.clone(), metrics.clone())?;
         let mut eff = serde_json::to_value(&loaded.config).unwrap_or_default();
         for (path, value) in effective.into_inner() {
             set_path(&mut eff, &path, value);
@@ -113,6 +134,7 @@ impl Node {
             hooks,
             hub,
             metrics,
+            access,
         });
         Ok(Node {
             gateway,
@@ -182,7 +204,10 @@ impl Node {
 }
 
 fn unreachable_kind<T>() -> Result<T, ConfigError> {
-    Err(ConfigError::new("", "internal error: plugin registered under the wrong kind"))
+    Err(ConfigError::new(
+        "",
+        "internal error: plugin registered under the wrong kind",
+    ))
 }
 
 fn pick(kind: PluginKind, name: &str, key: &str) -> Result<&'static registry::Plugin, ConfigError> {
@@ -201,8 +226,16 @@ fn check_sections(loaded: &LoadedConfig, issues: &mut Vec<ConfigIssue>) {
     let c = &loaded.config;
     let groups: [(PluginKind, &Sections, &[&str]); 6] = [
         (PluginKind::Transport, &c.transports, &[]),
-        (PluginKind::Auth, &c.auth.sections, &["plugin", "allow_query_user_id", "refresh_notice"]),
-        (PluginKind::Presence, &c.presence.sections, &["plugin", "node_ttl"]),
+        (
+            PluginKind::Auth,
+            &c.auth.sections,
+            &["plugin", "allow_query_user_id", "refresh_notice"],
+        ),
+        (
+            PluginKind::Presence,
+            &c.presence.sections,
+            &["plugin", "node_ttl"],
+        ),
         (PluginKind::Broker, &c.broker.sections, &["plugin"]),
         (PluginKind::Events, &c.events.sections, &["plugins"]),
         (PluginKind::Hooks, &c.hooks, &[]),
@@ -230,7 +263,9 @@ fn set_path(root: &mut serde_json::Value, path: &str, value: serde_json::Value) 
         if !cur.is_object() {
             *cur = serde_json::Value::Object(Default::default());
         }
-        let Some(map) = cur.as_object_mut() else { return };
+        let Some(map) = cur.as_object_mut() else {
+            return;
+        };
         if i + 1 == parts.len() {
             map.insert((*part).to_owned(), value);
             return;
@@ -246,8 +281,13 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
     if origins.iter().any(|o| o == "*") {
-        return layer.allow_origin(AllowOrigin::mirror_request()).allow_credentials(true);
+        return layer
+            .allow_origin(AllowOrigin::mirror_request())
+            .allow_credentials(true);
     }
-    let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
     layer.allow_origin(list).allow_credentials(true)
 }

@@ -73,21 +73,24 @@ impl PluginKind {
     }
 }
 
+/// A plugin factory building a `T` from its context.
+pub type FactoryFn<T> = fn(&PluginContext<'_>) -> Result<T, BoxError>;
+
 /// Builds a plugin from its context; each variant is one kind.
 #[derive(Clone, Copy)]
 pub enum Factory {
     /// A transport; `None` when its section disables it.
-    Transport(fn(&PluginContext<'_>) -> Result<Option<Arc<dyn Transport>>, BoxError>),
+    Transport(FactoryFn<Option<Arc<dyn Transport>>>),
     /// An authenticator.
-    Auth(fn(&PluginContext<'_>) -> Result<Arc<dyn Authenticator>, BoxError>),
+    Auth(FactoryFn<Arc<dyn Authenticator>>),
     /// A presence store.
-    Presence(fn(&PluginContext<'_>) -> Result<Arc<dyn PresenceStore>, BoxError>),
+    Presence(FactoryFn<Arc<dyn PresenceStore>>),
     /// A room broker.
-    Broker(fn(&PluginContext<'_>) -> Result<Arc<dyn RoomBroker>, BoxError>),
+    Broker(FactoryFn<Arc<dyn RoomBroker>>),
     /// An event handler.
-    Events(fn(&PluginContext<'_>) -> Result<Arc<dyn EventHandler>, BoxError>),
+    Events(FactoryFn<Arc<dyn EventHandler>>),
     /// Hooks; `None` when its section configures nothing to run.
-    Hooks(fn(&PluginContext<'_>) -> Result<Option<Arc<dyn Hooks>>, BoxError>),
+    Hooks(FactoryFn<Option<Arc<dyn Hooks>>>),
 }
 
 /// One plugin's registration: submit it with [`register_plugin!`](crate::register_plugin).

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::access::RoomAccess;
 use crate::auth::{AuthError, Authenticator, Handshake, Identity};
 use crate::broker::{ConnId, Delivery, LocalHub, Room, RoomBroker};
 use crate::config::{Config, LimitsConfig};
@@ -40,6 +41,8 @@ pub struct Parts {
     pub hub: LocalHub,
     /// Metrics.
     pub metrics: Metrics,
+    /// Room access policies.
+    pub access: RoomAccess,
 }
 
 struct Inner {
@@ -52,6 +55,8 @@ struct Inner {
     hooks: Vec<Arc<dyn Hooks>>,
     hub: LocalHub,
     metrics: Metrics,
+    access: RoomAccess,
+    per_user: Mutex<HashMap<String, usize>>,
     log_limit: LogLimiter,
 }
 
@@ -110,7 +115,9 @@ impl Gateway {
                 inbound.entry((*ev).to_owned()).or_insert_with(|| h.clone());
             }
             for ev in h.outbound_events() {
-                outbound.entry((*ev).to_owned()).or_insert_with(|| h.clone());
+                outbound
+                    .entry((*ev).to_owned())
+                    .or_insert_with(|| h.clone());
             }
         }
         Gateway(Arc::new(Inner {
@@ -123,6 +130,8 @@ impl Gateway {
             hooks: parts.hooks,
             hub: parts.hub,
             metrics: parts.metrics,
+            access: parts.access,
+            per_user: Mutex::new(HashMap::new()),
             log_limit: LogLimiter::new(Duration::from_secs(10)),
         }))
     }
@@ -181,15 +190,40 @@ impl Gateway {
     }
 
     /// Authenticates a handshake, counting failures.
+    ///
+    /// A verified identity may still be refused by `limits.max_connections` or
+    /// `limits.max_connections_per_user` ([`AuthError::Refused`]).
     pub async fn authenticate(&self, handshake: &Handshake<'_>) -> Result<Identity, AuthError> {
-        let result = self.0.auth.authenticate(handshake).await;
+        let result = self.0.auth.authenticate(handshake).await.and_then(|id| {
+            self.admit(&id.user_id)?;
+            Ok(id)
+        });
         if let Err(e) = &result {
             self.0.metrics.error(match e {
                 AuthError::NoToken => "auth_no_token",
                 AuthError::InvalidToken => "auth_invalid_token",
+                AuthError::Refused(_) => "connection_limit",
             });
         }
         result
+    }
+
+    fn admit(&self, user: &str) -> Result<(), AuthError> {
+        let limits = &self.0.config.limits;
+        let open = usize::try_from(self.0.metrics.connections.get()).unwrap_or(0);
+        if limits.max_connections > 0 && open >= limits.max_connections {
+            return Err(AuthError::Refused(
+                "Connection refused: this node is at its connection limit".to_owned(),
+            ));
+        }
+        let mine = self.0.per_user.lock().get(user).copied().unwrap_or(0);
+        if limits.max_connections_per_user > 0 && mine >= limits.max_connections_per_user {
+            return Err(AuthError::Refused(format!(
+                "Connection refused: at most {} connections per user",
+                limits.max_connections_per_user
+            )));
+        }
+        Ok(())
     }
 
     /// Registers an authenticated connection: presence, `user:online`, the token's expiry timer.
@@ -205,6 +239,7 @@ impl Gateway {
         self.0.metrics.connections.inc();
         self.0.metrics.connects.inc();
         let user = session.user_id();
+        *self.0.per_user.lock().entry(user.clone()).or_insert(0) += 1;
         match self.0.presence.connect(&user, session.id()).await {
             Ok(true) => {
                 self.announce("user:online", &user, Some(session.id().clone()))
@@ -231,6 +266,15 @@ impl Gateway {
         }
         self.0.metrics.connections.dec();
         let user = session.user_id();
+        {
+            let mut per_user = self.0.per_user.lock();
+            if let Some(n) = per_user.get_mut(&user) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_user.remove(&user);
+                }
+            }
+        }
         match self.0.presence.disconnect(&user, session.id()).await {
             Ok(true) => self.announce("user:offline", &user, None).await,
             Ok(false) => {}
@@ -263,7 +307,10 @@ impl Gateway {
 
     /// Answers a frame the transport could not decode with `error`; returns the ack.
     pub fn inbound_malformed(&self, session: &Arc<Session>, reason: &str) -> Value {
-        let err = EventError::new(ErrorKind::InvalidPayload, format!("Malformed event: {reason}"));
+        let err = EventError::new(
+            ErrorKind::InvalidPayload,
+            format!("Malformed event: {reason}"),
+        );
         self.reply(session, Err(err))
     }
 
@@ -356,13 +403,22 @@ impl Gateway {
         }
     }
 
-    async fn refresh(&self, session: &Arc<Session>, payload: &Value) -> Result<Outcome, EventError> {
+    async fn refresh(
+        &self,
+        session: &Arc<Session>,
+        payload: &Value,
+    ) -> Result<Outcome, EventError> {
         #[derive(Deserialize)]
         struct Refresh {
             token: String,
         }
         let req: Refresh = event::parse_payload(AUTH_REFRESH, payload)?;
-        let fail = |why: &str| EventError::new(ErrorKind::Unauthorized, format!("Token refresh failed: {why}"));
+        let fail = |why: &str| {
+            EventError::new(
+                ErrorKind::Unauthorized,
+                format!("Token refresh failed: {why}"),
+            )
+        };
         let identity = self
             .0
             .auth
@@ -501,7 +557,13 @@ impl Gateway {
     }
 
     /// Runs the hooks in order; `None` when one dropped the event.
-    fn run_hooks(&self, event: &str, mut payload: Value, ctx: &HookCtx<'_>, dir: Direction) -> Option<Value> {
+    fn run_hooks(
+        &self,
+        event: &str,
+        mut payload: Value,
+        ctx: &HookCtx<'_>,
+        dir: Direction,
+    ) -> Option<Value> {
         for hook in &self.0.hooks {
             let verdict = match dir {
                 Direction::Inbound => hook.on_inbound(event, payload, ctx),
@@ -525,7 +587,9 @@ impl Gateway {
 
 /// Parses a payload's JSON text and checks its depth; an absent payload is `null`.
 fn decode_payload(raw: Option<&RawValue>, limits: &LimitsConfig) -> Result<Value, EventError> {
-    let Some(raw) = raw else { return Ok(Value::Null) };
+    let Some(raw) = raw else {
+        return Ok(Value::Null);
+    };
     let payload: Value = serde_json::from_str(raw.get()).map_err(|e| {
         if e.to_string().contains("recursion limit") {
             too_deep(limits)
@@ -542,7 +606,10 @@ fn decode_payload(raw: Option<&RawValue>, limits: &LimitsConfig) -> Result<Value
 fn too_deep(limits: &LimitsConfig) -> EventError {
     EventError::new(
         ErrorKind::TooDeep,
-        format!("Payload nested too deep (limit {} levels)", limits.max_depth),
+        format!(
+            "Payload nested too deep (limit {} levels)",
+            limits.max_depth
+        ),
     )
 }
 
@@ -586,7 +653,10 @@ impl Session {
     }
     /// Sends the contract's `error` event `{message, timestamp}`.
     pub fn send_error(&self, message: &str) {
-        self.send_value("error", &json!({ "message": message, "timestamp": iso8601_now() }));
+        self.send_value(
+            "error",
+            &json!({ "message": message, "timestamp": iso8601_now() }),
+        );
     }
     /// Sends pre-encoded JSON to this socket alone.
     pub fn send_raw(&self, event: &str, payload: &RawValue) {
@@ -614,9 +684,21 @@ impl InboundCtx<'_> {
         &self.gw.0.config.limits
     }
 
-    /// Joins `room` if the hooks allow it; effective cluster-wide when this returns.
+    /// Joins `room` if the room policy and the hooks allow it; effective cluster-wide when
+    /// this returns.
     pub async fn join(&self, room: Room) -> Result<(), EventError> {
         let identity = self.session.identity();
+        if self.session.rooms.lock().contains(&room) {
+            return Ok(());
+        }
+        let max = self.gw.0.config.limits.max_rooms_per_socket;
+        if self.session.rooms.lock().len() >= max {
+            return Err(EventError::new(
+                ErrorKind::RoomLimit,
+                format!("Too many rooms: at most {max} per socket"),
+            ));
+        }
+        self.gw.0.access.check(&identity, &room).await?;
         let ctx = HookCtx {
             direction: Direction::Inbound,
             room: Some(&room),
@@ -631,9 +713,6 @@ impl InboundCtx<'_> {
                 format!("Not authorized to join {room}"),
             ));
         }
-        if self.session.rooms.lock().contains(&room) {
-            return Ok(());
-        }
         self.gw
             .0
             .broker
@@ -641,7 +720,10 @@ impl InboundCtx<'_> {
             .await
             .map_err(|e| {
                 self.gw.backend_error("broker", &e.to_string());
-                EventError::new(ErrorKind::Backend, format!("Could not join {room}: backend unavailable"))
+                EventError::new(
+                    ErrorKind::Backend,
+                    format!("Could not join {room}: backend unavailable"),
+                )
             })?;
         self.session.conn.join(&room);
         let mut rooms = self.session.rooms.lock();
@@ -660,10 +742,8 @@ impl InboundCtx<'_> {
             rooms.len() != before
         };
         self.session.conn.leave(&room);
-        if was_in {
-            if let Err(e) = self.gw.0.broker.leave(&room, self.session.id()).await {
-                self.gw.backend_error("broker", &e.to_string());
-            }
+        if was_in && let Err(e) = self.gw.0.broker.leave(&room, self.session.id()).await {
+            self.gw.backend_error("broker", &e.to_string());
         }
         Ok(())
     }
@@ -824,7 +904,10 @@ mod tests {
             ..LimitsConfig::default()
         };
         let raw = |s: &str| RawValue::from_string(s.to_owned()).expect("json");
-        assert_eq!(decode_payload(Some(&raw(r#"{"a":1}"#)), &limits).expect("ok"), json!({"a": 1}));
+        assert_eq!(
+            decode_payload(Some(&raw(r#"{"a":1}"#)), &limits).expect("ok"),
+            json!({"a": 1})
+        );
         assert_eq!(decode_payload(None, &limits).expect("ok"), Value::Null);
         let deep = decode_payload(Some(&raw(r#"{"a":{"b":{}}}"#)), &limits).expect_err("deep");
         assert_eq!(deep.kind, ErrorKind::TooDeep);

@@ -6,6 +6,7 @@
 //! reverse), and `alg: none` is never accepted. `exp` and `nbf` are checked with
 //! `auth.jwt.leeway`; `iss` and `aud` when configured; `sub` must be a non-empty string.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,6 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk::KeyAlgorithm};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+mod keys;
+
+use keys::{KeyRing, KeySources};
 use switchboard_core::{
     AuthError, Authenticator, BoxError, ConfigError, Dur, Factory, Handshake, Identity, Plugin,
     PluginContext, TokenSource, async_trait, register_plugin,
@@ -24,8 +28,14 @@ use switchboard_core::{
 pub struct JwtConfig {
     /// Secret for HS256/384/512; required when an HS algorithm is accepted.
     pub secret: Option<String>,
-    /// PEM public key for RS*/PS*/ES*/EdDSA.
+    /// PEM public key for RS*/PS*/ES*/EdDSA, used for tokens without a known `kid`.
     pub public_key_file: Option<PathBuf>,
+    /// PEM public keys by `kid` (`{ "2026-11" = "keys/2026-11.pem" }`).
+    pub public_keys: BTreeMap<String, PathBuf>,
+    /// A JWK set (JSON) whose keys are chosen by `kid`.
+    pub jwks_file: Option<PathBuf>,
+    /// How often key files are checked for changes.
+    pub reload_interval: Dur,
     /// Accepted algorithms.
     pub algorithms: Vec<String>,
     /// When set, a token's `iss` must equal it.
@@ -43,6 +53,9 @@ impl Default for JwtConfig {
         JwtConfig {
             secret: None,
             public_key_file: None,
+            public_keys: BTreeMap::new(),
+            jwks_file: None,
+            reload_interval: Dur::secs(5),
             algorithms: vec!["HS256".to_owned()],
             issuer: None,
             audience: None,
@@ -52,7 +65,8 @@ impl Default for JwtConfig {
     }
 }
 
-const KNOWN_ALGORITHMS: &str = "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
+const KNOWN_ALGORITHMS: &str =
+    "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
 
 fn parse_algorithm(name: &str) -> Option<Algorithm> {
     // `KeyAlgorithm` parses the JOSE names; only signing algorithms are kept.
@@ -82,8 +96,7 @@ fn is_hmac(alg: Algorithm) -> bool {
 pub struct JwtAuthenticator {
     algorithms: Vec<Algorithm>,
     secret: Option<DecodingKey>,
-    public: Option<DecodingKey>,
-    public_family: Option<jsonwebtoken::AlgorithmFamily>,
+    public: Option<KeyRing>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway: u64,
@@ -104,7 +117,10 @@ impl JwtAuthenticator {
     pub fn new(cfg: &JwtConfig, allow_query_user_id: bool) -> Result<Self, ConfigError> {
         let mut algorithms = Vec::new();
         if cfg.algorithms.is_empty() {
-            return Err(ConfigError::new("auth.jwt.algorithms", "must list at least one algorithm"));
+            return Err(ConfigError::new(
+                "auth.jwt.algorithms",
+                "must list at least one algorithm",
+            ));
         }
         for name in &cfg.algorithms {
             let alg = parse_algorithm(name).ok_or_else(|| {
@@ -116,46 +132,41 @@ impl JwtAuthenticator {
             algorithms.push(alg);
         }
         let secret = if algorithms.iter().any(|a| is_hmac(*a)) {
-            let s = cfg.secret.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| {
-                ConfigError::new("auth.jwt.secret", "missing (required when an HS algorithm is accepted)")
-            })?;
+            let s = cfg
+                .secret
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "auth.jwt.secret",
+                        "missing (required when an HS algorithm is accepted)",
+                    )
+                })?;
             if s.len() < 32 {
-                tracing::warn!("auth.jwt.secret is shorter than 32 bytes; use a longer random secret");
+                tracing::warn!(
+                    "auth.jwt.secret is shorter than 32 bytes; use a longer random secret"
+                );
             }
             Some(DecodingKey::from_secret(s.as_bytes()))
         } else {
             None
         };
-        let asymmetric: Vec<Algorithm> = algorithms.iter().copied().filter(|a| !is_hmac(*a)).collect();
-        let (public, public_family) = match asymmetric.first() {
-            None => (None, None),
-            Some(first) => {
-                let family = first.family();
-                if asymmetric.iter().any(|a| a.family() != family) {
-                    return Err(ConfigError::new(
-                        "auth.jwt.algorithms",
-                        "the public key has one family: accept RS*/PS*, ES* or EdDSA algorithms, not a mix",
-                    ));
-                }
-                let path = cfg.public_key_file.as_ref().ok_or_else(|| {
-                    ConfigError::new("auth.jwt.public_key_file", "missing (required when an RS*/PS*/ES*/EdDSA algorithm is accepted)")
-                })?;
-                let pem = std::fs::read(path).map_err(|e| {
-                    ConfigError::new("auth.jwt.public_key_file", format!("cannot read {}: {e}", path.display()))
-                })?;
-                let key = match family {
-                    jsonwebtoken::AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
-                    jsonwebtoken::AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
-                    _ => DecodingKey::from_ed_pem(&pem),
-                }
-                .map_err(|e| {
-                    ConfigError::new(
-                        "auth.jwt.public_key_file",
-                        format!("{} is not a PEM public key for {first:?}: {e}", path.display()),
-                    )
-                })?;
-                (Some(key), Some(family))
+        let sources = KeySources {
+            default_pem: cfg.public_key_file.clone(),
+            pems_by_kid: cfg.public_keys.clone().into_iter().collect(),
+            jwks: cfg.jwks_file.clone(),
+            reload_every: cfg.reload_interval.get(),
+        };
+        let public = if algorithms.iter().any(|a| !is_hmac(*a)) {
+            if sources.is_empty() {
+                return Err(ConfigError::new(
+                    "auth.jwt.public_key_file",
+                    "missing (an RS*/PS*/ES*/EdDSA algorithm needs public_key_file, public_keys or jwks_file)",
+                ));
             }
+            Some(KeyRing::new(sources)?)
+        } else {
+            None
         };
         if allow_query_user_id {
             tracing::warn!(
@@ -166,7 +177,6 @@ impl JwtAuthenticator {
             algorithms,
             secret,
             public,
-            public_family,
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             leeway: cfg.leeway.get().as_secs(),
@@ -181,14 +191,6 @@ impl JwtAuthenticator {
         if !self.algorithms.contains(&header.alg) {
             return Err(AuthError::InvalidToken);
         }
-        let key = if is_hmac(header.alg) {
-            self.secret.as_ref()
-        } else if Some(header.alg.family()) == self.public_family {
-            self.public.as_ref()
-        } else {
-            None
-        }
-        .ok_or(AuthError::InvalidToken)?;
         let mut v = Validation::new(header.alg);
         v.leeway = self.leeway;
         v.validate_nbf = true;
@@ -212,7 +214,18 @@ impl JwtAuthenticator {
             Some(aud) => v.set_audience(&[aud]),
             None => v.validate_aud = false,
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v)
+        let decode = |key: &DecodingKey| jsonwebtoken::decode::<Map<String, Value>>(token, key, &v);
+        // The family is fixed by the accepted algorithm: HS tokens only ever meet the secret,
+        // asymmetric ones only the public keys, so neither can pose as the other.
+        let result = if is_hmac(header.alg) {
+            self.secret.as_ref().map(decode)
+        } else {
+            self.public
+                .as_ref()
+                .and_then(|ring| ring.with_key(header.kid.as_deref(), decode))
+        };
+        let data = result
+            .ok_or(AuthError::InvalidToken)?
             .map_err(|_| AuthError::InvalidToken)?;
         identity_from_claims(data.claims)
     }
@@ -240,10 +253,10 @@ impl Authenticator for JwtAuthenticator {
             TokenSource::Token(t) => self.verify(t),
             TokenSource::NotAString => Err(AuthError::InvalidToken),
             TokenSource::Missing => {
-                if self.allow_query_user_id {
-                    if let Some(user) = handshake.query_param("userId").filter(|u| !u.is_empty()) {
-                        return Ok(Identity::anonymous_user(user));
-                    }
+                if self.allow_query_user_id
+                    && let Some(user) = handshake.query_param("userId").filter(|u| !u.is_empty())
+                {
+                    return Ok(Identity::anonymous_user(user));
                 }
                 Err(AuthError::NoToken)
             }
@@ -258,36 +271,60 @@ impl Authenticator for JwtAuthenticator {
 /// Signs a token with the configured secret and the first accepted HS algorithm.
 ///
 /// `claims` are added to `sub`, `iat` and `exp` (now + `ttl`); `iss`/`aud` come from config.
-pub fn mint(cfg: &JwtConfig, sub: &str, ttl: std::time::Duration, extra: Map<String, Value>) -> Result<String, ConfigError> {
+pub fn mint(
+    cfg: &JwtConfig,
+    sub: &str,
+    ttl: std::time::Duration,
+    extra: Map<String, Value>,
+) -> Result<String, ConfigError> {
     let alg = cfg
         .algorithms
         .iter()
         .filter_map(|a| parse_algorithm(a))
         .find(|a| is_hmac(*a))
-        .ok_or_else(|| ConfigError::new("auth.jwt.algorithms", "minting needs an accepted HS algorithm (HS256, HS384 or HS512)"))?;
+        .ok_or_else(|| {
+            ConfigError::new(
+                "auth.jwt.algorithms",
+                "minting needs an accepted HS algorithm (HS256, HS384 or HS512)",
+            )
+        })?;
     let secret = cfg
         .secret
         .as_deref()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ConfigError::new("auth.jwt.secret", "missing (needed to mint a token)"))?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut claims = extra;
     claims.insert("sub".into(), Value::from(sub));
     claims.insert("iat".into(), Value::from(now));
     claims.insert("exp".into(), Value::from(now + ttl.as_secs()));
     if let Some(iss) = &cfg.issuer {
-        claims.entry("iss").or_insert_with(|| Value::from(iss.clone()));
+        claims
+            .entry("iss")
+            .or_insert_with(|| Value::from(iss.clone()));
     }
     if let Some(aud) = &cfg.audience {
-        claims.entry("aud").or_insert_with(|| Value::from(aud.clone()));
+        claims
+            .entry("aud")
+            .or_insert_with(|| Value::from(aud.clone()));
     }
-    jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .map_err(|e| ConfigError::new("auth.jwt.secret", format!("cannot sign: {e}")))
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| ConfigError::new("auth.jwt.secret", format!("cannot sign: {e}")))
 }
 
 fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn Authenticator>, BoxError> {
     let cfg: JwtConfig = ctx.section()?;
-    Ok(Arc::new(JwtAuthenticator::new(&cfg, ctx.config().auth.allow_query_user_id)?))
+    Ok(Arc::new(JwtAuthenticator::new(
+        &cfg,
+        ctx.config().auth.allow_query_user_id,
+    )?))
 }
 
 register_plugin!(Plugin::new(
@@ -313,21 +350,33 @@ mod tests {
     }
 
     fn sign(alg: Algorithm, claims: Value, secret: &str) -> String {
-        jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-            .expect("sign")
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
     }
 
     fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
     }
 
     mod base64_free {
         /// Unpadded URL-safe base64, enough to forge an `alg: none` token in a test.
         pub(crate) fn b64(bytes: &[u8]) -> String {
-            const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            const T: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let mut out = String::new();
             for chunk in bytes.chunks(3) {
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
                 let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
                 for i in 0..=chunk.len() {
                     out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -340,7 +389,11 @@ mod tests {
     #[test]
     fn valid_token_gives_identity() {
         let a = JwtAuthenticator::new(&cfg(), false).expect("config");
-        let t = sign(Algorithm::HS256, json!({"sub": "u1", "email": "a@b.c", "role": "agent", "exp": now() + 60}), SECRET);
+        let t = sign(
+            Algorithm::HS256,
+            json!({"sub": "u1", "email": "a@b.c", "role": "agent", "exp": now() + 60}),
+            SECRET,
+        );
         let id = a.verify(&t).expect("valid");
         assert_eq!(id.user_id, "u1");
         assert_eq!(id.email.as_deref(), Some("a@b.c"));
@@ -353,15 +406,31 @@ mod tests {
         let a = JwtAuthenticator::new(&cfg(), false).expect("config");
         let exp = now() + 60;
         let cases = [
-            sign(Algorithm::HS256, json!({"sub": "u1", "exp": exp}), "another-secret-0123456789-abcdefghij"),
-            sign(Algorithm::HS256, json!({"sub": "u1", "exp": now() - 5}), SECRET),
+            sign(
+                Algorithm::HS256,
+                json!({"sub": "u1", "exp": exp}),
+                "another-secret-0123456789-abcdefghij",
+            ),
+            sign(
+                Algorithm::HS256,
+                json!({"sub": "u1", "exp": now() - 5}),
+                SECRET,
+            ),
             sign(Algorithm::HS512, json!({"sub": "u1", "exp": exp}), SECRET),
             sign(Algorithm::HS256, json!({"exp": exp}), SECRET),
             sign(Algorithm::HS256, json!({"sub": 5, "exp": exp}), SECRET),
             sign(Algorithm::HS256, json!({"sub": "", "exp": exp}), SECRET),
             sign(Algorithm::HS256, json!({"sub": "u1"}), SECRET),
-            sign(Algorithm::HS256, json!({"sub": "u1", "exp": exp, "nbf": now() + 30}), SECRET),
-            format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(format!(r#"{{"sub":"u1","exp":{exp}}}"#).as_bytes())),
+            sign(
+                Algorithm::HS256,
+                json!({"sub": "u1", "exp": exp, "nbf": now() + 30}),
+                SECRET,
+            ),
+            format!(
+                "{}.{}.",
+                b64(br#"{"alg":"none","typ":"JWT"}"#),
+                b64(format!(r#"{{"sub":"u1","exp":{exp}}}"#).as_bytes())
+            ),
             "not.a.token".to_owned(),
         ];
         for (i, t) in cases.iter().enumerate() {
@@ -378,7 +447,11 @@ mod tests {
         };
         let a = JwtAuthenticator::new(&c, false).expect("config");
         let exp = now() + 60;
-        let good = sign(Algorithm::HS256, json!({"sub": "u", "exp": exp, "iss": "backend", "aud": "gateway"}), SECRET);
+        let good = sign(
+            Algorithm::HS256,
+            json!({"sub": "u", "exp": exp, "iss": "backend", "aud": "gateway"}),
+            SECRET,
+        );
         assert!(a.verify(&good).is_ok());
         for claims in [
             json!({"sub": "u", "exp": exp, "aud": "gateway"}),
@@ -386,10 +459,16 @@ mod tests {
             json!({"sub": "u", "exp": exp, "iss": "backend"}),
             json!({"sub": "u", "exp": exp, "iss": "backend", "aud": "other"}),
         ] {
-            assert_eq!(a.verify(&sign(Algorithm::HS256, claims, SECRET)), Err(AuthError::InvalidToken));
+            assert_eq!(
+                a.verify(&sign(Algorithm::HS256, claims, SECRET)),
+                Err(AuthError::InvalidToken)
+            );
         }
         let minted = mint(&c, "u9", std::time::Duration::from_secs(60), Map::new()).expect("mint");
-        assert_eq!(a.verify(&minted).expect("minted token verifies").user_id, "u9");
+        assert_eq!(
+            a.verify(&minted).expect("minted token verifies").user_id,
+            "u9"
+        );
     }
 
     #[test]
@@ -397,26 +476,63 @@ mod tests {
         let no_secret = JwtConfig::default();
         let e = JwtAuthenticator::new(&no_secret, false).expect_err("secret");
         assert!(e.to_string().starts_with("auth.jwt.secret: missing"), "{e}");
-        let rs = JwtConfig { algorithms: vec!["RS256".into()], ..JwtConfig::default() };
+        let rs = JwtConfig {
+            algorithms: vec!["RS256".into()],
+            ..JwtConfig::default()
+        };
         let e = JwtAuthenticator::new(&rs, false).expect_err("key");
-        assert!(e.to_string().starts_with("auth.jwt.public_key_file: missing"), "{e}");
-        let bad = JwtConfig { algorithms: vec!["XX1".into()], ..cfg() };
+        assert!(
+            e.to_string()
+                .starts_with("auth.jwt.public_key_file: missing"),
+            "{e}"
+        );
+        let bad = JwtConfig {
+            algorithms: vec!["XX1".into()],
+            ..cfg()
+        };
         let e = JwtAuthenticator::new(&bad, false).expect_err("alg");
-        assert!(e.to_string().starts_with("auth.jwt.algorithms: unknown algorithm `XX1`"), "{e}");
-        let none = JwtConfig { algorithms: vec!["none".into()], ..cfg() };
+        assert!(
+            e.to_string()
+                .starts_with("auth.jwt.algorithms: unknown algorithm `XX1`"),
+            "{e}"
+        );
+        let none = JwtConfig {
+            algorithms: vec!["none".into()],
+            ..cfg()
+        };
         assert!(JwtAuthenticator::new(&none, false).is_err());
     }
 
     #[tokio::test]
     async fn query_user_id_only_when_allowed_and_tokenless() {
         let headers = http::HeaderMap::new();
-        let hs = |q| Handshake { auth: None, headers: &headers, query: Some(q) };
+        let hs = |q| Handshake {
+            auth: None,
+            headers: &headers,
+            query: Some(q),
+        };
         let off = JwtAuthenticator::new(&cfg(), false).expect("config");
-        assert_eq!(off.authenticate(&hs("userId=alice")).await, Err(AuthError::NoToken));
+        assert_eq!(
+            off.authenticate(&hs("userId=alice")).await,
+            Err(AuthError::NoToken)
+        );
         let on = JwtAuthenticator::new(&cfg(), true).expect("config");
-        assert_eq!(on.authenticate(&hs("userId=alice")).await.expect("fallback").user_id, "alice");
+        assert_eq!(
+            on.authenticate(&hs("userId=alice"))
+                .await
+                .expect("fallback")
+                .user_id,
+            "alice"
+        );
         let bad = json!({"token": "garbage"});
-        let with_bad_token = Handshake { auth: Some(&bad), headers: &headers, query: Some("userId=alice") };
-        assert_eq!(on.authenticate(&with_bad_token).await, Err(AuthError::InvalidToken));
+        let with_bad_token = Handshake {
+            auth: Some(&bad),
+            headers: &headers,
+            query: Some("userId=alice"),
+        };
+        assert_eq!(
+            on.authenticate(&with_bad_token).await,
+            Err(AuthError::InvalidToken)
+        );
     }
 }

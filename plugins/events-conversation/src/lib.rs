@@ -100,7 +100,12 @@ impl EventHandler for ConversationEvents {
         &["message:received", "message:status"]
     }
 
-    async fn handle(&self, ctx: &InboundCtx<'_>, event: &str, payload: Value) -> Result<Outcome, EventError> {
+    async fn handle(
+        &self,
+        ctx: &InboundCtx<'_>,
+        event: &str,
+        payload: Value,
+    ) -> Result<Outcome, EventError> {
         let req = ConversationRef::parse(event, &payload, ctx.limits())?;
         let data = json!({ "conversationId": req.conversation_id, "success": true });
         let reply = match event {
@@ -113,7 +118,10 @@ impl EventHandler for ConversationEvents {
                 "conversation:left"
             }
             other => {
-                return Err(EventError::new(ErrorKind::UnknownEvent, format!("Unknown event: {other}")));
+                return Err(EventError::new(
+                    ErrorKind::UnknownEvent,
+                    format!("Unknown event: {other}"),
+                ));
             }
         };
         Ok(Outcome::Reply { event: reply, data })
@@ -124,7 +132,10 @@ impl EventHandler for ConversationEvents {
             "message:received" => MessageReceived::parse(event, data, limits)?.conversation_id,
             "message:status" => MessageStatus::parse(event, data, limits)?.conversation_id,
             other => {
-                return Err(EventError::new(ErrorKind::UnknownEvent, format!("Unknown event: {other}")));
+                return Err(EventError::new(
+                    ErrorKind::UnknownEvent,
+                    format!("Unknown event: {other}"),
+                ));
             }
         };
         Ok(room(&id))
@@ -156,21 +167,39 @@ mod tests {
             "conversationId": "42", "messageId": "m1", "senderId": "u1", "type": "text",
             "content": {"body": "hi"}, "status": "sent", "timestamp": "2026-01-01T00:00:00Z"
         });
-        assert_eq!(&*h.route("message:received", &msg, &limits()).expect("valid"), "conversation:42");
+        assert_eq!(
+            &*h.route("message:received", &msg, &limits()).expect("valid"),
+            "conversation:42"
+        );
         let status = json!({"conversationId": "42", "messageId": "m1", "status": "read"});
-        assert_eq!(&*h.route("message:status", &status, &limits()).expect("valid"), "conversation:42");
+        assert_eq!(
+            &*h.route("message:status", &status, &limits())
+                .expect("valid"),
+            "conversation:42"
+        );
     }
 
     #[test]
     fn invalid_data_names_the_field() {
         let h = ConversationEvents;
         let bad = json!({"conversationId": "42", "messageId": "m1", "status": "lost"});
-        let e = h.route("message:status", &bad, &limits()).expect_err("bad status");
-        assert!(e.message.contains("status: must be one of sent, delivered, read"), "{}", e.message);
+        let e = h
+            .route("message:status", &bad, &limits())
+            .expect_err("bad status");
+        assert!(
+            e.message
+                .contains("status: must be one of sent, delivered, read"),
+            "{}",
+            e.message
+        );
         let missing = json!({"conversationId": "42", "messageId": "m1", "senderId": "u1", "type": "text", "status": "sent", "timestamp": "t"});
-        let e = h.route("message:received", &missing, &limits()).expect_err("no content");
+        let e = h
+            .route("message:received", &missing, &limits())
+            .expect_err("no content");
         assert!(e.message.contains("content: is required"), "{}", e.message);
-        let e = h.route("message:received", &json!({"conversationId": 1}), &limits()).expect_err("type");
+        let e = h
+            .route("message:received", &json!({"conversationId": 1}), &limits())
+            .expect_err("type");
         assert!(e.message.contains("conversationId"), "{}", e.message);
     }
 }

@@ -91,7 +91,13 @@ impl Validate for NodeExecuted {
 }
 
 /// Statuses `session:status-changed` accepts.
-pub const SESSION_STATUSES: &[&str] = &["running", "waiting_input", "completed", "expired", "stopped"];
+pub const SESSION_STATUSES: &[&str] = &[
+    "running",
+    "waiting_input",
+    "completed",
+    "expired",
+    "stopped",
+];
 
 /// `session:status-changed`: the session's status changed.
 #[derive(Debug, Deserialize)]
@@ -162,7 +168,12 @@ impl EventHandler for SessionEvents {
         ]
     }
 
-    async fn handle(&self, ctx: &InboundCtx<'_>, event: &str, payload: Value) -> Result<Outcome, EventError> {
+    async fn handle(
+        &self,
+        ctx: &InboundCtx<'_>,
+        event: &str,
+        payload: Value,
+    ) -> Result<Outcome, EventError> {
         let req = SessionRef::parse(event, &payload, ctx.limits())?;
         let data = json!({ "sessionId": req.session_id, "success": true });
         let reply = match event {
@@ -175,7 +186,10 @@ impl EventHandler for SessionEvents {
                 "session:left"
             }
             other => {
-                return Err(EventError::new(ErrorKind::UnknownEvent, format!("Unknown event: {other}")));
+                return Err(EventError::new(
+                    ErrorKind::UnknownEvent,
+                    format!("Unknown event: {other}"),
+                ));
             }
         };
         Ok(Outcome::Reply { event: reply, data })
@@ -188,7 +202,10 @@ impl EventHandler for SessionEvents {
             "session:status-changed" => StatusChanged::parse(event, data, limits)?.session_id,
             "session:completed" => Completed::parse(event, data, limits)?.session_id,
             other => {
-                return Err(EventError::new(ErrorKind::UnknownEvent, format!("Unknown event: {other}")));
+                return Err(EventError::new(
+                    ErrorKind::UnknownEvent,
+                    format!("Unknown event: {other}"),
+                ));
             }
         };
         Ok(room(&id))
@@ -213,18 +230,31 @@ mod tests {
     fn session_events_route_and_validate() {
         let l = LimitsConfig::default();
         let h = SessionEvents;
-        let ok = json!({"sessionId": "s1", "newStatus": "running", "updatedAt": "2026-01-01T00:00:00Z"});
-        assert_eq!(&*h.route("session:status-changed", &ok, &l).expect("valid"), "session:s1");
+        let ok =
+            json!({"sessionId": "s1", "newStatus": "running", "updatedAt": "2026-01-01T00:00:00Z"});
+        assert_eq!(
+            &*h.route("session:status-changed", &ok, &l).expect("valid"),
+            "session:s1"
+        );
         let bad = json!({"sessionId": "s1", "newStatus": "paused", "updatedAt": "t"});
-        let e = h.route("session:status-changed", &bad, &l).expect_err("enum");
+        let e = h
+            .route("session:status-changed", &bad, &l)
+            .expect_err("enum");
         assert!(e.message.contains("newStatus"), "{}", e.message);
-        let counts = json!({"sessionId": "s1", "completedAt": "t", "totalNodes": "3", "totalMessages": 1});
+        let counts =
+            json!({"sessionId": "s1", "completedAt": "t", "totalNodes": "3", "totalMessages": 1});
         let e = h.route("session:completed", &counts, &l).expect_err("type");
         assert!(e.message.contains("totalNodes"), "{}", e.message);
         let sent = json!({"sessionId": "s1", "messageId": "m", "senderId": "u", "type": "text",
             "content": "hi", "status": "sent", "timestamp": "t", "isFromBot": true});
-        assert_eq!(&*h.route("session:message-sent", &sent, &l).expect("valid"), "session:s1");
+        assert_eq!(
+            &*h.route("session:message-sent", &sent, &l).expect("valid"),
+            "session:s1"
+        );
         let node = json!({"sessionId": "s1", "nodeId": "n1", "nodeLabel": "Start"});
-        assert_eq!(&*h.route("session:node-executed", &node, &l).expect("valid"), "session:s1");
+        assert_eq!(
+            &*h.route("session:node-executed", &node, &l).expect("valid"),
+            "session:s1"
+        );
     }
 }

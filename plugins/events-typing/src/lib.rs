@@ -56,7 +56,10 @@ fn is_typing(event: &str) -> Result<bool, EventError> {
     match event {
         "typing:start" => Ok(true),
         "typing:stop" => Ok(false),
-        other => Err(EventError::new(ErrorKind::UnknownEvent, format!("Unknown event: {other}"))),
+        other => Err(EventError::new(
+            ErrorKind::UnknownEvent,
+            format!("Unknown event: {other}"),
+        )),
     }
 }
 
@@ -70,7 +73,12 @@ impl EventHandler for TypingEvents {
         &["typing:start", "typing:stop"]
     }
 
-    async fn handle(&self, ctx: &InboundCtx<'_>, event: &str, payload: Value) -> Result<Outcome, EventError> {
+    async fn handle(
+        &self,
+        ctx: &InboundCtx<'_>,
+        event: &str,
+        payload: Value,
+    ) -> Result<Outcome, EventError> {
         let typing = is_typing(event)?;
         let req = TypingRequest::parse(event, &payload, ctx.limits())?;
         let room = room(&req.conversation_id);
@@ -93,7 +101,11 @@ impl EventHandler for TypingEvents {
         let typing = is_typing(event)?;
         let ind = TypingIndicator::parse(event, data, limits)?;
         if ind.is_typing != typing {
-            return Err(EventError::invalid(event, "isTyping", format!("must be {typing} for {event}")));
+            return Err(EventError::invalid(
+                event,
+                "isTyping",
+                format!("must be {typing} for {event}"),
+            ));
         }
         Ok(room(&ind.conversation_id))
     }
@@ -117,8 +129,13 @@ mod tests {
     fn published_indicators_are_checked() {
         let l = LimitsConfig::default();
         let ok = json!({"conversationId": "7", "userId": "bot", "isTyping": true});
-        assert_eq!(&*TypingEvents.route("typing:start", &ok, &l).expect("valid"), "conversation:7");
-        let e = TypingEvents.route("typing:stop", &ok, &l).expect_err("mismatch");
+        assert_eq!(
+            &*TypingEvents.route("typing:start", &ok, &l).expect("valid"),
+            "conversation:7"
+        );
+        let e = TypingEvents
+            .route("typing:stop", &ok, &l)
+            .expect_err("mismatch");
         assert!(e.message.contains("isTyping"), "{}", e.message);
     }
 }

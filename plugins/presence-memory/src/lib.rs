@@ -76,7 +76,10 @@ mod tests {
         assert!(!p.connect("u", &b).await.expect("connect"));
         assert_eq!(p.connections("u").await.expect("count"), 2);
         assert!(!p.disconnect("u", &a).await.expect("disconnect"));
-        assert!(!p.disconnect("u", &a).await.expect("twice"), "a repeated disconnect is not a last one");
+        assert!(
+            !p.disconnect("u", &a).await.expect("twice"),
+            "a repeated disconnect is not a last one"
+        );
         assert_eq!(p.online_users().await.expect("list"), vec!["u".to_owned()]);
         assert!(p.disconnect("u", &b).await.expect("disconnect"));
         assert_eq!(p.connections("u").await.expect("count"), 0);

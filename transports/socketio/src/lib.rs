@@ -18,8 +18,7 @@ use socketioxide::handler::{ConnectHandler, FromMessage};
 use socketioxide::socket::Socket;
 use switchboard_core::{
     BoxError, CloseReason, ConnId, Connection, Delivery, Dur, Factory, Gateway, Handshake,
-    Identity, Plugin, PluginContext, Room, Session, Size, Transport, async_trait,
-    register_plugin,
+    Identity, Plugin, PluginContext, Room, Session, Size, Transport, async_trait, register_plugin,
 };
 
 /// `transports.socketio.*`.
@@ -61,14 +60,19 @@ pub struct SocketIoTransport {
 
 impl std::fmt::Debug for SocketIoTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SocketIoTransport").field("namespace", &self.cfg.namespace).finish()
+        f.debug_struct("SocketIoTransport")
+            .field("namespace", &self.cfg.namespace)
+            .finish()
     }
 }
 
 impl SocketIoTransport {
     /// A transport with `cfg`; it serves once [`Transport::router`] is called.
     pub fn new(cfg: SocketIoConfig) -> Self {
-        SocketIoTransport { cfg, io: OnceLock::new() }
+        SocketIoTransport {
+            cfg,
+            io: OnceLock::new(),
+        }
     }
 }
 
@@ -119,7 +123,11 @@ impl std::error::Error for BinaryPacket {}
 
 impl<A: Adapter> FromMessage<A> for RawPacket {
     type Error = BinaryPacket;
-    fn from_message(_: Arc<Socket<A>>, v: socketioxide::handler::Value, _: Option<i64>) -> Result<Self, BinaryPacket> {
+    fn from_message(
+        _: Arc<Socket<A>>,
+        v: socketioxide::handler::Value,
+        _: Option<i64>,
+    ) -> Result<Self, BinaryPacket> {
         match v {
             socketioxide::handler::Value::Str(s, _) => Ok(RawPacket(s.as_str().to_owned())),
             socketioxide::handler::Value::Bytes(_) => Err(BinaryPacket),
@@ -146,17 +154,21 @@ async fn on_connect(gw: Gateway, socket: SocketRef) {
     socket.extensions.insert(session);
 
     let ev_gw = gw.clone();
-    socket.on_fallback(move |s: SocketRef, ack: AckSender, Event(event): Event, RawPacket(raw): RawPacket| {
-        let gw = ev_gw.clone();
-        async move {
-            let Some(session) = s.extensions.get::<Arc<Session>>() else { return };
-            let reply = match payload_of(&raw) {
-                Ok(payload) => gw.inbound(&session, &event, raw.len(), payload).await,
-                Err(e) => gw.inbound_malformed(&session, &e.to_string()),
-            };
-            let _ = ack.send(&reply);
-        }
-    });
+    socket.on_fallback(
+        move |s: SocketRef, ack: AckSender, Event(event): Event, RawPacket(raw): RawPacket| {
+            let gw = ev_gw.clone();
+            async move {
+                let Some(session) = s.extensions.get::<Arc<Session>>() else {
+                    return;
+                };
+                let reply = match payload_of(&raw) {
+                    Ok(payload) => gw.inbound(&session, &event, raw.len(), payload).await,
+                    Err(e) => gw.inbound_malformed(&session, &e.to_string()),
+                };
+                let _ = ack.send(&reply);
+            }
+        },
+    );
     socket.on_disconnect(move |s: SocketRef| {
         let gw = gw.clone();
         async move {
@@ -167,7 +179,11 @@ async fn on_connect(gw: Gateway, socket: SocketRef) {
     });
 }
 
-async fn authenticate(gw: Gateway, socket: SocketRef, auth: Option<Value>) -> Result<(), switchboard_core::AuthError> {
+async fn authenticate(
+    gw: Gateway,
+    socket: SocketRef,
+    auth: Option<Value>,
+) -> Result<(), switchboard_core::AuthError> {
     let parts = socket.req_parts();
     let handshake = Handshake {
         auth: auth.as_ref(),
@@ -212,7 +228,9 @@ impl Transport for SocketIoTransport {
 
     async fn deliver(&self, d: &Delivery) {
         let Some(io) = self.io.get() else { return };
-        let Some(ns) = io.of(&self.cfg.namespace) else { return };
+        let Some(ns) = io.of(&self.cfg.namespace) else {
+            return;
+        };
         let sender = d
             .except
             .as_ref()
