@@ -77,6 +77,7 @@
 //! edits. Both are compiled from source by `mlua` (Luau needs a C++ compiler). The cost is
 //! numbers: Luau has doubles only.
 
+mod convert;
 mod pool;
 mod report;
 mod vm;
@@ -411,11 +412,11 @@ impl Shared {
         let mut changed = false;
         for (i, path) in self.config.scripts.iter().enumerate() {
             let now = stat(path);
-            if let Some(slot) = seen.get_mut(i) {
-                if *slot != now {
-                    *slot = now;
-                    changed = true;
-                }
+            if let Some(slot) = seen.get_mut(i)
+                && *slot != now
+            {
+                *slot = now;
+                changed = true;
             }
         }
         changed
@@ -468,9 +469,9 @@ impl Shared {
             if !vm.has(i, hook) {
                 continue;
             }
-            match vm.call_payload(i, hook, event, &current, ctx) {
-                Ok(Some(next)) => current = next,
-                Ok(None) => return Verdict::Drop,
+            match vm.call_payload(i, hook, event, &mut current, ctx) {
+                Ok(true) => {}
+                Ok(false) => return Verdict::Drop,
                 Err(f) => {
                     let label = vm.label(i).clone();
                     self.failed(&label, hook, event, &f);

@@ -10,6 +10,8 @@ use mlua::{Function, Lua, LuaOptions, LuaSerdeExt, MultiValue, StdLib, Table, Va
 use serde_json::Value as Json;
 use switchboard_core::HookCtx;
 
+use crate::convert;
+
 /// The three hook functions a script may define.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Hook {
@@ -163,9 +165,53 @@ fn now_nanos() -> u64 {
 
 const NO_DEADLINE: u64 = u64::MAX;
 
+/// What a payload hook decided.
+enum Outcome {
+    /// Send the payload: the new one, or (`None`) the input unchanged.
+    Send(Option<Json>),
+    /// Drop the event.
+    Drop,
+}
+
+/// Compares a payload table after the script with its snapshot from before.
+///
+/// Returns `false` when the table cannot be patched (it got a metatable or a non-string
+/// key); else `true, changed, removed`: `changed` maps the top-level fields whose value
+/// differs (nested tables always count as changed), `removed` lists the fields that are gone.
+/// Runs without the interrupt (it runs no script code: raw access only, `next` rather than
+/// `__iter`), and is kept out of every script's reach.
+const DIFF: &str = r#"
+local type, rawequal, rawget, getmetatable, next = type, rawequal, rawget, getmetatable, next
+return function(p, snap)
+  if getmetatable(p) ~= nil then
+    return false
+  end
+  local changed, removed = nil, nil
+  for k, v in next, p do
+    if type(k) ~= "string" then
+      return false
+    end
+    if type(v) == "table" or not rawequal(rawget(snap, k), v) then
+      if changed == nil then changed = {} end
+      changed[k] = v
+    end
+  end
+  for k in next, snap do
+    if rawget(p, k) == nil then
+      if removed == nil then removed = {} end
+      removed[#removed + 1] = k
+    end
+  end
+  return true, changed, removed
+end
+"#;
+
 /// A sandboxed Luau state with every script of one generation loaded.
 pub(crate) struct Vm {
+    diff: Function,
+    clone: Function,
     lua: Lua,
+    array_mt: Table,
     deadline: Arc<AtomicU64>,
     timed_out: Arc<AtomicBool>,
     scripts: Vec<Loaded>,
@@ -212,23 +258,25 @@ impl Vm {
 
         let deadline = Arc::new(AtomicU64::new(NO_DEADLINE));
         let timed_out = Arc::new(AtomicBool::new(false));
-        {
-            let deadline = deadline.clone();
-            let timed_out = timed_out.clone();
-            lua.set_interrupt(move |_| {
-                let d = deadline.load(Ordering::Relaxed);
-                if d != NO_DEADLINE && now_nanos() >= d {
-                    timed_out.store(true, Ordering::Relaxed);
-                    return Err(mlua::Error::runtime("script timed out"));
-                }
-                Ok(VmState::Continue)
-            });
-        }
         // The limit covers the whole state: libraries, scripts, their globals and payloads.
         lua.set_memory_limit(limits.memory).map_err(vm_err)?;
 
+        let array_mt = lua.array_metatable();
+        let diff: Function = lua
+            .load(DIFF)
+            .set_name("=diff")
+            .set_environment(globals.clone())
+            .eval()
+            .map_err(vm_err)?;
+        let clone: Function = globals
+            .raw_get::<Table>("table")
+            .and_then(|t| t.raw_get("clone"))
+            .map_err(vm_err)?;
         let mut vm = Vm {
+            diff,
+            clone,
             lua,
+            array_mt,
             deadline,
             timed_out,
             scripts: Vec::with_capacity(scripts.len()),
@@ -344,42 +392,122 @@ impl Vm {
         self.lua.used_memory()
     }
 
-    /// Calls script `i`'s `on_inbound`/`on_outbound`: `Some(payload)` to send, `None` to drop.
+    /// Calls script `i`'s `on_inbound`/`on_outbound`: `Ok(true)` sends `payload` (updated in
+    /// place), `Ok(false)` drops the event. On failure `payload` is left as it was.
     pub(crate) fn call_payload(
         &mut self,
         i: usize,
         hook: Hook,
         event: &str,
-        payload: &Json,
+        payload: &mut Json,
         ctx: &HookCtx<'_>,
-    ) -> Result<Option<Json>, Failure> {
+    ) -> Result<bool, Failure> {
         let Some(f) = &self.scripts[i].hooks[hook.index()] else {
-            return Ok(Some(payload.clone()));
+            return Ok(true);
         };
         let wants_ctx = self.scripts[i].wants_ctx[hook.index()];
-        let result = self.with_deadline(self.limits.timeout, || {
-            let lua = &self.lua;
-            let p = lua.to_value(payload)?;
-            let c = if wants_ctx {
-                Value::Table(ctx_table(lua, ctx)?)
-            } else {
-                Value::Nil
-            };
-            let out: Value = f.call((event, p, c))?;
-            match out {
-                Value::Nil => Ok(Ok(None)),
-                Value::Table(t) => Ok(lua
-                    .from_value::<Json>(Value::Table(t))
-                    .map(Some)
-                    .map_err(|e| Failure::Payload(error_text(&e)))),
-                other => Ok(Err(Failure::Result(format!(
-                    "{} returned a {}; return the payload table, or nil to drop the event",
-                    hook.name(),
-                    other.type_name()
-                )))),
+        let input: &Json = payload;
+        let lua = &self.lua;
+        // The gateway's data goes in unmetered and without the interrupt; only the script's
+        // own call runs under the deadline.
+        let (p, c, snap) = self
+            .unmetered(|| {
+                let p = convert::to_lua(lua, input, &self.array_mt)?;
+                let c = if wants_ctx {
+                    Value::Table(ctx_table(lua, ctx, &self.array_mt)?)
+                } else {
+                    Value::Nil
+                };
+                let snap = match &p {
+                    Value::Table(t) if input.is_object() => Some(self.clone.call::<Table>(t)?),
+                    _ => None,
+                };
+                Ok((p, c, snap))
+            })
+            .map_err(|e| classify(&e))?;
+        let p_ptr = p.to_pointer();
+        let result = self.with_deadline(self.limits.timeout, || f.call::<Value>((event, p, c)));
+        let out = self.settle(result)?;
+        let outcome = match (out, snap) {
+            // The common case: the script edited the table it got and returned it; only the
+            // fields that changed come back.
+            (Value::Table(t), Some(snap)) if t.to_pointer() == p_ptr => {
+                let diffed = self
+                    .diff
+                    .call::<(bool, Option<Table>, Option<Table>)>((&t, snap))
+                    .map_err(|e| classify(&e));
+                match self.settle(diffed)? {
+                    (true, changed, removed) => {
+                        self.patch(input, changed, removed).map(Outcome::Send)?
+                    }
+                    (false, _, _) => self.result(hook, Value::Table(t))?,
+                }
             }
-        });
-        self.settle(result).and_then(|r| r)
+            (out, _) => self.result(hook, out)?,
+        };
+        match outcome {
+            Outcome::Send(Some(next)) => {
+                *payload = next;
+                Ok(true)
+            }
+            Outcome::Send(None) => Ok(true),
+            Outcome::Drop => Ok(false),
+        }
+    }
+
+    /// Converts a whole returned value: a table is the new payload, nil drops, else an error.
+    fn result(&self, hook: Hook, out: Value) -> Result<Outcome, Failure> {
+        match out {
+            Value::Nil => Ok(Outcome::Drop),
+            t @ Value::Table(_) => convert::from_lua(&t, self.array_mt.to_pointer())
+                .map(|j| Outcome::Send(Some(j)))
+                .map_err(Failure::Payload),
+            other => Err(Failure::Result(format!(
+                "{} returned a {}; return the payload table, or nil to drop the event",
+                hook.name(),
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// Applies the runner's report of changed and removed top-level fields to `input`.
+    ///
+    /// `Ok(None)` means nothing changed: the input goes on as it is.
+    fn patch(
+        &self,
+        input: &Json,
+        changed: Option<Table>,
+        removed: Option<Table>,
+    ) -> Result<Option<Json>, Failure> {
+        if changed.is_none() && removed.is_none() {
+            return Ok(None);
+        }
+        let mt = self.array_mt.to_pointer();
+        let mut sets = Vec::new();
+        if let Some(changed) = changed {
+            changed
+                .for_each(|k: String, v: Value| {
+                    sets.push((k, convert::from_lua(&v, mt)));
+                    Ok(())
+                })
+                .map_err(|e| Failure::Payload(error_text(&e)))?;
+        }
+        let mut next = input.clone();
+        let Some(map) = next.as_object_mut() else {
+            return Ok(None);
+        };
+        for (k, v) in sets {
+            map.insert(k, v.map_err(Failure::Payload)?);
+        }
+        if let Some(removed) = removed {
+            removed
+                .for_each_value(|k: String| {
+                    map.remove(&k);
+                    Ok(())
+                })
+                .map_err(|e| Failure::Payload(error_text(&e)))?;
+        }
+        Ok(Some(next))
     }
 
     /// Calls script `i`'s `authorize(ctx)`: `true` allows, anything else denies.
@@ -391,7 +519,8 @@ impl Vm {
         let wants_ctx = self.scripts[i].wants_ctx[hook.index()];
         let result = self.with_deadline(self.limits.timeout, || {
             let c = if wants_ctx {
-                Value::Table(ctx_table(&self.lua, ctx)?)
+                self.unmetered(|| ctx_table(&self.lua, ctx, &self.array_mt))
+                    .map(Value::Table)?
             } else {
                 Value::Nil
             };
@@ -399,6 +528,19 @@ impl Vm {
             Ok(matches!(out, Value::Boolean(true)))
         });
         self.settle(result)
+    }
+
+    /// Runs `f` with the memory limit lifted: for converting the gateway's own data in.
+    ///
+    /// With a limit set, mlua wraps every allocating call in a protected call, which makes
+    /// converting a payload several times slower. What is converted here is bounded by the
+    /// gateway's own limits on events and bodies, not by the script; the limit is back on
+    /// before the script runs.
+    fn unmetered<T>(&self, f: impl FnOnce() -> mlua::Result<T>) -> mlua::Result<T> {
+        self.lua.set_memory_limit(0)?;
+        let result = f();
+        self.lua.set_memory_limit(self.limits.memory)?;
+        result
     }
 
     /// After a failed call: collect garbage after a memory error, and spoil a VM that stays full.
@@ -412,6 +554,23 @@ impl Vm {
         result
     }
 
+    /// Installs the interrupt that cuts script code at the deadline.
+    ///
+    /// It is installed only while script code runs: every check costs a call into Rust at
+    /// each function call and loop iteration, which the gateway's own conversions need not pay.
+    fn arm(&self) {
+        let deadline = self.deadline.clone();
+        let timed_out = self.timed_out.clone();
+        self.lua.set_interrupt(move |_| {
+            let d = deadline.load(Ordering::Relaxed);
+            if d != NO_DEADLINE && now_nanos() >= d {
+                timed_out.store(true, Ordering::Relaxed);
+                return Err(mlua::Error::runtime("script timed out"));
+            }
+            Ok(VmState::Continue)
+        });
+    }
+
     /// Runs `f` with the interrupt armed for `budget`, classifying its failure.
     fn with_deadline<T>(
         &self,
@@ -422,7 +581,9 @@ impl Vm {
         self.timed_out.store(false, Ordering::Relaxed);
         self.deadline
             .store(now_nanos().saturating_add(nanos), Ordering::Relaxed);
+        self.arm();
         let result = f();
+        self.lua.remove_interrupt();
         self.deadline.store(NO_DEADLINE, Ordering::Relaxed);
         let timed_out = self.timed_out.swap(false, Ordering::Relaxed);
         match result {
@@ -476,7 +637,7 @@ fn sandbox(lua: &Lua) -> mlua::Result<Table> {
 }
 
 /// The `ctx` table: direction, room, source, userId, socketId, claims; read-only.
-fn ctx_table(lua: &Lua, ctx: &HookCtx<'_>) -> mlua::Result<Table> {
+fn ctx_table(lua: &Lua, ctx: &HookCtx<'_>, array_mt: &Table) -> mlua::Result<Table> {
     let t = lua.create_table_with_capacity(0, 6)?;
     t.raw_set("direction", ctx.direction.as_str())?;
     if let Some(room) = ctx.room {
@@ -490,14 +651,21 @@ fn ctx_table(lua: &Lua, ctx: &HookCtx<'_>) -> mlua::Result<Table> {
         t.raw_set("socketId", socket)?;
     }
     if let Some(claims) = ctx.claims {
-        let c = lua.to_value(claims)?;
-        if let Value::Table(ct) = &c {
-            ct.set_readonly(true);
-        }
+        let c = convert::map_to_lua(lua, claims, array_mt)?;
+        c.set_readonly(true);
         t.raw_set("claims", c)?;
     }
     t.set_readonly(true);
     Ok(t)
+}
+
+/// Classifies a failure of the gateway's own work in the VM (converting, diffing).
+fn classify(e: &mlua::Error) -> Failure {
+    if is_memory(e) {
+        Failure::Memory
+    } else {
+        Failure::Payload(error_text(e))
+    }
 }
 
 /// Whether an error (or its cause) is a memory error.
