@@ -204,3 +204,35 @@ fn scripts_build_arrays_and_objects() {
     assert_eq!(probe("return {a = null}"), json!({"a": null}));
     assert_eq!(probe("return 42"), json!(42));
 }
+
+#[test]
+fn edits_in_place_come_back_whole() {
+    let s = Scripts::new();
+    let p = s.write(
+        "edit.lua",
+        r#"
+function on_outbound(e, p)
+  if e == "remove" then p.status = nil end
+  if e == "nested" then p.meta.tags[2] = "b2" p.meta.n += 1 end
+  if e == "add" then p.extra = { list = array(), obj = {} } p.flag = null end
+  if e == "replace" then return { only = p.status } end
+  return p
+end
+"#,
+    );
+    let (h, _) = hooks(config(vec![p]));
+    let input = json!({"status": "sent", "meta": {"tags": ["a", "b"], "n": 1}, "keep": 7});
+    let run = |event: &str| match h.on_outbound(event, input.clone(), &api_ctx("r")) {
+        Verdict::Pass(v) => v,
+        Verdict::Drop => json!("dropped"),
+    };
+    assert_eq!(run("same"), input);
+    assert_eq!(run("remove"), json!({"meta": {"tags": ["a", "b"], "n": 1}, "keep": 7}));
+    assert_eq!(run("nested"), json!({"status": "sent", "meta": {"tags": ["a", "b2"], "n": 2}, "keep": 7}));
+    assert_eq!(
+        run("add"),
+        json!({"status": "sent", "meta": {"tags": ["a", "b"], "n": 1}, "keep": 7,
+               "extra": {"list": [], "obj": {}}, "flag": null})
+    );
+    assert_eq!(run("replace"), json!({"only": "sent"}));
+}
