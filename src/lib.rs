@@ -33,3 +33,5 @@ pub use switchboard_events_typing as events_typing;
 pub use switchboard_hooks_lua as hooks_lua;
 pub use switchboard_presence_memory as presence_memory;
 pub use switchboard_transport_socketio as transport_socketio;
+
+pub mod run;

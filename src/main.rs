@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use switchboard::auth_jwt::{JwtConfig, mint};
-use switchboard::config::{LogFormat, Overrides};
+use switchboard::config::Overrides;
 use switchboard::registry::{self, PluginKind};
-use switchboard::{ConfigError, LoadedConfig, Node};
+use switchboard::{ConfigError, LoadedConfig, Node, run};
 
 /// A real-time gateway: Socket.IO with JWT auth, rooms, presence and an HTTP publish API.
 #[derive(Parser, Debug)]
@@ -16,6 +16,8 @@ use switchboard::{ConfigError, LoadedConfig, Node};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    config: ConfigArg,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -25,7 +27,7 @@ enum Command {
     /// Run the gateway (the default).
     Serve(ServeArgs),
     /// Validate the config and print it with every default, secrets redacted.
-    Check(ConfigArg),
+    Check,
     /// List the compiled-in plugins, by kind.
     Plugins,
     /// Mint a token signed with the configured HS* secret.
@@ -35,14 +37,12 @@ enum Command {
 #[derive(Args, Debug, Clone, Default)]
 struct ConfigArg {
     /// Config file (TOML); default `./switchboard.toml` when present.
-    #[arg(long, short = 'c', value_name = "PATH")]
+    #[arg(long, short = 'c', value_name = "PATH", global = true)]
     config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
 struct ServeArgs {
-    #[command(flatten)]
-    config: ConfigArg,
     /// Address to bind, overriding `server.listen`.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
@@ -65,21 +65,25 @@ struct TokenArgs {
     /// An extra claim `key=value`; a JSON value (`rooms=["session:*"]`) is kept as JSON.
     #[arg(long = "claim", value_name = "KEY=VALUE")]
     claims: Vec<String>,
-    #[command(flatten)]
-    config: ConfigArg,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config = cli.config;
     match cli.command {
-        None => serve(cli.serve),
-        Some(Command::Serve(args)) => serve(args),
-        Some(Command::Check(args)) => check(args),
+        None => serve(&config, cli.serve),
+        Some(Command::Serve(args)) => serve(
+            &config,
+            ServeArgs {
+                listen: args.listen.or(cli.serve.listen),
+            },
+        ),
+        Some(Command::Check) => check(&config),
         Some(Command::Plugins) => {
             plugins();
             ExitCode::SUCCESS
         }
-        Some(Command::Token(args)) => token(args),
+        Some(Command::Token(args)) => token(&config, args),
     }
 }
 
@@ -88,100 +92,18 @@ fn load(config: &ConfigArg, listen: Option<String>) -> Result<LoadedConfig, Conf
 }
 
 fn config_failure(e: &ConfigError) -> ExitCode {
-    eprintln!("switchboard: invalid configuration:");
-    for issue in &e.issues {
-        eprintln!("  {issue}");
-    }
-    ExitCode::from(2)
+    run::config_failure("switchboard", e)
 }
 
-fn init_logging(loaded: &LoadedConfig) {
-    use tracing_subscriber::EnvFilter;
-    let log = &loaded.config.log;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+fn serve(config: &ConfigArg, args: ServeArgs) -> ExitCode {
+    match load(config, args.listen) {
+        Ok(loaded) => run::serve("switchboard", loaded),
+        Err(e) => config_failure(&e),
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
-    let loaded = match load(&args.config, args.listen) {
-        Ok(l) => l,
-        Err(e) => return config_failure(&e),
-    };
-    init_logging(&loaded);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("switchboard: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let node = match Node::build(loaded) {
-            Ok(n) => n,
-            Err(e) => return config_failure(&e),
-        };
-        let addr = node.gateway().config().server.listen;
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(%addr, error = %e, "cannot bind server.listen");
-                return ExitCode::FAILURE;
-            }
-        };
-        let bound = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| addr.to_string());
-        tracing::info!(listen = %bound, "switchboard serving");
-        match node.serve(listener, shutdown_signal()).await {
-            Ok(()) => {
-                tracing::info!("stopped");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "server failed");
-                ExitCode::FAILURE
-            }
-        }
-    })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
-    }
-}
-
-fn check(args: ConfigArg) -> ExitCode {
-    let loaded = match load(&args, None) {
+fn check(config: &ConfigArg) -> ExitCode {
+    let loaded = match load(config, None) {
         Ok(l) => l,
         Err(e) => return config_failure(&e),
     };
@@ -225,8 +147,8 @@ fn plugins() {
     }
 }
 
-fn token(args: TokenArgs) -> ExitCode {
-    let loaded = match load(&args.config, None) {
+fn token(config: &ConfigArg, args: TokenArgs) -> ExitCode {
+    let loaded = match load(config, None) {
         Ok(l) => l,
         Err(e) => return config_failure(&e),
     };

@@ -129,6 +129,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+// ANCHOR: authenticator
 /// Establishes who is connecting. Built-in: `jwt`.
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
@@ -138,6 +139,7 @@ pub trait Authenticator: Send + Sync + 'static {
     /// Checks a token sent later on a live connection (`auth:refresh`).
     async fn verify_token(&self, token: &str) -> Result<Identity, AuthError>;
 }
+// ANCHOR_END: authenticator
 
 #[cfg(test)]
 mod tests {

@@ -124,6 +124,7 @@ impl fmt::Debug for LocalHub {
 #[error("room broker: {0}")]
 pub struct BrokerError(pub String);
 
+// ANCHOR: room_broker
 /// Routes published events to the members of a room, on this node and (clustered) others.
 ///
 /// The runtime calls `join`/`leave` as sockets enter and leave rooms, so a clustered broker
@@ -152,3 +153,4 @@ pub trait RoomBroker: Send + Sync + 'static {
     /// Stops background work.
     async fn shutdown(&self) {}
 }
+// ANCHOR_END: room_broker

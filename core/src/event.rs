@@ -91,6 +91,7 @@ pub enum Outcome {
     Done,
 }
 
+// ANCHOR: event_handler
 /// Owns a set of events: handles the client's ones, validates and routes the server's ones.
 ///
 /// Built-ins: `conversation`, `typing`, `session`.
@@ -129,6 +130,7 @@ pub trait EventHandler: Send + Sync + 'static {
         ))
     }
 }
+// ANCHOR_END: event_handler
 
 /// Deserializes `payload` into `T`; an error names the field (`conversationId: is required`).
 pub fn parse_payload<T: DeserializeOwned>(event: &str, payload: &Value) -> Result<T, EventError> {

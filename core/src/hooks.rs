@@ -66,6 +66,7 @@ pub enum Verdict {
     Drop,
 }
 
+// ANCHOR: hooks
 /// Adjusts, drops or authorizes events. Built-in: `lua`.
 ///
 /// Hooks run on the runtime's worker threads and must return quickly (the Lua plugin cuts a
@@ -92,3 +93,4 @@ pub trait Hooks: Send + Sync + 'static {
         true
     }
 }
+// ANCHOR_END: hooks

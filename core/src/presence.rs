@@ -20,6 +20,7 @@ pub enum PresenceChange {
 /// Where a store reports changes it finds by itself.
 pub type PresenceEvents = mpsc::UnboundedSender<PresenceChange>;
 
+// ANCHOR: presence_store
 /// Tracks each user's live connections, on this node and (clustered) others.
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
@@ -49,3 +50,4 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Stops background work and withdraws this node's connections.
     async fn shutdown(&self) {}
 }
+// ANCHOR_END: presence_store

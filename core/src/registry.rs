@@ -101,6 +101,8 @@ pub struct Plugin {
     pub description: &'static str,
     /// Its factory, which also fixes its kind.
     pub factory: Factory,
+    /// Its config section's defaults, for `switchboard check` and the reference docs.
+    pub defaults: Option<fn() -> serde_json::Value>,
 }
 
 inventory::collect!(Plugin);
@@ -112,7 +114,14 @@ impl Plugin {
             name,
             description,
             factory,
+            defaults: None,
         }
+    }
+
+    /// Declares the plugin's config type: `.with_config(config_defaults::<MyConfig>)`.
+    pub const fn with_config(mut self, defaults: fn() -> serde_json::Value) -> Self {
+        self.defaults = Some(defaults);
+        self
     }
 
     /// The plugin's kind.
@@ -149,6 +158,47 @@ macro_rules! register_plugin {
     ($plugin:expr) => {
         $crate::inventory::submit! { $plugin }
     };
+}
+
+/// The defaults of a plugin's config type, as JSON (for [`Plugin::with_config`]).
+pub fn config_defaults<T: Default + Serialize>() -> serde_json::Value {
+    serde_json::to_value(T::default()).unwrap_or_default()
+}
+
+/// Every config key with its default: the core model plus each plugin's section.
+///
+/// Keys are dotted paths (`auth.jwt.secret`); tables of plugin sections are expanded, and a
+/// key whose default is a table of user entries (`rooms.policy`) is one key.
+pub fn all_config_keys() -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    let core = serde_json::to_value(Config::default()).unwrap_or_default();
+    flatten("", &core, &mut out);
+    for p in plugins() {
+        if let Some(defaults) = p.defaults {
+            flatten(&p.section(), &defaults(), &mut out);
+        }
+    }
+    out
+}
+
+/// Keys whose value is a map of user-chosen names, listed as one key.
+const LEAF_MAPS: &[&str] = &["rooms.policy", "auth.jwt.public_keys"];
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(map) if !LEAF_MAPS.contains(&prefix) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_owned(), v.clone());
+        }
+    }
 }
 
 /// Every registered plugin, sorted by kind then name.

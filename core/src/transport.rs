@@ -17,6 +17,7 @@ pub enum CloseReason {
     Shutdown,
 }
 
+// ANCHOR: connection
 /// One live socket, as the runtime sees it, whatever its transport.
 pub trait Connection: Send + Sync + 'static {
     /// The socket's id.
@@ -30,7 +31,9 @@ pub trait Connection: Send + Sync + 'static {
     /// Closes the socket from the server side.
     fn close(&self, reason: CloseReason);
 }
+// ANCHOR_END: connection
 
+// ANCHOR: transport
 /// A client protocol served on the gateway's port. Built-in: `socketio`.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -46,3 +49,4 @@ pub trait Transport: Send + Sync + 'static {
     /// Closes every socket cleanly (shutdown).
     async fn shutdown(&self);
 }
+// ANCHOR_END: transport

@@ -327,11 +327,14 @@ fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn Authenticator>, BoxError> {
     )?))
 }
 
-register_plugin!(Plugin::new(
-    "jwt",
-    "JWT bearer tokens: HS* with a secret, RS*/PS*/ES*/EdDSA with a PEM key; exp/nbf/iss/aud",
-    Factory::Auth(build)
-));
+register_plugin!(
+    Plugin::new(
+        "jwt",
+        "JWT bearer tokens: HS* with a secret, RS*/PS*/ES*/EdDSA with a PEM key; exp/nbf/iss/aud",
+        Factory::Auth(build)
+    )
+    .with_config(switchboard_core::registry::config_defaults::<JwtConfig>)
+);
 
 #[cfg(test)]
 mod tests {

@@ -63,6 +63,7 @@ fn is_typing(event: &str) -> Result<bool, EventError> {
     }
 }
 
+// ANCHOR: handler
 #[async_trait]
 impl EventHandler for TypingEvents {
     fn inbound_events(&self) -> &[&'static str] {
@@ -110,16 +111,19 @@ impl EventHandler for TypingEvents {
         Ok(room(&ind.conversation_id))
     }
 }
+// ANCHOR_END: handler
 
 fn build(_ctx: &PluginContext<'_>) -> Result<Arc<dyn EventHandler>, BoxError> {
     Ok(Arc::new(TypingEvents))
 }
 
+// ANCHOR: register
 register_plugin!(Plugin::new(
     "typing",
     "typing:start/stop relayed to the conversation's other members",
     Factory::Events(build)
 ));
+// ANCHOR_END: register
 
 #[cfg(test)]
 mod tests {

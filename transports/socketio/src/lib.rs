@@ -17,8 +17,8 @@ use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessage};
 use socketioxide::socket::Socket;
 use switchboard_core::{
-    BoxError, CloseReason, ConnId, Connection, Delivery, Dur, Factory, Gateway, Handshake,
-    Identity, Plugin, PluginContext, Room, Session, Size, Transport, async_trait, register_plugin,
+    BoxError, CloseReason, ConnId, Connection, Delivery, Dur, Factory, Gateway, Handshake, Plugin,
+    PluginContext, Room, Session, Size, Transport, async_trait, register_plugin,
 };
 
 /// `transports.socketio.*`.
@@ -141,10 +141,22 @@ fn payload_of(raw: &str) -> Result<Option<&RawValue>, serde_json::Error> {
     Ok(parts.get(1).copied())
 }
 
-async fn on_connect(gw: Gateway, socket: SocketRef) {
-    let Some(identity) = socket.extensions.remove::<Identity>() else {
-        let _ = socket.disconnect();
-        return;
+/// Authenticates, registers the session and installs the event handlers, all before the
+/// client is told it is connected: an event sent right after `connect` always finds its
+/// handler, and the presence API counts the socket as soon as the client sees `connect`.
+async fn admit(
+    gw: Gateway,
+    socket: SocketRef,
+    auth: Option<Value>,
+) -> Result<(), switchboard_core::AuthError> {
+    let identity = {
+        let parts = socket.req_parts();
+        let handshake = Handshake {
+            auth: auth.as_ref(),
+            headers: &parts.headers,
+            query: parts.uri.query(),
+        };
+        gw.authenticate(&handshake).await?
     };
     let conn = Arc::new(SioConnection {
         id: ConnId::new(socket.id.as_str()),
@@ -169,30 +181,30 @@ async fn on_connect(gw: Gateway, socket: SocketRef) {
             }
         },
     );
+    let dc_gw = gw.clone();
     socket.on_disconnect(move |s: SocketRef| {
-        let gw = gw.clone();
-        async move {
-            if let Some(session) = s.extensions.remove::<Arc<Session>>() {
-                gw.disconnect(&session).await;
-            }
+        let gw = dc_gw.clone();
+        async move { release(&gw, &s).await }
+    });
+
+    // If the connect packet cannot be sent (the client vanished mid-handshake), socketioxide
+    // drops the socket without a disconnect callback; release the session here instead.
+    let grace = gw.config().limits.handshake_timeout.get();
+    let watched = socket.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        if !watched.connected() {
+            release(&gw, &watched).await;
         }
     });
+    Ok(())
 }
 
-async fn authenticate(
-    gw: Gateway,
-    socket: SocketRef,
-    auth: Option<Value>,
-) -> Result<(), switchboard_core::AuthError> {
-    let parts = socket.req_parts();
-    let handshake = Handshake {
-        auth: auth.as_ref(),
-        headers: &parts.headers,
-        query: parts.uri.query(),
-    };
-    let identity = gw.authenticate(&handshake).await?;
-    socket.extensions.insert(identity);
-    Ok(())
+/// Ends a socket's session once, whoever gets here first.
+async fn release(gw: &Gateway, socket: &SocketRef) {
+    if let Some(session) = socket.extensions.remove::<Arc<Session>>() {
+        gw.disconnect(&session).await;
+    }
 }
 
 #[async_trait]
@@ -213,13 +225,10 @@ impl Transport for SocketIoTransport {
             .ws_max_message_size(frame)
             .ws_max_frame_size(frame)
             .build_svc();
-        let gw_auth = gateway.clone();
-        let gw_conn = gateway;
-        let connect = move |s: SocketRef| on_connect(gw_conn.clone(), s);
-        let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
-            authenticate(gw_auth.clone(), s, auth.ok())
-        };
-        io.ns(self.cfg.namespace.clone(), connect.with(middleware));
+        let middleware =
+            move |s: SocketRef, TryData(auth): TryData<Value>| admit(gateway.clone(), s, auth.ok());
+        let connected = |_: SocketRef| async {};
+        io.ns(self.cfg.namespace.clone(), connected.with(middleware));
         let _ = self.io.set(io);
         Router::new()
             .route_service("/socket.io/", svc.clone())
@@ -268,11 +277,14 @@ fn build(ctx: &PluginContext<'_>) -> Result<Option<Arc<dyn Transport>>, BoxError
     Ok(Some(Arc::new(SocketIoTransport::new(cfg))))
 }
 
-register_plugin!(Plugin::new(
-    "socketio",
-    "Socket.IO v5 over WebSocket and long-polling (socket.io-client 4.x)",
-    Factory::Transport(build)
-));
+register_plugin!(
+    Plugin::new(
+        "socketio",
+        "Socket.IO v5 over WebSocket and long-polling (socket.io-client 4.x)",
+        Factory::Transport(build)
+    )
+    .with_config(switchboard_core::registry::config_defaults::<SocketIoConfig>)
+);
 
 #[cfg(test)]
 mod tests {
