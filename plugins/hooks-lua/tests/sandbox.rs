@@ -227,8 +227,14 @@ end
         Verdict::Drop => json!("dropped"),
     };
     assert_eq!(run("same"), input);
-    assert_eq!(run("remove"), json!({"meta": {"tags": ["a", "b"], "n": 1}, "keep": 7}));
-    assert_eq!(run("nested"), json!({"status": "sent", "meta": {"tags": ["a", "b2"], "n": 2}, "keep": 7}));
+    assert_eq!(
+        run("remove"),
+        json!({"meta": {"tags": ["a", "b"], "n": 1}, "keep": 7})
+    );
+    assert_eq!(
+        run("nested"),
+        json!({"status": "sent", "meta": {"tags": ["a", "b2"], "n": 2}, "keep": 7})
+    );
     assert_eq!(
         run("add"),
         json!({"status": "sent", "meta": {"tags": ["a", "b"], "n": 1}, "keep": 7,
