@@ -9,7 +9,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import {
   REPO_ROOT, configToml, startServer, signJwt, connect, waitFor, expectNone, emitAck, emitApi,
-  api, joinSession, assertErrorEvent, writeTemp, eventually, uid, standardHooks,
+  api, joinSession, assertErrorEvent, writeTemp, eventually, uid, standardHooks, runCli,
 } from './helpers.mjs';
 
 const example = (name) => path.join(REPO_ROOT, 'scripts', name);
@@ -161,6 +161,17 @@ describe('Lua hooks', () => {
       assert.equal(await luaErrors(kind), before + 1, `switchboard_lua_errors_total{kind="${kind}"}`);
     });
   }
+});
+
+describe('Lua hooks config', () => {
+  it('a script that does not compile stops start-up, naming the key, the file and the line', async () => {
+    const bad = writeTemp('broken.lua', 'function on_outbound(event, payload)\n  return payload +\nend\n');
+    const config = writeTemp('switchboard.toml', configToml({ extra: luaSection([bad]) }));
+    const r = await runCli(['serve', '--config', config, '--listen', '127.0.0.1:0']);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /hooks\.lua\.scripts\[0\]: .*broken\.lua:3:/);
+    assert.doesNotMatch(r.stderr, /panicked|RUST_BACKTRACE/);
+  });
 });
 
 describe('Lua hooks reload', () => {

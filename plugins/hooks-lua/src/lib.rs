@@ -595,8 +595,9 @@ fn build(ctx: &PluginContext<'_>) -> Result<Option<Arc<dyn Hooks>>, BoxError> {
     if config.scripts.is_empty() {
         return Ok(None);
     }
-    let hooks =
-        LuaHooks::new(config, ctx.metrics(), ctx.section_path()).map_err(|e| Box::new(e.0))?;
+    // Box the `ConfigError` itself, so the core reports its key (`hooks.lua.scripts[0]`).
+    let hooks = LuaHooks::new(config, ctx.metrics(), ctx.section_path())
+        .map_err(|e| -> BoxError { Box::new(e.0) })?;
     Ok(Some(Arc::new(hooks)))
 }
 

@@ -80,7 +80,14 @@ fn factory(toml: &str) -> Result<Option<Arc<dyn Hooks>>, String> {
         return Err("not a hooks plugin".into());
     };
     let ctx = PluginContext::new(&loaded, plugin.section(), &effective, &metrics, &hub);
-    build(&ctx).map_err(|e| e.to_string())
+    // The core reports a plugin's `ConfigError` with its own key; anything else under the
+    // section name. Insist on the former.
+    build(&ctx).map_err(
+        |e| match e.downcast_ref::<switchboard_core::ConfigError>() {
+            Some(c) => c.to_string(),
+            None => format!("not a ConfigError: {e}"),
+        },
+    )
 }
 
 #[test]
