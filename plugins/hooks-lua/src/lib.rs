@@ -601,8 +601,11 @@ fn build(ctx: &PluginContext<'_>) -> Result<Option<Arc<dyn Hooks>>, BoxError> {
     Ok(Some(Arc::new(hooks)))
 }
 
-register_plugin!(Plugin::new(
-    "lua",
-    "Sandboxed Luau scripts that adjust, drop and authorize events",
-    Factory::Hooks(build)
-));
+register_plugin!(
+    Plugin::new(
+        "lua",
+        "Sandboxed Luau scripts that adjust, drop and authorize events",
+        Factory::Hooks(build)
+    )
+    .with_config(switchboard_core::registry::config_defaults::<LuaConfig>)
+);

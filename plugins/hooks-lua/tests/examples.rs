@@ -185,3 +185,43 @@ fn examples_chain_in_order() {
         "the second script saw the first one's output"
     );
 }
+
+/// The script shown in docs/lua-hooks.md runs as the page says.
+#[test]
+fn the_documented_script_works() {
+    let page =
+        std::fs::read_to_string(examples_dir().join("../docs/lua-hooks.md")).expect("docs page");
+    let start = page
+        .find("```lua\n-- scripts/tag-bots.lua")
+        .expect("the snippet")
+        + "```lua\n".len();
+    let len = page[start..].find("```").expect("end of the snippet");
+    let s = support::Scripts::new();
+    let (h, _) = hooks(config(vec![
+        s.write("tag-bots.lua", &page[start..start + len]),
+    ]));
+    let mut bot = message_sent("hello", "+1");
+    bot["senderId"] = json!("bot-7");
+    let Verdict::Pass(out) = h.on_outbound("session:message-sent", bot, &api_ctx("session:s1"))
+    else {
+        panic!("not dropped");
+    };
+    assert_eq!(out["isFromBot"], true);
+    let Verdict::Pass(out) = h.on_outbound(
+        "session:message-sent",
+        message_sent("hi", "+1"),
+        &api_ctx("session:s1"),
+    ) else {
+        panic!("not dropped");
+    };
+    assert_eq!(out["isFromBot"], false);
+    assert_eq!(
+        h.on_outbound(
+            "session:message-sent",
+            message_sent("", "+1"),
+            &api_ctx("session:s1")
+        ),
+        Verdict::Drop,
+        "empty messages are dropped"
+    );
+}
