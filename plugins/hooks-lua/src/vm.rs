@@ -167,8 +167,10 @@ const NO_DEADLINE: u64 = u64::MAX;
 
 /// What a payload hook decided.
 enum Outcome {
-    /// Send the payload: the new one, or (`None`) the input unchanged.
-    Send(Option<Json>),
+    /// Send a new payload.
+    Send(Json),
+    /// Send the input with these top-level fields changed (none: unchanged).
+    Patch(Patch),
     /// Drop the event.
     Drop,
 }
@@ -205,6 +207,13 @@ return function(p, snap)
   return true, changed, removed
 end
 "#;
+
+/// Top-level fields to set and to remove, already converted.
+#[derive(Default)]
+struct Patch {
+    sets: Vec<(String, Json)>,
+    removed: Vec<String>,
+}
 
 /// A sandboxed Luau state with every script of one generation loaded.
 pub(crate) struct Vm {
@@ -437,20 +446,28 @@ impl Vm {
                     .call::<(bool, Option<Table>, Option<Table>)>((&t, snap))
                     .map_err(|e| classify(&e));
                 match self.settle(diffed)? {
-                    (true, changed, removed) => {
-                        self.patch(input, changed, removed).map(Outcome::Send)?
-                    }
+                    (true, changed, removed) => self.patch(changed, removed).map(Outcome::Patch)?,
                     (false, _, _) => self.result(hook, Value::Table(t))?,
                 }
             }
             (out, _) => self.result(hook, out)?,
         };
         match outcome {
-            Outcome::Send(Some(next)) => {
+            Outcome::Send(next) => {
                 *payload = next;
                 Ok(true)
             }
-            Outcome::Send(None) => Ok(true),
+            Outcome::Patch(patch) => {
+                if let Some(map) = payload.as_object_mut() {
+                    for (k, v) in patch.sets {
+                        map.insert(k, v);
+                    }
+                    for k in &patch.removed {
+                        map.remove(k);
+                    }
+                }
+                Ok(true)
+            }
             Outcome::Drop => Ok(false),
         }
     }
@@ -460,7 +477,7 @@ impl Vm {
         match out {
             Value::Nil => Ok(Outcome::Drop),
             t @ Value::Table(_) => convert::from_lua(&t, self.array_mt.to_pointer())
-                .map(|j| Outcome::Send(Some(j)))
+                .map(Outcome::Send)
                 .map_err(Failure::Payload),
             other => Err(Failure::Result(format!(
                 "{} returned a {}; return the payload table, or nil to drop the event",
@@ -470,44 +487,34 @@ impl Vm {
         }
     }
 
-    /// Applies the runner's report of changed and removed top-level fields to `input`.
-    ///
-    /// `Ok(None)` means nothing changed: the input goes on as it is.
-    fn patch(
-        &self,
-        input: &Json,
-        changed: Option<Table>,
-        removed: Option<Table>,
-    ) -> Result<Option<Json>, Failure> {
-        if changed.is_none() && removed.is_none() {
-            return Ok(None);
-        }
+    /// Reads the diff's report of changed and removed top-level fields, converted.
+    fn patch(&self, changed: Option<Table>, removed: Option<Table>) -> Result<Patch, Failure> {
         let mt = self.array_mt.to_pointer();
-        let mut sets = Vec::new();
+        let mut patch = Patch::default();
         if let Some(changed) = changed {
+            let mut failed = None;
             changed
                 .for_each(|k: String, v: Value| {
-                    sets.push((k, convert::from_lua(&v, mt)));
+                    match convert::from_lua(&v, mt) {
+                        Ok(j) => patch.sets.push((k, j)),
+                        Err(e) => failed = Some(e),
+                    }
                     Ok(())
                 })
                 .map_err(|e| Failure::Payload(error_text(&e)))?;
-        }
-        let mut next = input.clone();
-        let Some(map) = next.as_object_mut() else {
-            return Ok(None);
-        };
-        for (k, v) in sets {
-            map.insert(k, v.map_err(Failure::Payload)?);
+            if let Some(e) = failed {
+                return Err(Failure::Payload(e));
+            }
         }
         if let Some(removed) = removed {
             removed
                 .for_each_value(|k: String| {
-                    map.remove(&k);
+                    patch.removed.push(k);
                     Ok(())
                 })
                 .map_err(|e| Failure::Payload(error_text(&e)))?;
         }
-        Ok(Some(next))
+        Ok(patch)
     }
 
     /// Calls script `i`'s `authorize(ctx)`: `true` allows, anything else denies.
