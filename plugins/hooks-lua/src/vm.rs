@@ -344,11 +344,13 @@ impl Vm {
         for hook in Hook::ALL {
             match env.raw_get::<Value>(hook.name()).map_err(fail)? {
                 Value::Function(f) => {
-                    let params = usize::from(f.info().num_params);
-                    wants_ctx[hook.index()] = match hook {
-                        Hook::Authorize => params >= 1,
-                        _ => params >= 3,
-                    };
+                    let info = f.info();
+                    let params = usize::from(info.num_params);
+                    wants_ctx[hook.index()] = info.is_vararg
+                        || match hook {
+                            Hook::Authorize => params >= 1,
+                            _ => params >= 3,
+                        };
                     hooks[hook.index()] = Some(f);
                 }
                 Value::Nil => {}

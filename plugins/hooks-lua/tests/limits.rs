@@ -357,3 +357,38 @@ fn workers_serve_calls_side_by_side() {
         m.encode()
     );
 }
+
+#[test]
+fn an_error_value_that_loops_in_tostring_is_still_cut() {
+    check_failure_any(
+        &format!(
+            "function on_outbound(e, p)\n  error(setmetatable({{}}, {{ __tostring = function() while true do end end }}))\nend{INBOUND_OK}"
+        ),
+        &["runtime", "timeout"],
+    );
+}
+
+#[test]
+fn yielding_fails_cleanly() {
+    check_failure(
+        &format!("function on_outbound(e, p) coroutine.yield(p) return p end{INBOUND_OK}"),
+        "runtime",
+    );
+}
+
+#[test]
+fn returned_tables_are_read_raw_so_metamethods_never_run() {
+    let (h, m, _s) = with_bad(
+        "function on_outbound(e, p)\n  return setmetatable({}, { __index = function() while true do end end,\n    __len = function() while true do end end, __iter = function() while true do end end })\nend",
+        OnError::Drop,
+        "50ms",
+    );
+    let t0 = Instant::now();
+    assert_eq!(
+        h.on_outbound("e", json!({"n": 1}), &api_ctx("r")),
+        Verdict::Pass(json!({"ok": true})),
+        "an empty object, read without its metamethods"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert!(sample(&m, "switchboard_lua_errors_total{").is_none());
+}

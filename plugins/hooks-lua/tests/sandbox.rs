@@ -242,3 +242,19 @@ end
     );
     assert_eq!(run("replace"), json!({"only": "sent"}));
 }
+
+#[test]
+fn a_variadic_hook_gets_ctx() {
+    let s = Scripts::new();
+    let p = s.write(
+        "va.lua",
+        "function on_outbound(...) local e, p, c = ... p.room = c.room return p end\nfunction authorize(...) local c = ... return c.room == 'conversation:1' end",
+    );
+    let (h, _) = hooks(config(vec![p]));
+    assert_eq!(
+        h.on_outbound("e", json!({}), &api_ctx("conversation:9")),
+        Verdict::Pass(json!({"room": "conversation:9"}))
+    );
+    let c = support::Ctx::socket("u", json!({})).in_room("conversation:1");
+    assert!(h.authorize(&c.get(switchboard_core::Direction::Inbound)));
+}
