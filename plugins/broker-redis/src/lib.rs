@@ -1,0 +1,922 @@
+//! `broker.plugin = "redis"`: rooms that span nodes, over Redis pub/sub.
+//!
+//! # Design
+//!
+//! * **One channel per room, subscribed while the room has local members.** A room's
+//!   events travel on `{redis.key_prefix}room:{room}`; namespace-wide deliveries
+//!   (`user:online`/`user:offline`, `Delivery.room == None`) on
+//!   `{redis.key_prefix}broadcast`, which every node subscribes to. A node subscribes to a
+//!   room's channel when its first local socket joins (0 → 1) and unsubscribes when the
+//!   last one leaves (1 → 0), so a node only receives what it delivers. `join` returns
+//!   once Redis has processed the `SUBSCRIBE`, which makes a join effective across the
+//!   cluster when the client gets its `conversation:joined`. (fred completes a
+//!   `SUBSCRIBE` as soon as it is written and drops the confirmation, so the broker
+//!   sends a `PING` on the subscriber connection right after it: Redis answers commands
+//!   of one connection in order, so the `PONG` proves the subscription is in place.
+//!   `SSUBSCRIBE` is answered by fred itself.)
+//! * **Why not a fixed set of shard channels?** Hashing rooms onto N channels and
+//!   filtering locally bounds the number of subscriptions, but every node then receives
+//!   every event of every room that shares a shard with one of its rooms: with many
+//!   nodes and 100k rooms, most of the traffic a node reads would be thrown away. Redis
+//!   keeps subscriptions in a hash table (a `PUBLISH` costs O(subscribers of that
+//!   channel)) and holds 100k channels on one connection in a few MB, so per-room
+//!   channels scale to that size while sending each node only what it needs. After a
+//!   reconnect, the rooms are resubscribed in batches of [`SUBSCRIBE_BATCH`] channels per
+//!   command, one lock shard at a time.
+//! * **Every node, the publisher included, delivers from its subscription.** While Redis
+//!   is healthy, `publish` only sends `PUBLISH`; this node's members get the event back
+//!   through its own subscription, like every other node's members. Redis orders the
+//!   messages of a channel once, so all nodes deliver a room's events in the same order,
+//!   whichever node published them; each node delivers them in arrival order from one
+//!   task. A room always publishes on the same pooled connection, so one node's publishes
+//!   to a room also leave in the order they were made. The message is the [`Delivery`]
+//!   serialized once per publish, wrapped in a small envelope (below).
+//! * **Exactly once.** Each node subscribes once per channel and delivers each message
+//!   once; the publisher does not deliver directly, so nobody gets a copy twice.
+//! * **When Redis is unreachable**, `ready()` is false (`/readyz` answers 503), a publish
+//!   is delivered to this node's own members at once (local delivery keeps working) and
+//!   is reported as done, and the outage is logged once, not per event. If the
+//!   publishing connection still works (only the subscriber dropped), the message is also
+//!   published, tagged with this node's id, so other nodes get it and this node skips its
+//!   own copy. The client reconnects with exponential backoff; once it is back, the
+//!   broker resubscribes the broadcast channel and every room with local members, and
+//!   only then turns ready again and goes back to delivering through Redis. Joins made
+//!   during an outage count locally and are subscribed with the rest.
+//! * **Sharded pub/sub.** `redis.sharded_pubsub = true` uses `SSUBSCRIBE`/`SPUBLISH`,
+//!   Redis Cluster's sharded pub/sub (Redis 7+), where a channel lives on the shard that
+//!   owns its slot instead of being broadcast over the cluster bus. Use a
+//!   `redis-cluster://host:port` URL for a cluster. Sharded subscriptions are sent one
+//!   channel per command, since channels of different slots cannot share one.
+//!
+//! What this does not promise: Redis pub/sub is at-most-once. A message published while
+//! a subscriber's connection is down is not replayed to that node after it reconnects,
+//! and a `PUBLISH` whose reply is lost (the connection dropped mid-command) is delivered
+//! locally as a fallback, which could duplicate it on this node if Redis had in fact
+//! taken it.
+//!
+//! # Client library
+//!
+//! [`fred`] 10: a maintained async client with a dedicated subscriber connection, a
+//! connection pool, reconnection with backoff, and events for every reconnect and
+//! connection error, which is what resubscribing and readiness need.
+//!
+//! # Config
+//!
+//! ```toml
+//! [broker]
+//! plugin = "redis"
+//!
+//! [broker.redis]
+//! pool_size = 2                # publishing connections
+//! command_timeout = "2s"       # a slower command counts as Redis being unreachable
+//! reconnect_max_delay = "5s"   # backoff between reconnection attempts: 100 ms doubling up to this
+//!
+//! [redis]
+//! url = "redis://127.0.0.1:6379"
+//! key_prefix = "switchboard:"
+//! sharded_pubsub = false
+//! ```
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fred::prelude::{
+    Builder, Client, ClientLike, Config, Error as RedisError, ErrorKind as RedisErrorKind,
+    EventInterface, Pool, PubsubInterface, ReconnectPolicy,
+};
+use fred::types::Message;
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::{Deserialize, Serialize};
+use switchboard_core::config::RedisConfig;
+use switchboard_core::{
+    BoxError, BrokerError, ConfigError, ConnId, Delivery, Dur, Factory, LocalHub, Plugin,
+    PluginContext, Room, RoomBroker, async_trait, register_plugin,
+};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
+use tokio::task::JoinHandle;
+
+/// How many channels one `SUBSCRIBE` carries when resubscribing after a reconnect.
+pub const SUBSCRIBE_BATCH: usize = 512;
+
+/// How many locks the room table is split into (joins of rooms on different locks never wait on each other).
+const LOCK_SHARDS: usize = 256;
+
+/// How often the supervisor checks the connections.
+const TICK: Duration = Duration::from_millis(250);
+
+/// `broker.redis.*`: the Redis broker's own settings (the server is the shared `redis.*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisBrokerConfig {
+    /// Connections used to publish; each room always publishes on the same one.
+    pub pool_size: usize,
+    /// How long one Redis command may take before Redis counts as unreachable.
+    pub command_timeout: Dur,
+    /// Longest wait between reconnection attempts (the backoff starts at 100 ms and doubles).
+    pub reconnect_max_delay: Dur,
+}
+
+impl Default for RedisBrokerConfig {
+    fn default() -> Self {
+        RedisBrokerConfig {
+            pool_size: 2,
+            command_timeout: Dur::secs(2),
+            reconnect_max_delay: Dur::secs(5),
+        }
+    }
+}
+
+/// What travels on a channel: the delivery, and the node that already delivered it locally.
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skip: Option<&'a str>,
+    d: &'a Delivery,
+}
+
+/// The receiving side of [`EnvelopeOut`].
+#[derive(Deserialize)]
+struct EnvelopeIn {
+    #[serde(default)]
+    skip: Option<String>,
+    d: Delivery,
+}
+
+/// The broker's metrics.
+#[derive(Debug, Default, Clone)]
+struct BrokerMetrics {
+    rooms: Gauge<i64, AtomicI64>,
+    local_only: Counter<u64, AtomicU64>,
+    received: Counter<u64, AtomicU64>,
+    lost: Counter<u64, AtomicU64>,
+}
+
+/// Rooms across nodes over Redis pub/sub.
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("node", &self.inner.node)
+            .field("sharded", &self.inner.sharded)
+            .finish()
+    }
+}
+
+struct Inner {
+    hub: LocalHub,
+    node: String,
+    sharded: bool,
+    room_prefix: String,
+    broadcast: String,
+    sub: Client,
+    pool: Pool,
+    timeout: Duration,
+    rooms: Box<[AsyncMutex<HashMap<Room, usize>>]>,
+    /// The subscriber connection is up: joins subscribe right away.
+    sub_up: AtomicBool,
+    /// Per pooled connection: up since its last (re)connect, down since its last error.
+    /// fred's own state still says "connected" for a moment after a connection drops.
+    pool_up: Box<[AtomicBool]>,
+    /// Every channel with local members is subscribed on the current connection.
+    subscribed: AtomicBool,
+    /// Asks the supervisor for a resubscription pass.
+    resync: Notify,
+    /// Whether the last health state this broker logged was "unreachable".
+    reported_down: AtomicBool,
+    started: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    metrics: BrokerMetrics,
+    last_decode_warning: Mutex<Option<Instant>>,
+}
+
+/// The fred builder both connections are made from.
+fn builder(
+    redis: &RedisConfig,
+    cfg: &RedisBrokerConfig,
+    capacity: usize,
+) -> Result<Builder, RedisError> {
+    let config = Config {
+        fail_fast: false,
+        ..Config::from_url(&redis.url)?
+    };
+    let max_delay = u32::try_from(cfg.reconnect_max_delay.get().as_millis())
+        .unwrap_or(u32::MAX)
+        .max(100);
+    let timeout = cfg.command_timeout.get();
+    let mut b = Builder::from_config(config);
+    b.set_policy(ReconnectPolicy::new_exponential(0, 100, max_delay, 2))
+        .with_connection_config(|c| {
+            c.connection_timeout = timeout;
+            c.internal_command_timeout = timeout;
+            // A command in flight when the connection drops fails instead of being replayed
+            // later, so a PUBLISH is never sent twice.
+            c.max_command_attempts = 1;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = timeout;
+            p.broadcast_channel_capacity = capacity;
+        });
+    Ok(b)
+}
+
+/// Checks `redis.url`'s scheme before fred reads the rest.
+fn check_url(url: &str) -> Result<(), String> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some(
+            "redis" | "valkey" | "redis-cluster" | "valkey-cluster" | "redis-sentinel"
+            | "valkey-sentinel" | "redis+unix" | "valkey+unix",
+        ) => Ok(()),
+        Some(s) if s.starts_with("rediss") || s.starts_with("valkeys") => Err(format!(
+            "`{s}://` (TLS) is not supported by this build; use redis://, redis-cluster:// or redis-sentinel://"
+        )),
+        _ => Err(
+            "must start with redis://, redis-cluster://, redis-sentinel:// or redis+unix://"
+                .to_owned(),
+        ),
+    }
+}
+
+/// A random id for this process, so a node skips its own tagged messages.
+fn random_node_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    let a = h.finish();
+    let b = std::collections::hash_map::RandomState::new().hash_one(a);
+    format!("{a:016x}{b:016x}")
+}
+
+fn timeout_error(what: &str) -> RedisError {
+    RedisError::new(RedisErrorKind::Timeout, format!("{what} timed out"))
+}
+
+impl RedisBroker {
+    /// A broker delivering through `hub`, for the Redis in `redis`; connects on [`RoomBroker::start`].
+    pub fn new(
+        hub: LocalHub,
+        redis: &RedisConfig,
+        cfg: &RedisBrokerConfig,
+    ) -> Result<Self, BrokerError> {
+        if cfg.pool_size == 0 {
+            return Err(BrokerError(
+                "broker.redis.pool_size: must be at least 1".into(),
+            ));
+        }
+        check_url(&redis.url).map_err(|e| BrokerError(format!("redis.url: {e}")))?;
+        let bad_url = |e: RedisError| BrokerError(format!("redis.url: {}", e.details()));
+        let sub = builder(redis, cfg, 16 * 1024)
+            .map_err(bad_url)?
+            .build()
+            .map_err(bad_url)?;
+        let pool = builder(redis, cfg, 64)
+            .map_err(bad_url)?
+            .build_pool(cfg.pool_size)
+            .map_err(bad_url)?;
+        let rooms = (0..LOCK_SHARDS)
+            .map(|_| AsyncMutex::new(HashMap::new()))
+            .collect();
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                hub,
+                node: random_node_id(),
+                sharded: redis.sharded_pubsub,
+                room_prefix: format!("{}room:", redis.key_prefix),
+                broadcast: format!("{}broadcast", redis.key_prefix),
+                sub,
+                pool,
+                timeout: cfg.command_timeout.get(),
+                rooms,
+                sub_up: AtomicBool::new(false),
+                pool_up: (0..cfg.pool_size).map(|_| AtomicBool::new(false)).collect(),
+                subscribed: AtomicBool::new(false),
+                resync: Notify::new(),
+                reported_down: AtomicBool::new(true),
+                started: AtomicBool::new(false),
+                tasks: Mutex::new(Vec::new()),
+                metrics: BrokerMetrics::default(),
+                last_decode_warning: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// This node's random id (tags the messages it already delivered itself).
+    pub fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// How many local members `room` has.
+    pub async fn members(&self, room: &str) -> usize {
+        let room: Room = Room::from(room);
+        self.inner
+            .shard(&room)
+            .lock()
+            .await
+            .get(&room)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// How many rooms have local members (and so a subscription while Redis is up).
+    pub async fn rooms(&self) -> usize {
+        let mut n = 0;
+        for shard in self.inner.rooms.iter() {
+            n += shard.lock().await.len();
+        }
+        n
+    }
+
+    /// The channel a room's events travel on.
+    pub fn room_channel(&self, room: &str) -> String {
+        self.inner.room_channel(room)
+    }
+
+    /// The channel namespace-wide deliveries travel on.
+    pub fn broadcast_channel(&self) -> &str {
+        &self.inner.broadcast
+    }
+
+    fn register_metrics(&self, ctx: &PluginContext<'_>) {
+        let m = &self.inner.metrics;
+        let reg = ctx.metrics();
+        reg.register(
+            "redis_broker_rooms",
+            "Rooms with local members (subscribed channels)",
+            m.rooms.clone(),
+        );
+        reg.register(
+            "redis_broker_local_only",
+            "Publishes delivered on this node only because Redis was unreachable",
+            m.local_only.clone(),
+        );
+        reg.register(
+            "redis_broker_received",
+            "Messages received from Redis and delivered locally",
+            m.received.clone(),
+        );
+        reg.register(
+            "redis_broker_lost",
+            "Messages dropped because this node fell behind reading its subscription",
+            m.lost.clone(),
+        );
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        for t in self.inner.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Inner {
+    fn room_channel(&self, room: &str) -> String {
+        format!("{}{room}", self.room_prefix)
+    }
+
+    fn channel(&self, room: Option<&str>) -> String {
+        match room {
+            Some(r) => self.room_channel(r),
+            None => self.broadcast.clone(),
+        }
+    }
+
+    fn shard(&self, room: &str) -> &AsyncMutex<HashMap<Room, usize>> {
+        &self.rooms[stable_hash(room) as usize % self.rooms.len()]
+    }
+
+    /// The pooled connection a channel always publishes on, and whether it is up.
+    fn publisher(&self, channel: &str) -> (&Client, bool) {
+        let clients = self.pool.clients();
+        let i = stable_hash(channel) as usize % clients.len();
+        (&clients[i], self.pool_client_up(i))
+    }
+
+    fn pool_client_up(&self, i: usize) -> bool {
+        self.pool_up
+            .get(i)
+            .is_some_and(|u| u.load(Ordering::SeqCst))
+            && self
+                .pool
+                .clients()
+                .get(i)
+                .is_some_and(ClientLike::is_connected)
+    }
+
+    fn ready(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst)
+            && self.sub.is_connected()
+            && (0..self.pool.clients().len()).all(|i| self.pool_client_up(i))
+    }
+
+    /// Logs a change of health once: "unreachable" when it goes, "back" when it returns.
+    fn report(&self, healthy: bool, why: &str) {
+        if healthy {
+            if self.reported_down.swap(false, Ordering::SeqCst) {
+                tracing::info!(node = %self.node, "room broker: Redis reachable; rooms subscribed, delivering through Redis");
+            }
+        } else if !self.reported_down.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                node = %self.node,
+                reason = why,
+                "room broker: Redis unreachable; delivering to this node's sockets only and reconnecting"
+            );
+        }
+    }
+
+    fn down(&self) {
+        self.sub_up.store(false, Ordering::SeqCst);
+        self.subscribed.store(false, Ordering::SeqCst);
+    }
+
+    async fn subscribe(&self, channels: Vec<String>) -> Result<(), RedisError> {
+        if self.sharded {
+            let calls = channels.into_iter().map(|c| self.sub.ssubscribe(c));
+            match tokio::time::timeout(self.timeout, futures_util::future::try_join_all(calls))
+                .await
+            {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(timeout_error("SSUBSCRIBE")),
+            }
+        } else {
+            // fred resolves SUBSCRIBE once it is written (its confirmation arrives out of
+            // band); the PING that follows on the same connection is answered only after
+            // Redis has processed the SUBSCRIBE.
+            let confirmed = async {
+                self.sub.subscribe(channels).await?;
+                self.sub
+                    .ping::<fred::prelude::Value>(None)
+                    .await
+                    .map(|_| ())
+            };
+            match tokio::time::timeout(self.timeout, confirmed).await {
+                Ok(r) => r,
+                Err(_) => Err(timeout_error("SUBSCRIBE")),
+            }
+        }
+    }
+
+    async fn unsubscribe(&self, channel: String) -> Result<(), RedisError> {
+        let call = async {
+            if self.sharded {
+                self.sub.sunsubscribe(channel).await
+            } else {
+                self.sub.unsubscribe(channel).await
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(timeout_error("UNSUBSCRIBE")),
+        }
+    }
+
+    async fn send(
+        &self,
+        client: &Client,
+        channel: String,
+        message: String,
+    ) -> Result<(), RedisError> {
+        let call = async {
+            if self.sharded {
+                client.spublish::<i64, _, _>(channel, message).await
+            } else {
+                client.publish::<i64, _, _>(channel, message).await
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(timeout_error("PUBLISH")),
+        }
+    }
+
+    /// Subscribes the broadcast channel and every room with local members, lock shard by lock shard.
+    async fn resubscribe(&self) -> Result<usize, RedisError> {
+        self.subscribe(vec![self.broadcast.clone()]).await?;
+        let mut total = 0;
+        for shard in self.rooms.iter() {
+            let rooms = shard.lock().await;
+            if rooms.is_empty() {
+                continue;
+            }
+            let channels: Vec<String> = rooms.keys().map(|r| self.room_channel(r)).collect();
+            for chunk in channels.chunks(SUBSCRIBE_BATCH) {
+                self.subscribe(chunk.to_vec()).await?;
+            }
+            total += channels.len();
+        }
+        Ok(total)
+    }
+
+    /// Delivers one message read from the subscription.
+    async fn on_message(&self, msg: Message) {
+        let decoded = match msg.value.as_bytes() {
+            Some(bytes) => serde_json::from_slice::<EnvelopeIn>(bytes).map_err(|e| e.to_string()),
+            None => Err("not a string".to_owned()),
+        };
+        match decoded {
+            Ok(env) => {
+                if env.skip.as_deref() == Some(self.node.as_str()) {
+                    return;
+                }
+                self.metrics.received.inc();
+                self.hub.deliver(&env.d).await;
+            }
+            Err(e) => {
+                let mut last = self.last_decode_warning.lock();
+                if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    *last = Some(Instant::now());
+                    tracing::warn!(channel = %msg.channel, error = %e, "room broker: ignoring a message that is not a delivery");
+                }
+            }
+        }
+    }
+}
+
+/// A hash that is the same on every run (room → lock shard, channel → connection).
+fn stable_hash(s: &str) -> u64 {
+    // FNV-1a.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Reads the subscription into an ordered queue, so a slow transport never makes fred drop messages.
+async fn forward(
+    inner: Arc<Inner>,
+    mut rx: tokio::sync::broadcast::Receiver<Message>,
+    tx: mpsc::UnboundedSender<Message>,
+) {
+    loop {
+        match rx.recv().await {
+            Ok(m) => {
+                if tx.send(m).is_err() {
+                    break;
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                inner.metrics.lost.inc_by(n);
+                tracing::warn!(
+                    dropped = n,
+                    "room broker: fell behind reading Redis; messages were lost"
+                );
+            }
+            Err(RecvError::Closed) => break,
+        }
+    }
+}
+
+async fn deliver(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Message>) {
+    while let Some(msg) = rx.recv().await {
+        inner.on_message(msg).await;
+    }
+}
+
+/// Watches the subscriber connection: after every (re)connect, resubscribes, then turns ready.
+async fn supervise(
+    inner: Arc<Inner>,
+    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    mut errors: tokio::sync::broadcast::Receiver<(RedisError, Option<fred::types::config::Server>)>,
+) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut need_resubscribe = true;
+    // After a connection error, resubscribing waits for the reconnect (fred still reports
+    // the old connection as connected for a moment); a fallback lifts the wait.
+    let mut awaiting_reconnect: Option<Instant> = None;
+    let mut last_error = String::new();
+    loop {
+        tokio::select! {
+            r = reconnects.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    // A new connection has no subscriptions.
+                    inner.subscribed.store(false, Ordering::SeqCst);
+                    need_resubscribe = true;
+                    awaiting_reconnect = None;
+                }
+                Err(RecvError::Closed) => break,
+            },
+            r = errors.recv() => match r {
+                Ok((e, _)) => {
+                    last_error = e.to_string();
+                    inner.down();
+                    need_resubscribe = true;
+                    awaiting_reconnect = Some(Instant::now());
+                }
+                Err(RecvError::Lagged(_)) => {
+                    inner.down();
+                    need_resubscribe = true;
+                    awaiting_reconnect = Some(Instant::now());
+                }
+                Err(RecvError::Closed) => break,
+            },
+            () = inner.resync.notified() => need_resubscribe = true,
+            _ = tick.tick() => {}
+        }
+        if awaiting_reconnect.is_some_and(|t| t.elapsed() > inner.timeout * 2) {
+            awaiting_reconnect = None;
+        }
+        if !inner.sub.is_connected() {
+            inner.down();
+            need_resubscribe = true;
+        } else if need_resubscribe && awaiting_reconnect.is_none() {
+            // Set before the pass: a join that still sees `false` holds its room's lock,
+            // so the pass (which takes every lock in turn) subscribes that room after it.
+            inner.sub_up.store(true, Ordering::SeqCst);
+            match inner.resubscribe().await {
+                Ok(n) => {
+                    need_resubscribe = false;
+                    inner.subscribed.store(true, Ordering::SeqCst);
+                    tracing::debug!(rooms = n, "room broker: subscribed");
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    inner.subscribed.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        let why = if last_error.is_empty() {
+            "connection closed"
+        } else {
+            last_error.as_str()
+        };
+        inner.report(inner.ready(), why);
+    }
+}
+
+#[async_trait]
+impl RoomBroker for RedisBroker {
+    async fn join(&self, room: &Room, _conn: &ConnId) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let mut rooms = inner.shard(room).lock().await;
+        let n = rooms.entry(room.clone()).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            return Ok(());
+        }
+        inner.metrics.rooms.inc();
+        if inner.sub_up.load(Ordering::SeqCst)
+            && let Err(e) = inner.subscribe(vec![inner.room_channel(room)]).await
+        {
+            // The subscription is failing: mark it and let the supervisor resubscribe
+            // every room with local members (this one included) once Redis answers.
+            tracing::debug!(room = %room, error = %e, "room broker: SUBSCRIBE failed; will resubscribe");
+            inner.subscribed.store(false, Ordering::SeqCst);
+            inner.resync.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn leave(&self, room: &Room, _conn: &ConnId) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let mut rooms = inner.shard(room).lock().await;
+        let Some(n) = rooms.get_mut(room) else {
+            return Ok(());
+        };
+        *n = n.saturating_sub(1);
+        if *n > 0 {
+            return Ok(());
+        }
+        rooms.remove(room);
+        inner.metrics.rooms.dec();
+        if inner.sub_up.load(Ordering::SeqCst)
+            && let Err(e) = inner.unsubscribe(inner.room_channel(room)).await
+        {
+            // A failing connection is replaced, and the new one only subscribes rooms with members.
+            tracing::debug!(room = %room, error = %e, "room broker: UNSUBSCRIBE failed");
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, delivery: Arc<Delivery>) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let channel = inner.channel(delivery.room.as_deref());
+        let (client, client_up) = inner.publisher(&channel);
+        let through_redis = inner.subscribed.load(Ordering::SeqCst) && client_up;
+        let skip = (!through_redis).then_some(inner.node.as_str());
+        let message = serde_json::to_string(&EnvelopeOut { skip, d: &delivery })
+            .map_err(|e| BrokerError(format!("cannot encode the delivery: {e}")))?;
+        if through_redis {
+            match inner.send(client, channel, message).await {
+                Ok(()) => return Ok(()),
+                Err(e) => inner.report(false, &e.to_string()),
+            }
+            inner.metrics.local_only.inc();
+            inner.hub.deliver(&delivery).await;
+            return Ok(());
+        }
+        inner.report(false, "not subscribed");
+        inner.metrics.local_only.inc();
+        inner.hub.deliver(&delivery).await;
+        if client_up {
+            // Other nodes may still hear Redis; this node skips its own tagged copy.
+            let _ = inner.send(client, channel, message).await;
+        }
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        if inner.started.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Listen before connecting, so the first connection's event is not missed.
+        let reconnects = inner.sub.reconnect_rx();
+        let errors = inner.sub.error_rx();
+        let messages = inner.sub.message_rx();
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut tasks = inner.tasks.lock();
+            tasks.push(tokio::spawn(forward(inner.clone(), messages, tx)));
+            tasks.push(tokio::spawn(deliver(inner.clone(), rx)));
+            tasks.push(tokio::spawn(supervise(inner.clone(), reconnects, errors)));
+            for (i, c) in inner.pool.clients().iter().enumerate() {
+                tasks.push(tokio::spawn(watch_pool_client(
+                    inner.clone(),
+                    i,
+                    c.reconnect_rx(),
+                    c.error_rx(),
+                )));
+            }
+            tasks.push(flatten(inner.sub.connect()));
+            tasks.push(flatten(inner.pool.connect()));
+        }
+        // Give a healthy Redis the time to answer, so the node is ready when it starts serving.
+        let deadline = Instant::now() + inner.timeout;
+        while Instant::now() < deadline {
+            if inner.ready() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(BrokerError(
+            "Redis did not answer; delivering to this node's sockets only until it does".into(),
+        ))
+    }
+
+    async fn ready(&self) -> bool {
+        self.inner.ready()
+    }
+
+    async fn shutdown(&self) {
+        let inner = &self.inner;
+        let tasks: Vec<_> = inner.tasks.lock().drain(..).collect();
+        for t in &tasks {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(inner.timeout, inner.sub.quit()).await;
+        let _ = tokio::time::timeout(inner.timeout, inner.pool.quit()).await;
+    }
+}
+
+/// Tracks one pooled connection: up after each (re)connect, down after each connection error.
+async fn watch_pool_client(
+    inner: Arc<Inner>,
+    i: usize,
+    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    mut errors: tokio::sync::broadcast::Receiver<(RedisError, Option<fred::types::config::Server>)>,
+) {
+    let Some(flag) = inner.pool_up.get(i) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            r = reconnects.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => flag.store(true, Ordering::SeqCst),
+                Err(RecvError::Closed) => break,
+            },
+            r = errors.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => flag.store(false, Ordering::SeqCst),
+                Err(RecvError::Closed) => break,
+            },
+        }
+    }
+}
+
+/// Keeps a fred connection task as a plain task handle (its result is reported through events).
+fn flatten<T: Send + 'static>(handle: JoinHandle<T>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = handle.await;
+    })
+}
+
+fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn RoomBroker>, BoxError> {
+    let cfg: RedisBrokerConfig = ctx.section()?;
+    let redis: RedisConfig = ctx.extract("redis")?;
+    if cfg.pool_size == 0 {
+        return Err(Box::new(ConfigError::new(
+            "broker.redis.pool_size",
+            "must be at least 1",
+        )));
+    }
+    if cfg.command_timeout.get().is_zero() {
+        return Err(Box::new(ConfigError::new(
+            "broker.redis.command_timeout",
+            "must be more than 0s",
+        )));
+    }
+    let broker = RedisBroker::new(ctx.hub().clone(), &redis, &cfg).map_err(|e| {
+        ConfigError::new(
+            "redis.url",
+            e.0.trim_start_matches("redis.url: ").to_owned(),
+        )
+    })?;
+    broker.register_metrics(ctx);
+    Ok(Arc::new(broker))
+}
+
+register_plugin!(
+    Plugin::new(
+        "redis",
+        "Rooms across nodes: Redis pub/sub, a channel per room with local members",
+        Factory::Broker(build)
+    )
+    .with_config(switchboard_core::registry::config_defaults::<RedisBrokerConfig>)
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_unknown_keys() {
+        let c = RedisBrokerConfig::default();
+        assert_eq!(c.pool_size, 2);
+        assert_eq!(c.command_timeout, Dur::secs(2));
+        let err =
+            serde_json::from_str::<RedisBrokerConfig>(r#"{"pool_sise": 3}"#).expect_err("typo");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn envelopes_round_trip_and_carry_the_skip_tag() {
+        let d = Delivery::encode(
+            "message:status",
+            Some(Room::from("conversation:1")),
+            &serde_json::json!({"a": 1}),
+        )
+        .expect("encode")
+        .except(Some(ConnId::new("s1")));
+        let text = serde_json::to_string(&EnvelopeOut {
+            skip: Some("n1"),
+            d: &d,
+        })
+        .expect("encode");
+        let back: EnvelopeIn = serde_json::from_str(&text).expect("decode");
+        assert_eq!(back.skip.as_deref(), Some("n1"));
+        assert_eq!(&*back.d.event, "message:status");
+        assert_eq!(back.d.room.as_deref(), Some("conversation:1"));
+        assert_eq!(back.d.except, Some(ConnId::new("s1")));
+        assert_eq!(back.d.payload.get(), r#"{"a":1}"#);
+        let plain = serde_json::to_string(&EnvelopeOut { skip: None, d: &d }).expect("encode");
+        assert!(!plain.contains("skip"));
+    }
+
+    #[test]
+    fn urls_need_a_redis_scheme() {
+        assert!(check_url("redis://127.0.0.1:6379").is_ok());
+        assert!(check_url("redis-cluster://10.0.0.1:7000").is_ok());
+        assert!(check_url("http://x").is_err());
+        assert!(
+            check_url("rediss://h:6380")
+                .expect_err("tls")
+                .contains("TLS")
+        );
+        let hub = LocalHub::default();
+        let redis = RedisConfig {
+            url: "localhost:6379".into(),
+            ..RedisConfig::default()
+        };
+        let err =
+            RedisBroker::new(hub, &redis, &RedisBrokerConfig::default()).expect_err("bad url");
+        assert!(err.0.starts_with("redis.url:"), "{}", err.0);
+    }
+
+    #[test]
+    fn node_ids_differ() {
+        assert_ne!(random_node_id(), random_node_id());
+        assert_eq!(random_node_id().len(), 32);
+    }
+
+    #[test]
+    fn stable_hash_is_stable() {
+        assert_eq!(stable_hash("conversation:1"), stable_hash("conversation:1"));
+        assert_ne!(stable_hash("conversation:1"), stable_hash("conversation:2"));
+    }
+}

@@ -1,0 +1,438 @@
+//! The Redis broker against a real `redis-server`: two brokers with their own local hubs
+//! stand for two nodes sharing one Redis.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::{ClientLike, PubsubInterface};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use switchboard_broker_redis::{RedisBroker, RedisBrokerConfig};
+use switchboard_core::config::RedisConfig;
+use switchboard_core::{
+    ConnId, Delivery, Gateway, LocalHub, Room, RoomBroker, Transport, async_trait,
+};
+use switchboard_testkit::{RedisServer, eventually};
+
+/// A transport that records every delivery its node hands it.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<(String, Option<String>, Value)>>,
+}
+
+impl Recorder {
+    fn events(&self) -> Vec<(String, Option<String>, Value)> {
+        self.seen.lock().clone()
+    }
+    fn payloads(&self, room: &str) -> Vec<Value> {
+        self.seen
+            .lock()
+            .iter()
+            .filter(|(_, r, _)| r.as_deref() == Some(room))
+            .map(|(_, _, p)| p.clone())
+            .collect()
+    }
+    fn len(&self) -> usize {
+        self.seen.lock().len()
+    }
+}
+
+#[async_trait]
+impl Transport for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+    fn router(&self, _gateway: Gateway) -> axum::Router {
+        axum::Router::new()
+    }
+    async fn deliver(&self, d: &Delivery) {
+        let payload: Value = serde_json::from_str(d.payload.get()).expect("payload is JSON");
+        self.seen.lock().push((
+            d.event.to_string(),
+            d.room.as_deref().map(str::to_owned),
+            payload,
+        ));
+    }
+    async fn shutdown(&self) {}
+}
+
+struct TestNode {
+    broker: RedisBroker,
+    rec: Arc<Recorder>,
+}
+
+fn redis_config(server: &RedisServer, sharded: bool) -> RedisConfig {
+    RedisConfig {
+        url: server.url(),
+        key_prefix: "t:".to_owned(),
+        sharded_pubsub: sharded,
+    }
+}
+
+fn fast() -> RedisBrokerConfig {
+    RedisBrokerConfig {
+        reconnect_max_delay: switchboard_core::Dur::millis(300),
+        ..RedisBrokerConfig::default()
+    }
+}
+
+async fn node(redis: &RedisConfig) -> TestNode {
+    let rec = Arc::new(Recorder::default());
+    let hub = LocalHub::new(vec![rec.clone() as Arc<dyn Transport>]);
+    let broker = RedisBroker::new(hub, redis, &fast()).expect("broker");
+    broker.start().await.expect("broker starts with Redis up");
+    assert!(broker.ready().await);
+    TestNode { broker, rec }
+}
+
+fn room(name: &str) -> Room {
+    Room::from(name)
+}
+
+async fn publish(n: &TestNode, room: Option<&str>, payload: Value) {
+    let d = Delivery::encode("message:received", room.map(Room::from), &payload).expect("encode");
+    n.broker.publish(Arc::new(d)).await.expect("publish");
+}
+
+/// Waits a little for stray deliveries, then returns.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+async fn numsub(server: &RedisServer, channel: &str) -> i64 {
+    let client = fred::prelude::Builder::from_config(
+        fred::prelude::Config::from_url(&server.url()).expect("url"),
+    )
+    .build()
+    .expect("client");
+    client.init().await.expect("connect");
+    let v: Vec<fred::prelude::Value> = client
+        .pubsub_numsub(channel.to_owned())
+        .await
+        .expect("numsub");
+    let _ = client.quit().await;
+    v.get(1)
+        .and_then(fred::prelude::Value::as_i64)
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_cross_nodes_exactly_once() {
+    let server = RedisServer::start();
+    let cfg = redis_config(&server, false);
+    let (a, b) = (node(&cfg).await, node(&cfg).await);
+    b.broker
+        .join(&room("conversation:1"), &ConnId::new("b1"))
+        .await
+        .expect("join");
+
+    publish(&a, Some("conversation:1"), json!({"n": 1})).await;
+    assert!(eventually(Duration::from_secs(5), || async { b.rec.len() == 1 }).await);
+    publish(&b, Some("conversation:1"), json!({"n": 2})).await;
+    publish(&a, None, json!({"n": 3})).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            b.rec.len() == 3 && a.rec.len() == 1
+        })
+        .await
+    );
+    settle().await;
+
+    assert_eq!(
+        b.rec.payloads("conversation:1"),
+        vec![json!({"n": 1}), json!({"n": 2})]
+    );
+    let broadcast: Vec<_> = b
+        .rec
+        .events()
+        .into_iter()
+        .filter(|(_, r, _)| r.is_none())
+        .collect();
+    assert_eq!(broadcast.len(), 1, "the namespace-wide event arrives once");
+    // A has no member in the room: it is not subscribed and receives only the broadcast.
+    assert_eq!(
+        a.rec.events(),
+        vec![("message:received".to_owned(), None, json!({"n": 3}))]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_pubsub_crosses_nodes() {
+    let server = RedisServer::start();
+    let cfg = redis_config(&server, true);
+    let (a, b) = (node(&cfg).await, node(&cfg).await);
+    b.broker
+        .join(&room("session:9"), &ConnId::new("b1"))
+        .await
+        .expect("join");
+    publish(&a, Some("session:9"), json!({"s": 1})).await;
+    publish(&a, None, json!({"s": 2})).await;
+    assert!(eventually(Duration::from_secs(5), || async { b.rec.len() == 2 }).await);
+    settle().await;
+    assert_eq!(b.rec.payloads("session:9"), vec![json!({"s": 1})]);
+    assert_eq!(a.rec.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_is_effective_when_it_returns() {
+    let server = RedisServer::start();
+    let cfg = redis_config(&server, false);
+    let (a, b) = (node(&cfg).await, node(&cfg).await);
+    for i in 0..30 {
+        let r = format!("conversation:j{i}");
+        a.broker
+            .join(&room(&r), &ConnId::new("a1"))
+            .await
+            .expect("join");
+        publish(&b, Some(&r), json!({"i": i})).await;
+    }
+    let ok = eventually(Duration::from_secs(5), || async { a.rec.len() == 30 }).await;
+    assert!(ok, "{:?}", a.rec.events());
+    for i in 0..30 {
+        assert_eq!(
+            a.rec.payloads(&format!("conversation:j{i}")),
+            vec![json!({"i": i})]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_two_nodes_see_one_order() {
+    let server = RedisServer::start();
+    let cfg = redis_config(&server, false);
+    let (a, b) = (Arc::new(node(&cfg).await), Arc::new(node(&cfg).await));
+    let r = room("conversation:order");
+    a.broker.join(&r, &ConnId::new("a1")).await.expect("join");
+    b.broker.join(&r, &ConnId::new("b1")).await.expect("join");
+    const N: usize = 300;
+    let mut tasks = Vec::new();
+    for (name, n) in [("a", a.clone()), ("b", b.clone())] {
+        tasks.push(tokio::spawn(async move {
+            for seq in 0..N {
+                publish(
+                    &n,
+                    Some("conversation:order"),
+                    json!({"src": name, "seq": seq}),
+                )
+                .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            a.rec.len() == 2 * N && b.rec.len() == 2 * N
+        })
+        .await,
+        "a got {}, b got {}",
+        a.rec.len(),
+        b.rec.len()
+    );
+    settle().await;
+    let (seen_a, seen_b) = (
+        a.rec.payloads("conversation:order"),
+        b.rec.payloads("conversation:order"),
+    );
+    assert_eq!(seen_a.len(), 2 * N, "exactly once on a");
+    assert_eq!(
+        seen_a, seen_b,
+        "both nodes deliver the room's events in the same order"
+    );
+    for src in ["a", "b"] {
+        let seqs: Vec<u64> = seen_a
+            .iter()
+            .filter(|p| p["src"] == src)
+            .map(|p| p["seq"].as_u64().expect("seq"))
+            .collect();
+        assert_eq!(
+            seqs,
+            (0..N as u64).collect::<Vec<_>>(),
+            "publisher {src}'s order is kept"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_leave_unsubscribes() {
+    let server = RedisServer::start();
+    let cfg = redis_config(&server, false);
+    let (a, b) = (node(&cfg).await, node(&cfg).await);
+    let r = room("conversation:2");
+    let channel = b.broker.room_channel("conversation:2");
+    b.broker.join(&r, &ConnId::new("b1")).await.expect("join");
+    b.broker.join(&r, &ConnId::new("b2")).await.expect("join");
+    assert_eq!(
+        numsub(&server, &channel).await,
+        1,
+        "one subscription per node, not per member"
+    );
+    b.broker.leave(&r, &ConnId::new("b1")).await.expect("leave");
+    assert_eq!(numsub(&server, &channel).await, 1);
+    assert_eq!(b.broker.members("conversation:2").await, 1);
+    b.broker.leave(&r, &ConnId::new("b2")).await.expect("leave");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            numsub(&server, &channel).await == 0
+        })
+        .await,
+        "unsubscribed after the last leave"
+    );
+    assert_eq!(b.broker.rooms().await, 0);
+    publish(&a, Some("conversation:2"), json!({"late": true})).await;
+    settle().await;
+    assert!(
+        b.rec.payloads("conversation:2").is_empty(),
+        "a node without members gets nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_delivers_locally_then_resubscribes() {
+    let mut server = RedisServer::start();
+    let cfg = redis_config(&server, false);
+    let (a, b) = (node(&cfg).await, node(&cfg).await);
+    let r = room("conversation:3");
+    a.broker.join(&r, &ConnId::new("a1")).await.expect("join");
+    b.broker.join(&r, &ConnId::new("b1")).await.expect("join");
+
+    server.stop();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !a.broker.ready().await && !b.broker.ready().await
+        })
+        .await
+    );
+    publish(&a, Some("conversation:3"), json!({"during": 1})).await;
+    assert_eq!(
+        a.rec.payloads("conversation:3"),
+        vec![json!({"during": 1})],
+        "local delivery keeps working"
+    );
+    // A join during the outage counts locally and is subscribed once Redis is back.
+    b.broker
+        .join(&room("conversation:4"), &ConnId::new("b1"))
+        .await
+        .expect("join while down");
+
+    server.restart();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            a.broker.ready().await && b.broker.ready().await
+        })
+        .await,
+        "both nodes are ready again"
+    );
+    publish(&a, Some("conversation:3"), json!({"after": 1})).await;
+    publish(&b, Some("conversation:3"), json!({"after": 2})).await;
+    publish(&a, Some("conversation:4"), json!({"after": 3})).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.rec.payloads("conversation:3").len() == 3
+                && b.rec.payloads("conversation:3").len() == 2
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            b.rec.payloads("conversation:4").len() == 1
+        })
+        .await
+    );
+    settle().await;
+    assert_eq!(
+        a.rec.payloads("conversation:3"),
+        vec![
+            json!({"during": 1}),
+            json!({"after": 1}),
+            json!({"after": 2})
+        ]
+    );
+    assert_eq!(
+        b.rec.payloads("conversation:3"),
+        vec![json!({"after": 1}), json!({"after": 2})]
+    );
+    assert_eq!(b.rec.payloads("conversation:4"), vec![json!({"after": 3})]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_without_redis_and_catches_up() {
+    let mut server = RedisServer::start();
+    let cfg = redis_config(&server, false);
+    server.stop();
+    let rec = Arc::new(Recorder::default());
+    let hub = LocalHub::new(vec![rec.clone() as Arc<dyn Transport>]);
+    let broker = RedisBroker::new(hub, &cfg, &fast()).expect("broker");
+    assert!(
+        broker.start().await.is_err(),
+        "start reports that Redis did not answer"
+    );
+    assert!(!broker.ready().await);
+    broker
+        .join(&room("conversation:5"), &ConnId::new("x"))
+        .await
+        .expect("join");
+    let d = Delivery::encode("e", Some(room("conversation:5")), &json!(1)).expect("encode");
+    broker.publish(Arc::new(d)).await.expect("local publish");
+    assert_eq!(rec.len(), 1);
+    server.restart();
+    assert!(eventually(Duration::from_secs(10), || async { broker.ready().await }).await);
+    let other = node(&cfg).await;
+    publish(&other, Some("conversation:5"), json!(2)).await;
+    assert!(eventually(Duration::from_secs(5), || async { rec.len() == 2 }).await);
+    broker.shutdown().await;
+}
+
+async fn channel_count(server: &RedisServer, pattern: &str) -> usize {
+    let client = fred::prelude::Builder::from_config(
+        fred::prelude::Config::from_url(&server.url()).expect("url"),
+    )
+    .build()
+    .expect("client");
+    client.init().await.expect("connect");
+    let v: Vec<String> = client
+        .pubsub_channels(pattern.to_owned())
+        .await
+        .expect("channels");
+    let _ = client.quit().await;
+    v.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_rooms_are_resubscribed_in_batches_after_a_restart() {
+    let mut server = RedisServer::start();
+    let cfg = redis_config(&server, false);
+    let (a, b) = (node(&cfg).await, node(&cfg).await);
+    const ROOMS: usize = 3000;
+    for i in 0..ROOMS {
+        b.broker
+            .join(&room(&format!("conversation:m{i}")), &ConnId::new("b1"))
+            .await
+            .expect("join");
+    }
+    assert_eq!(b.broker.rooms().await, ROOMS);
+    assert_eq!(channel_count(&server, "t:room:*").await, ROOMS);
+
+    server.restart();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            a.broker.ready().await && b.broker.ready().await
+        })
+        .await
+    );
+    assert_eq!(
+        channel_count(&server, "t:room:*").await,
+        ROOMS,
+        "every room with a member is subscribed again"
+    );
+    for i in (0..ROOMS).step_by(250) {
+        publish(&a, Some(&format!("conversation:m{i}")), json!({"i": i})).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            b.rec.len() == ROOMS.div_ceil(250)
+        })
+        .await
+    );
+}

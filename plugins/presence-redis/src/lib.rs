@@ -1,0 +1,1015 @@
+//! `presence.plugin = "redis"`: who is online across every node that shares one Redis.
+//!
+//! # Design
+//!
+//! Every key lives under `{redis.key_prefix}{presence}:` (the `{presence}` hash tag puts
+//! them in one Redis Cluster slot, so the scripts below may touch several of them):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `user:{userId}` | set | the user's connections anywhere, as `{nodeId}/{connId}` |
+//! | `node:{nodeId}` | hash | a node's connections: `connId` → `userId` |
+//! | `online` | set | users with at least one connection |
+//! | `nodes` | set | node ids that registered connections |
+//! | `alive:{nodeId}` | string | the node's heartbeat, expiring after `presence.node_ttl` |
+//!
+//! * **First and last, atomically.** `connect` and `disconnect` are Lua scripts (run
+//!   with `EVALSHA`, loaded again after a `NOSCRIPT`): adding a connection reports "first"
+//!   only when the user's set went from empty to one member, removing reports "last" only
+//!   when it went from one to empty. Two nodes racing on the same user cannot both win.
+//! * **Heartbeats and sweeps.** Each node has a random id and refreshes its `alive` key
+//!   with a TTL of `presence.node_ttl` every third of it. Every sixth of it, a node asks
+//!   (one script) which registered nodes have no `alive` key any more, and sweeps each
+//!   one with a script that first checks the key again, then removes the dead node's
+//!   connections, collects the users left with none and deletes the node's hash. The
+//!   script runs atomically and deletes what it swept, so exactly one sweeper reports
+//!   each user; it reports them through the [`PresenceEvents`] sender and the runtime
+//!   emits `user:offline`. A node killed with `kill -9` is swept between 2/3 and 7/6 of
+//!   the TTL after it died.
+//! * **Redis restarts and outages.** The store keeps its own list of this node's live
+//!   connections. After every reconnect, and whenever a heartbeat finds its own `alive`
+//!   key gone (Redis restarted empty, or this node was partitioned long enough to be
+//!   swept), the node re-registers: one script makes Redis's view of this node equal to
+//!   its list. Connections Redis did not have are added silently (no `user:online`:
+//!   their users never went offline), and connections Redis had but this node no longer
+//!   has (they closed while Redis was unreachable, so their `disconnect` failed) are
+//!   removed, reporting users left with none as offline. Scripts refuse to run while the
+//!   node's `alive` key is missing, so no call lands in an empty Redis before the node
+//!   has re-registered. When Redis restarted empty, users whose last connection closed
+//!   during the outage are checked once more a TTL later, once every live node has
+//!   re-registered, and reported offline if still without connections (a short-lived
+//!   claim key makes sure only one node reports each).
+//! * **While Redis is unreachable** every call fails at once with [`PresenceError`] (the
+//!   runtime logs it at a bounded rate and carries on), `ready()` is false, and the
+//!   outage is logged once. The client reconnects with exponential backoff.
+//!
+//! Known limits: presence cannot announce `user:online` by itself (the core's
+//! [`PresenceChange`] has only `Offline`), so a user whose first connection was made
+//! while Redis was unreachable is registered when Redis is back but not announced; and
+//! in the moment between a Redis restart and the nodes re-registering, a user's first
+//! connection may be reported first although another node has not re-registered the
+//! user's older connection yet.
+//!
+//! # Config
+//!
+//! ```toml
+//! [presence]
+//! plugin = "redis"
+//! node_ttl = "10s"            # how long a silent node's connections still count
+//!
+//! [presence.redis]
+//! pool_size = 2
+//! command_timeout = "2s"
+//! reconnect_max_delay = "5s"
+//!
+//! [redis]
+//! url = "redis://127.0.0.1:6379"
+//! key_prefix = "switchboard:"
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fred::prelude::{
+    Builder, Client, ClientLike, Config, Error as RedisError, ErrorKind as RedisErrorKind,
+    EventInterface, Pool, ReconnectPolicy, SetsInterface, Value,
+};
+use fred::types::scripts::Script;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use switchboard_core::config::RedisConfig;
+use switchboard_core::{
+    BoxError, ConfigError, ConnId, Dur, Factory, Plugin, PluginContext, PresenceChange,
+    PresenceError, PresenceEvents, PresenceStore, async_trait, register_plugin,
+};
+use tokio::sync::{Notify, RwLock};
+use tokio::task::JoinHandle;
+
+/// `presence.redis.*`: the Redis presence store's own settings (the server is the shared `redis.*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisPresenceConfig {
+    /// Connections to Redis.
+    pub pool_size: usize,
+    /// How long one Redis command may take before Redis counts as unreachable.
+    pub command_timeout: Dur,
+    /// Longest wait between reconnection attempts (the backoff starts at 100 ms and doubles).
+    pub reconnect_max_delay: Dur,
+}
+
+impl Default for RedisPresenceConfig {
+    fn default() -> Self {
+        RedisPresenceConfig {
+            pool_size: 2,
+            command_timeout: Dur::secs(2),
+            reconnect_max_delay: Dur::secs(5),
+        }
+    }
+}
+
+/// KEYS: user set, node hash, online set, own alive key. ARGV: member, conn, user.
+/// Returns 1 for the user's first connection, 0 otherwise, -1 when this node must re-register first.
+const CONNECT: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[3])
+if added == 1 and redis.call('SCARD', KEYS[1]) == 1 then return 1 end
+return 0
+";
+
+/// KEYS: user set, node hash, online set, own alive key. ARGV: member, conn, user.
+/// Returns 1 when it removed the user's last connection, 0 otherwise, -1 when this node must re-register first.
+const DISCONNECT: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
+local removed = redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[2])
+if removed == 1 and redis.call('SCARD', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[3], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// KEYS: own alive key, nodes set. ARGV: ttl in ms, node id.
+/// Refreshes the heartbeat; returns 1 when the key was still there, 0 when it was gone.
+const HEARTBEAT: &str = r"
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return existed
+";
+
+/// KEYS: nodes set. ARGV: alive key prefix. Returns the registered nodes whose heartbeat expired.
+const FIND_DEAD: &str = r"
+local dead = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. n) == 0 then table.insert(dead, n) end
+end
+return dead
+";
+
+/// KEYS: dead node's hash, online set, nodes set, dead node's alive key.
+/// ARGV: user key prefix, dead node id, `force` to sweep even a live node (withdrawal).
+/// Returns the users left without connections.
+const SWEEP: &str = r"
+if ARGV[3] ~= 'force' and redis.call('EXISTS', KEYS[4]) == 1 then return {} end
+local entries = redis.call('HGETALL', KEYS[1])
+local gone = {}
+for i = 1, #entries, 2 do
+  local ukey = ARGV[1] .. entries[i + 1]
+  if redis.call('SREM', ukey, ARGV[2] .. '/' .. entries[i]) == 1 and redis.call('SCARD', ukey) == 0 then
+    redis.call('SREM', KEYS[2], entries[i + 1])
+    table.insert(gone, entries[i + 1])
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[2])
+if ARGV[3] == 'force' then redis.call('DEL', KEYS[4]) end
+return gone
+";
+
+/// KEYS: own node hash, online set, own alive key, nodes set, epoch key.
+/// ARGV: user key prefix, node id, ttl in ms, a candidate epoch, then (conn, user) pairs of
+/// every live local connection. Makes Redis's view of this node equal to the list; returns
+/// the epoch (a random value set by the first node to register after Redis started empty)
+/// followed by the users whose last connection it removed.
+const RESYNC: &str = r"
+redis.call('SET', KEYS[5], ARGV[4], 'NX')
+local result = { redis.call('GET', KEYS[5]) }
+local want = {}
+for i = 5, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1] end
+local have = redis.call('HGETALL', KEYS[1])
+for i = 1, #have, 2 do
+  local conn, user = have[i], have[i + 1]
+  if want[conn] ~= user then
+    redis.call('HDEL', KEYS[1], conn)
+    local ukey = ARGV[1] .. user
+    if redis.call('SREM', ukey, ARGV[2] .. '/' .. conn) == 1 and redis.call('SCARD', ukey) == 0 then
+      redis.call('SREM', KEYS[2], user)
+      table.insert(result, user)
+    end
+  end
+end
+for conn, user in pairs(want) do
+  redis.call('HSET', KEYS[1], conn, user)
+  redis.call('SADD', ARGV[1] .. user, ARGV[2] .. '/' .. conn)
+  redis.call('SADD', KEYS[2], user)
+end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[2])
+return result
+";
+
+/// KEYS: user set, claim key, online set. ARGV: claim ttl in ms, user.
+/// Returns 1 when the user has no connection and this caller is the first to claim announcing it.
+const CLAIM_OFFLINE: &str = r"
+if redis.call('SCARD', KEYS[1]) > 0 then return 0 end
+redis.call('SREM', KEYS[3], ARGV[2])
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+return 0
+";
+
+/// The store's Lua scripts, hashed once.
+struct Scripts {
+    connect: Script,
+    disconnect: Script,
+    heartbeat: Script,
+    find_dead: Script,
+    sweep: Script,
+    resync: Script,
+    claim_offline: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            connect: Script::from_lua(CONNECT),
+            disconnect: Script::from_lua(DISCONNECT),
+            heartbeat: Script::from_lua(HEARTBEAT),
+            find_dead: Script::from_lua(FIND_DEAD),
+            sweep: Script::from_lua(SWEEP),
+            resync: Script::from_lua(RESYNC),
+            claim_offline: Script::from_lua(CLAIM_OFFLINE),
+        }
+    }
+}
+
+/// Key names under the prefix.
+struct Keys {
+    base: String,
+}
+
+impl Keys {
+    fn user_prefix(&self) -> String {
+        format!("{}user:", self.base)
+    }
+    fn user(&self, user: &str) -> String {
+        format!("{}user:{user}", self.base)
+    }
+    fn node(&self, node: &str) -> String {
+        format!("{}node:{node}", self.base)
+    }
+    fn alive_prefix(&self) -> String {
+        format!("{}alive:", self.base)
+    }
+    fn alive(&self, node: &str) -> String {
+        format!("{}alive:{node}", self.base)
+    }
+    fn online(&self) -> String {
+        format!("{}online", self.base)
+    }
+    fn nodes(&self) -> String {
+        format!("{}nodes", self.base)
+    }
+    fn epoch(&self) -> String {
+        format!("{}epoch", self.base)
+    }
+    fn claim(&self, user: &str) -> String {
+        format!("{}offline-claim:{user}", self.base)
+    }
+}
+
+/// Presence across nodes in Redis.
+pub struct RedisPresence {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisPresence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPresence")
+            .field("node", &self.inner.node)
+            .finish()
+    }
+}
+
+struct Inner {
+    node: String,
+    keys: Keys,
+    pool: Pool,
+    ttl: Duration,
+    timeout: Duration,
+    scripts: Scripts,
+    /// This node's live connections: conn → user. The truth Redis is resynced to.
+    local: Mutex<HashMap<ConnId, String>>,
+    /// Users whose disconnect failed while Redis was unreachable.
+    pending_offline: Mutex<HashSet<String>>,
+    /// `connect`/`disconnect` hold it shared; a resync holds it alone.
+    gate: RwLock<()>,
+    /// Redis's view of this node may be stale (a reconnect happened, or a call failed).
+    need_resync: AtomicBool,
+    wake: Notify,
+    /// Per pooled connection: up since its last (re)connect, down since its last error.
+    /// fred's own state still says "connected" for a moment after a connection drops.
+    up: Box<[AtomicBool]>,
+    next: AtomicUsize,
+    events: Mutex<Option<PresenceEvents>>,
+    last_beat: Mutex<Option<Instant>>,
+    /// The Redis epoch this node last registered in; a new one means Redis restarted empty.
+    epoch: Mutex<Option<String>>,
+    reported_down: AtomicBool,
+    started: AtomicBool,
+    stopped: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn backend(e: impl std::fmt::Display) -> PresenceError {
+    PresenceError(format!("Redis: {e}"))
+}
+
+fn unreachable() -> PresenceError {
+    PresenceError("Redis unreachable".to_owned())
+}
+
+/// Checks `redis.url`'s scheme before fred reads the rest.
+fn check_url(url: &str) -> Result<(), String> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some(
+            "redis" | "valkey" | "redis-cluster" | "valkey-cluster" | "redis-sentinel"
+            | "valkey-sentinel" | "redis+unix" | "valkey+unix",
+        ) => Ok(()),
+        Some(s) if s.starts_with("rediss") || s.starts_with("valkeys") => Err(format!(
+            "`{s}://` (TLS) is not supported by this build; use redis://, redis-cluster:// or redis-sentinel://"
+        )),
+        _ => Err(
+            "must start with redis://, redis-cluster://, redis-sentinel:// or redis+unix://"
+                .to_owned(),
+        ),
+    }
+}
+
+fn random_node_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    let a = h.finish();
+    let b = std::collections::hash_map::RandomState::new().hash_one(a);
+    format!("{a:016x}{b:016x}")
+}
+
+/// A Redis array of strings (an empty array may arrive as nil).
+fn strings(v: Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items.into_iter().filter_map(|i| i.into_string()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl RedisPresence {
+    /// A store for the Redis in `redis`, counting a silent node's connections for `node_ttl`;
+    /// connects on [`PresenceStore::start`].
+    pub fn new(
+        redis: &RedisConfig,
+        cfg: &RedisPresenceConfig,
+        node_ttl: Duration,
+    ) -> Result<Self, PresenceError> {
+        if cfg.pool_size == 0 {
+            return Err(PresenceError(
+                "presence.redis.pool_size: must be at least 1".into(),
+            ));
+        }
+        check_url(&redis.url).map_err(|e| PresenceError(format!("redis.url: {e}")))?;
+        let bad_url = |e: RedisError| PresenceError(format!("redis.url: {}", e.details()));
+        let config = Config {
+            fail_fast: false,
+            ..Config::from_url(&redis.url).map_err(bad_url)?
+        };
+        let max_delay = u32::try_from(cfg.reconnect_max_delay.get().as_millis())
+            .unwrap_or(u32::MAX)
+            .max(100);
+        let timeout = cfg.command_timeout.get();
+        let mut b = Builder::from_config(config);
+        b.set_policy(ReconnectPolicy::new_exponential(0, 100, max_delay, 2))
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+                // A script in flight when the connection drops fails instead of running twice
+                // (a replayed `connect` would answer "not first").
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = timeout;
+            });
+        let pool = b.build_pool(cfg.pool_size).map_err(bad_url)?;
+        Ok(RedisPresence {
+            inner: Arc::new(Inner {
+                node: random_node_id(),
+                keys: Keys {
+                    base: format!("{}{{presence}}:", redis.key_prefix),
+                },
+                pool,
+                ttl: node_ttl,
+                timeout,
+                scripts: Scripts::new(),
+                local: Mutex::new(HashMap::new()),
+                pending_offline: Mutex::new(HashSet::new()),
+                gate: RwLock::new(()),
+                need_resync: AtomicBool::new(true),
+                wake: Notify::new(),
+                up: (0..cfg.pool_size).map(|_| AtomicBool::new(false)).collect(),
+                next: AtomicUsize::new(0),
+                events: Mutex::new(None),
+                last_beat: Mutex::new(None),
+                epoch: Mutex::new(None),
+                reported_down: AtomicBool::new(true),
+                started: AtomicBool::new(false),
+                stopped: AtomicBool::new(false),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// This node's random id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// Stops heartbeating without withdrawing anything, as a crashed node would (for tests).
+    pub fn halt(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        for t in self.inner.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for RedisPresence {
+    fn drop(&mut self) {
+        for t in self.inner.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Inner {
+    fn client_up(&self, i: usize) -> bool {
+        self.up.get(i).is_some_and(|u| u.load(Ordering::SeqCst))
+            && self
+                .pool
+                .clients()
+                .get(i)
+                .is_some_and(ClientLike::is_connected)
+    }
+
+    /// A connected client (round robin), or `None` while Redis is unreachable.
+    fn client(&self) -> Option<&Client> {
+        let clients = self.pool.clients();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..clients.len())
+            .map(|k| (start + k) % clients.len())
+            .find(|&i| self.client_up(i))
+            .and_then(|i| clients.get(i))
+    }
+
+    fn connected(&self) -> bool {
+        (0..self.pool.clients().len()).any(|i| self.client_up(i))
+    }
+
+    fn ready(&self) -> bool {
+        let fresh = self
+            .last_beat
+            .lock()
+            .is_some_and(|t| t.elapsed() < self.ttl);
+        self.connected() && fresh && !self.need_resync.load(Ordering::SeqCst)
+    }
+
+    fn report(&self, healthy: bool, why: &str) {
+        if healthy {
+            if self.reported_down.swap(false, Ordering::SeqCst) {
+                tracing::info!(node = %self.node, "presence: Redis reachable; this node's connections are registered");
+            }
+        } else if !self.reported_down.swap(true, Ordering::SeqCst) {
+            tracing::warn!(node = %self.node, reason = why, "presence: Redis unreachable; presence calls fail until it is back");
+        }
+    }
+
+    fn announce_offline(&self, users: Vec<String>) {
+        if users.is_empty() {
+            return;
+        }
+        if let Some(tx) = self.events.lock().as_ref() {
+            for u in users {
+                let _ = tx.send(PresenceChange::Offline(u));
+            }
+        }
+    }
+
+    /// Runs a script with the command timeout.
+    async fn run(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, PresenceError> {
+        let client = self.client().ok_or_else(unreachable)?;
+        match tokio::time::timeout(
+            self.timeout,
+            script.evalsha_with_reload::<Value, _, _>(client, keys, args),
+        )
+        .await
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(backend(e)),
+            Err(_) => Err(backend(RedisError::new(
+                RedisErrorKind::Timeout,
+                "command timed out",
+            ))),
+        }
+    }
+
+    /// Makes Redis's view of this node equal to the local list; reports users it found gone.
+    async fn resync(self: &Arc<Self>) -> Result<usize, PresenceError> {
+        let _alone = self.gate.write().await;
+        let pairs: Vec<(String, String)> = self
+            .local
+            .lock()
+            .iter()
+            .map(|(c, u)| (c.as_str().to_owned(), u.clone()))
+            .collect();
+        let mut args = Vec::with_capacity(4 + 2 * pairs.len());
+        args.push(self.keys.user_prefix());
+        args.push(self.node.clone());
+        args.push(millis(self.ttl).to_string());
+        args.push(random_node_id());
+        for (c, u) in &pairs {
+            args.push(c.clone());
+            args.push(u.clone());
+        }
+        let keys = vec![
+            self.keys.node(&self.node),
+            self.keys.online(),
+            self.keys.alive(&self.node),
+            self.keys.nodes(),
+            self.keys.epoch(),
+        ];
+        let mut result = strings(self.run(&self.scripts.resync, keys, args).await?).into_iter();
+        let epoch = result.next().unwrap_or_default();
+        let gone: Vec<String> = result.collect();
+        self.need_resync.store(false, Ordering::SeqCst);
+        *self.last_beat.lock() = Some(Instant::now());
+        let previous = self.epoch.lock().replace(epoch.clone());
+        match previous {
+            Some(p) if p != epoch => {
+                // Redis restarted empty: the users of disconnects that failed meanwhile are
+                // checked once every live node had the time to register again.
+                tracing::info!(node = %self.node, connections = pairs.len(), "presence: Redis restarted empty; registered this node's connections again");
+                self.schedule_pending_check();
+            }
+            // Redis kept its data: the stale connections removed above covered those users.
+            _ => self.pending_offline.lock().clear(),
+        }
+        self.announce_offline(gone);
+        Ok(pairs.len())
+    }
+
+    /// Refreshes the heartbeat; re-registers when the key was gone.
+    async fn heartbeat(self: &Arc<Self>) -> Result<(), PresenceError> {
+        if self.need_resync.load(Ordering::SeqCst) {
+            self.resync().await?;
+            return Ok(());
+        }
+        let keys = vec![self.keys.alive(&self.node), self.keys.nodes()];
+        let args = vec![millis(self.ttl).to_string(), self.node.clone()];
+        let existed = self.run(&self.scripts.heartbeat, keys, args).await?;
+        if existed.as_i64() == Some(0) {
+            tracing::info!(node = %self.node, "presence: this node's registration was gone; registering again");
+            self.need_resync.store(true, Ordering::SeqCst);
+            self.resync().await?;
+        } else {
+            *self.last_beat.lock() = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Takes the users of failed disconnects and checks them once every live node had a
+    /// TTL to register again.
+    fn schedule_pending_check(self: &Arc<Self>) {
+        let users: Vec<String> = self.pending_offline.lock().drain().collect();
+        if users.is_empty() {
+            return;
+        }
+        let me = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(me.ttl).await;
+            me.check_pending(users).await;
+        });
+        self.tasks.lock().push(task);
+    }
+
+    /// Reports the users of failed disconnects that still have no connection anywhere.
+    async fn check_pending(&self, users: Vec<String>) {
+        let claim_ttl = millis(self.ttl * 3).to_string();
+        let mut gone = Vec::new();
+        for u in users {
+            let keys = vec![self.keys.user(&u), self.keys.claim(&u), self.keys.online()];
+            match self
+                .run(
+                    &self.scripts.claim_offline,
+                    keys,
+                    vec![claim_ttl.clone(), u.clone()],
+                )
+                .await
+            {
+                Ok(v) if v.as_i64() == Some(1) => gone.push(u),
+                Ok(_) => {}
+                Err(_) => {
+                    self.pending_offline.lock().insert(u);
+                }
+            }
+        }
+        self.announce_offline(gone);
+    }
+
+    /// Sweeps every registered node whose heartbeat expired.
+    async fn sweep(&self) -> Result<(), PresenceError> {
+        let dead = strings(
+            self.run(
+                &self.scripts.find_dead,
+                vec![self.keys.nodes()],
+                vec![self.keys.alive_prefix()],
+            )
+            .await?,
+        );
+        for node in dead.into_iter().filter(|n| *n != self.node) {
+            let keys = vec![
+                self.keys.node(&node),
+                self.keys.online(),
+                self.keys.nodes(),
+                self.keys.alive(&node),
+            ];
+            let args = vec![self.keys.user_prefix(), node.clone(), String::new()];
+            let gone = strings(self.run(&self.scripts.sweep, keys, args).await?);
+            if !gone.is_empty() {
+                tracing::info!(dead_node = %node, users = gone.len(), "presence: swept a node whose heartbeat expired");
+            }
+            self.announce_offline(gone);
+        }
+        Ok(())
+    }
+}
+
+/// Heartbeats every third of the TTL, sweeps every sixth, re-registers when asked.
+async fn maintain(inner: Arc<Inner>) {
+    let beat_every = (inner.ttl / 3).max(Duration::from_millis(50));
+    let sweep_every = (inner.ttl / 6).max(Duration::from_millis(50));
+    let mut beat = tokio::time::interval(beat_every);
+    let mut sweep = tokio::time::interval(sweep_every);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let beating = tokio::select! {
+            _ = beat.tick() => true,
+            () = inner.wake.notified() => true,
+            _ = sweep.tick() => false,
+        };
+        if inner.stopped.load(Ordering::SeqCst) {
+            break;
+        }
+        if !inner.connected() {
+            inner.need_resync.store(true, Ordering::SeqCst);
+            inner.report(false, "not connected");
+            continue;
+        }
+        let result = if beating {
+            inner.heartbeat().await
+        } else {
+            inner.sweep().await
+        };
+        match result {
+            Ok(()) => inner.report(inner.ready(), ""),
+            Err(e) => inner.report(false, &e.0),
+        }
+    }
+}
+
+/// Tracks one pooled connection: after every (re)connect it is up and this node
+/// re-registers; after a connection error it is down.
+async fn watch_client(
+    inner: Arc<Inner>,
+    i: usize,
+    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    mut errors: tokio::sync::broadcast::Receiver<(RedisError, Option<fred::types::config::Server>)>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(flag) = inner.up.get(i) else { return };
+    loop {
+        tokio::select! {
+            r = reconnects.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    // Ask for the resync before showing the connection as up.
+                    inner.need_resync.store(true, Ordering::SeqCst);
+                    flag.store(true, Ordering::SeqCst);
+                    inner.wake.notify_one();
+                }
+                Err(RecvError::Closed) => break,
+            },
+            r = errors.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => flag.store(false, Ordering::SeqCst),
+                Err(RecvError::Closed) => break,
+            },
+        }
+    }
+}
+
+impl Inner {
+    async fn connect(
+        self: &Arc<Self>,
+        user_id: &str,
+        conn: &ConnId,
+    ) -> Result<bool, PresenceError> {
+        // Under the gate: a resync's snapshot and this call's script never interleave.
+        let shared = self.gate.read().await;
+        self.local.lock().insert(conn.clone(), user_id.to_owned());
+        if !self.connected() {
+            self.need_resync.store(true, Ordering::SeqCst);
+            return Err(unreachable());
+        }
+        let keys = vec![
+            self.keys.user(user_id),
+            self.keys.node(&self.node),
+            self.keys.online(),
+            self.keys.alive(&self.node),
+        ];
+        let args = vec![
+            format!("{}/{conn}", self.node),
+            conn.to_string(),
+            user_id.to_owned(),
+        ];
+        let answer = self.run(&self.scripts.connect, keys, args).await;
+        drop(shared);
+        match answer {
+            Ok(v) => match v.as_i64() {
+                Some(1) => Ok(true),
+                Some(-1) => {
+                    // The registry lost this node (Redis restarted): register every live
+                    // connection, this one included, without announcing anyone.
+                    self.need_resync.store(true, Ordering::SeqCst);
+                    self.resync().await?;
+                    Ok(false)
+                }
+                _ => Ok(false),
+            },
+            Err(e) => {
+                self.need_resync.store(true, Ordering::SeqCst);
+                self.wake.notify_one();
+                Err(e)
+            }
+        }
+    }
+
+    async fn disconnect(
+        self: &Arc<Self>,
+        user_id: &str,
+        conn: &ConnId,
+    ) -> Result<bool, PresenceError> {
+        let shared = self.gate.read().await;
+        self.local.lock().remove(conn);
+        if !self.connected() {
+            self.need_resync.store(true, Ordering::SeqCst);
+            self.pending_offline.lock().insert(user_id.to_owned());
+            return Err(unreachable());
+        }
+        let keys = vec![
+            self.keys.user(user_id),
+            self.keys.node(&self.node),
+            self.keys.online(),
+            self.keys.alive(&self.node),
+        ];
+        let args = vec![
+            format!("{}/{conn}", self.node),
+            conn.to_string(),
+            user_id.to_owned(),
+        ];
+        let answer = self.run(&self.scripts.disconnect, keys, args).await;
+        drop(shared);
+        match answer {
+            Ok(v) => match v.as_i64() {
+                Some(1) => Ok(true),
+                Some(-1) => {
+                    self.pending_offline.lock().insert(user_id.to_owned());
+                    self.need_resync.store(true, Ordering::SeqCst);
+                    self.resync().await?;
+                    Ok(false)
+                }
+                _ => Ok(false),
+            },
+            Err(e) => {
+                self.pending_offline.lock().insert(user_id.to_owned());
+                self.need_resync.store(true, Ordering::SeqCst);
+                self.wake.notify_one();
+                Err(e)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl PresenceStore for RedisPresence {
+    async fn connect(&self, user_id: &str, conn: &ConnId) -> Result<bool, PresenceError> {
+        self.inner.connect(user_id, conn).await
+    }
+
+    async fn disconnect(&self, user_id: &str, conn: &ConnId) -> Result<bool, PresenceError> {
+        self.inner.disconnect(user_id, conn).await
+    }
+
+    async fn online_users(&self) -> Result<Vec<String>, PresenceError> {
+        let inner = &self.inner;
+        let client = inner.client().ok_or_else(unreachable)?;
+        match tokio::time::timeout(
+            inner.timeout,
+            client.smembers::<Vec<String>, _>(inner.keys.online()),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(backend),
+            Err(_) => Err(backend("command timed out")),
+        }
+    }
+
+    async fn connections(&self, user_id: &str) -> Result<usize, PresenceError> {
+        let inner = &self.inner;
+        let client = inner.client().ok_or_else(unreachable)?;
+        match tokio::time::timeout(
+            inner.timeout,
+            client.scard::<u64, _>(inner.keys.user(user_id)),
+        )
+        .await
+        {
+            Ok(r) => r
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .map_err(backend),
+            Err(_) => Err(backend("command timed out")),
+        }
+    }
+
+    async fn start(&self, events: PresenceEvents) -> Result<(), PresenceError> {
+        let inner = &self.inner;
+        if inner.started.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        *inner.events.lock() = Some(events);
+        {
+            let mut tasks = inner.tasks.lock();
+            for (i, c) in inner.pool.clients().iter().enumerate() {
+                tasks.push(tokio::spawn(watch_client(
+                    inner.clone(),
+                    i,
+                    c.reconnect_rx(),
+                    c.error_rx(),
+                )));
+            }
+            let connecting = inner.pool.connect();
+            tasks.push(tokio::spawn(async move {
+                let _ = connecting.await;
+            }));
+        }
+        // Wait for every connection's first (re)connect event to be handled (each asks for a
+        // resync), so the registration below is the one that makes the store ready.
+        let deadline = Instant::now() + inner.timeout;
+        let all_up = || (0..inner.pool.clients().len()).all(|i| inner.client_up(i));
+        while Instant::now() < deadline && !all_up() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let first = if inner.connected() {
+            inner.resync().await.map(|_| ())
+        } else {
+            Err(unreachable())
+        };
+        inner
+            .tasks
+            .lock()
+            .push(tokio::spawn(maintain(inner.clone())));
+        match first {
+            Ok(()) => {
+                inner.report(true, "");
+                Ok(())
+            }
+            Err(e) => Err(PresenceError(format!(
+                "{}; retrying in the background",
+                e.0
+            ))),
+        }
+    }
+
+    async fn ready(&self) -> bool {
+        self.inner.ready()
+    }
+
+    async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.stopped.store(true, Ordering::SeqCst);
+        let tasks: Vec<_> = inner.tasks.lock().drain(..).collect();
+        for t in &tasks {
+            t.abort();
+        }
+        // Withdraw what is left of this node's connections (normally none: the transports
+        // closed their sockets first) and its heartbeat, so nobody has to wait for a sweep.
+        let keys = vec![
+            inner.keys.node(&inner.node),
+            inner.keys.online(),
+            inner.keys.nodes(),
+            inner.keys.alive(&inner.node),
+        ];
+        let args = vec![
+            inner.keys.user_prefix(),
+            inner.node.clone(),
+            "force".to_owned(),
+        ];
+        if let Ok(gone) = inner.run(&inner.scripts.sweep, keys, args).await {
+            inner.announce_offline(strings(gone));
+        }
+        inner.local.lock().clear();
+        let _ = tokio::time::timeout(inner.timeout, inner.pool.quit()).await;
+    }
+}
+
+fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn PresenceStore>, BoxError> {
+    let cfg: RedisPresenceConfig = ctx.section()?;
+    let redis: RedisConfig = ctx.extract("redis")?;
+    let ttl = ctx.config().presence.node_ttl.get();
+    if ttl < Duration::from_millis(300) {
+        return Err(Box::new(ConfigError::new(
+            "presence.node_ttl",
+            "must be at least 300ms for the redis presence store",
+        )));
+    }
+    if cfg.pool_size == 0 {
+        return Err(Box::new(ConfigError::new(
+            "presence.redis.pool_size",
+            "must be at least 1",
+        )));
+    }
+    if cfg.command_timeout.get().is_zero() {
+        return Err(Box::new(ConfigError::new(
+            "presence.redis.command_timeout",
+            "must be more than 0s",
+        )));
+    }
+    let store = RedisPresence::new(&redis, &cfg, ttl).map_err(|e| {
+        ConfigError::new(
+            "redis.url",
+            e.0.trim_start_matches("redis.url: ").to_owned(),
+        )
+    })?;
+    Ok(Arc::new(store))
+}
+
+register_plugin!(
+    Plugin::new(
+        "redis",
+        "Presence across nodes: Redis sets, node heartbeats and sweeps of dead nodes",
+        Factory::Presence(build)
+    )
+    .with_config(switchboard_core::registry::config_defaults::<RedisPresenceConfig>)
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_unknown_keys() {
+        let c = RedisPresenceConfig::default();
+        assert_eq!(c.pool_size, 2);
+        let err =
+            serde_json::from_str::<RedisPresenceConfig>(r#"{"ttl": "1s"}"#).expect_err("typo");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn keys_share_one_cluster_slot() {
+        let k = Keys {
+            base: "sb:{presence}:".to_owned(),
+        };
+        for key in [
+            k.user("u"),
+            k.node("n"),
+            k.online(),
+            k.nodes(),
+            k.alive("n"),
+            k.claim("u"),
+        ] {
+            assert!(key.starts_with("sb:{presence}:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn script_results_are_read_as_strings() {
+        assert!(strings(Value::Null).is_empty());
+        let v = Value::Array(vec![Value::from("a"), Value::from("b")]);
+        assert_eq!(strings(v), vec!["a".to_owned(), "b".to_owned()]);
+    }
+}

@@ -1,0 +1,67 @@
+// A private redis-server for the cluster tests: its own free loopback port, nothing saved
+// to disk (`--save "" --appendonly no`), so stop() + start() is a Redis that restarted empty.
+//
+// Environment:
+//   REDIS_SERVER   the redis-server binary (default: redis-server on PATH)
+
+import { spawn } from 'node:child_process';
+import net from 'node:net';
+import { freePort, sleep, tempDir } from './helpers.mjs';
+
+const live = new Set();
+process.on('exit', () => {
+  for (const p of live) {
+    try { p.kill('SIGKILL'); } catch { /* gone */ }
+  }
+});
+
+function accepts(port) {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * Start redis-server on a free port. Returns { url, port, start(), stop() }: stop() kills it
+ * (like a crash), start() starts it again, empty, on the same port.
+ */
+export async function startRedis() {
+  const port = await freePort();
+  const dir = tempDir();
+  const bin = process.env.REDIS_SERVER || 'redis-server';
+  let proc;
+
+  const redis = {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    async start(timeout = 10000) {
+      const deadline = Date.now() + timeout;
+      for (;;) {
+        proc = spawn(bin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+          stdio: 'ignore',
+        });
+        live.add(proc);
+        let exited = false;
+        proc.once('exit', () => { exited = true; live.delete(proc); });
+        proc.once('error', (err) => { exited = true; live.delete(proc); redis.error = err; });
+        while (!exited && Date.now() < deadline) {
+          if (await accepts(port)) return redis;
+          await sleep(20);
+        }
+        if (redis.error) throw new Error(`cannot start ${bin}: ${redis.error.message}`);
+        if (Date.now() >= deadline) throw new Error(`redis-server did not start on port ${port}`);
+        await sleep(100); // the port may still be held by the previous process: try again
+      }
+    },
+    async stop() {
+      if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+      const gone = new Promise((r) => proc.once('exit', r));
+      proc.kill('SIGKILL');
+      await gone;
+      while (await accepts(port)) await sleep(20);
+    },
+  };
+  return redis.start();
+}
