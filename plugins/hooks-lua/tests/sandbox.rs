@@ -258,3 +258,11 @@ fn a_variadic_hook_gets_ctx() {
     let c = support::Ctx::socket("u", json!({})).in_room("conversation:1");
     assert!(h.authorize(&c.get(switchboard_core::Direction::Inbound)));
 }
+
+#[test]
+fn print_logs_instead_of_writing_to_stdout() {
+    assert_eq!(
+        probe("print('hello', 1, true, nil, {}, null) return 'printed'"),
+        "printed"
+    );
+}
