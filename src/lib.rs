@@ -31,6 +31,7 @@ pub use switchboard_broker_redis as broker_redis;
 pub use switchboard_events_conversation as events_conversation;
 pub use switchboard_events_session as events_session;
 pub use switchboard_events_typing as events_typing;
+pub use switchboard_hooks_lua as hooks_lua;
 pub use switchboard_presence_memory as presence_memory;
 pub use switchboard_presence_redis as presence_redis;
 pub use switchboard_transport_socketio as transport_socketio;

@@ -196,6 +196,29 @@ impl Default for RedisConfig {
     }
 }
 
+impl RedisConfig {
+    /// Checks `redis.url`'s scheme (TLS is not compiled in); the error is the reason alone.
+    pub fn check_url(&self) -> Result<(), String> {
+        let scheme = self
+            .url
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some(
+                "redis" | "valkey" | "redis-cluster" | "valkey-cluster" | "redis-sentinel"
+                | "valkey-sentinel" | "redis+unix" | "valkey+unix",
+            ) => Ok(()),
+            Some(s) if s.starts_with("rediss") || s.starts_with("valkeys") => Err(format!(
+                "`{s}://` (TLS) is not supported by this build; use redis://, redis-cluster:// or redis-sentinel://"
+            )),
+            _ => Err(
+                "must start with redis://, redis-cluster://, redis-sentinel:// or redis+unix://"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
 /// `limits.*`: bounds on what clients and API callers may send.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -604,6 +627,19 @@ mod tests {
 
         let err = LoadedConfig::from_toml_str("[presence]\nnode_ttl = \"10\"").expect_err("unit");
         assert!(err.to_string().starts_with("presence.node_ttl:"), "{err}");
+    }
+
+    #[test]
+    fn redis_urls_are_checked() {
+        let with = |url: &str| RedisConfig {
+            url: url.to_owned(),
+            ..RedisConfig::default()
+        };
+        assert!(with("redis://127.0.0.1:6379").check_url().is_ok());
+        assert!(with("redis-cluster://10.0.0.1:7000").check_url().is_ok());
+        assert!(with("http://x").check_url().is_err());
+        let tls = with("rediss://h:6380").check_url().expect_err("tls");
+        assert!(tls.contains("TLS"), "{tls}");
     }
 
     #[test]

@@ -239,6 +239,21 @@ pub fn find(kind: PluginKind, name: &str, key: &str) -> Result<&'static Plugin, 
         })
 }
 
+/// A random 128-bit id in hex, for node ids and one-off tokens.
+pub fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    let a = h.finish();
+    let b = std::collections::hash_map::RandomState::new().hash_one(a);
+    format!("{a:016x}{b:016x}")
+}
+
 /// What a factory gets: its config section, the whole config, metrics and the local hub.
 pub struct PluginContext<'a> {
     loaded: &'a LoadedConfig,
@@ -306,5 +321,15 @@ impl<'a> PluginContext<'a> {
     /// This node's transports, for brokers that deliver locally.
     pub fn hub(&self) -> &LocalHub {
         self.hub
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_ids_differ() {
+        let (a, b) = (super::random_id(), super::random_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
     }
 }

@@ -78,7 +78,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -228,38 +227,6 @@ fn builder(
     Ok(b)
 }
 
-/// Checks `redis.url`'s scheme before fred reads the rest.
-fn check_url(url: &str) -> Result<(), String> {
-    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-    match scheme.as_deref() {
-        Some(
-            "redis" | "valkey" | "redis-cluster" | "valkey-cluster" | "redis-sentinel"
-            | "valkey-sentinel" | "redis+unix" | "valkey+unix",
-        ) => Ok(()),
-        Some(s) if s.starts_with("rediss") || s.starts_with("valkeys") => Err(format!(
-            "`{s}://` (TLS) is not supported by this build; use redis://, redis-cluster:// or redis-sentinel://"
-        )),
-        _ => Err(
-            "must start with redis://, redis-cluster://, redis-sentinel:// or redis+unix://"
-                .to_owned(),
-        ),
-    }
-}
-
-/// A random id for this process, so a node skips its own tagged messages.
-fn random_node_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(nanos);
-    h.write_u32(std::process::id());
-    let a = h.finish();
-    let b = std::collections::hash_map::RandomState::new().hash_one(a);
-    format!("{a:016x}{b:016x}")
-}
-
 fn timeout_error(what: &str) -> RedisError {
     RedisError::new(RedisErrorKind::Timeout, format!("{what} timed out"))
 }
@@ -276,7 +243,9 @@ impl RedisBroker {
                 "broker.redis.pool_size: must be at least 1".into(),
             ));
         }
-        check_url(&redis.url).map_err(|e| BrokerError(format!("redis.url: {e}")))?;
+        redis
+            .check_url()
+            .map_err(|e| BrokerError(format!("redis.url: {e}")))?;
         let bad_url = |e: RedisError| BrokerError(format!("redis.url: {}", e.details()));
         let sub = builder(redis, cfg, 16 * 1024)
             .map_err(bad_url)?
@@ -292,7 +261,7 @@ impl RedisBroker {
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 hub,
-                node: random_node_id(),
+                node: switchboard_core::registry::random_id(),
                 sharded: redis.sharded_pubsub,
                 room_prefix: format!("{}room:", redis.key_prefix),
                 broadcast: format!("{}broadcast", redis.key_prefix),
@@ -890,14 +859,6 @@ mod tests {
 
     #[test]
     fn urls_need_a_redis_scheme() {
-        assert!(check_url("redis://127.0.0.1:6379").is_ok());
-        assert!(check_url("redis-cluster://10.0.0.1:7000").is_ok());
-        assert!(check_url("http://x").is_err());
-        assert!(
-            check_url("rediss://h:6380")
-                .expect_err("tls")
-                .contains("TLS")
-        );
         let hub = LocalHub::default();
         let redis = RedisConfig {
             url: "localhost:6379".into(),
@@ -906,12 +867,6 @@ mod tests {
         let err =
             RedisBroker::new(hub, &redis, &RedisBrokerConfig::default()).expect_err("bad url");
         assert!(err.0.starts_with("redis.url:"), "{}", err.0);
-    }
-
-    #[test]
-    fn node_ids_differ() {
-        assert_ne!(random_node_id(), random_node_id());
-        assert_eq!(random_node_id().len(), 32);
     }
 
     #[test]

@@ -68,7 +68,6 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -324,37 +323,6 @@ fn unreachable() -> PresenceError {
     PresenceError("Redis unreachable".to_owned())
 }
 
-/// Checks `redis.url`'s scheme before fred reads the rest.
-fn check_url(url: &str) -> Result<(), String> {
-    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-    match scheme.as_deref() {
-        Some(
-            "redis" | "valkey" | "redis-cluster" | "valkey-cluster" | "redis-sentinel"
-            | "valkey-sentinel" | "redis+unix" | "valkey+unix",
-        ) => Ok(()),
-        Some(s) if s.starts_with("rediss") || s.starts_with("valkeys") => Err(format!(
-            "`{s}://` (TLS) is not supported by this build; use redis://, redis-cluster:// or redis-sentinel://"
-        )),
-        _ => Err(
-            "must start with redis://, redis-cluster://, redis-sentinel:// or redis+unix://"
-                .to_owned(),
-        ),
-    }
-}
-
-fn random_node_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(nanos);
-    h.write_u32(std::process::id());
-    let a = h.finish();
-    let b = std::collections::hash_map::RandomState::new().hash_one(a);
-    format!("{a:016x}{b:016x}")
-}
-
 /// A Redis array of strings (an empty array may arrive as nil).
 fn strings(v: Value) -> Vec<String> {
     match v {
@@ -380,7 +348,9 @@ impl RedisPresence {
                 "presence.redis.pool_size: must be at least 1".into(),
             ));
         }
-        check_url(&redis.url).map_err(|e| PresenceError(format!("redis.url: {e}")))?;
+        redis
+            .check_url()
+            .map_err(|e| PresenceError(format!("redis.url: {e}")))?;
         let bad_url = |e: RedisError| PresenceError(format!("redis.url: {}", e.details()));
         let config = Config {
             fail_fast: false,
@@ -405,7 +375,7 @@ impl RedisPresence {
         let pool = b.build_pool(cfg.pool_size).map_err(bad_url)?;
         Ok(RedisPresence {
             inner: Arc::new(Inner {
-                node: random_node_id(),
+                node: switchboard_core::registry::random_id(),
                 keys: Keys {
                     base: format!("{}{{presence}}:", redis.key_prefix),
                 },
@@ -542,7 +512,7 @@ impl Inner {
         args.push(self.keys.user_prefix());
         args.push(self.node.clone());
         args.push(millis(self.ttl).to_string());
-        args.push(random_node_id());
+        args.push(switchboard_core::registry::random_id());
         for (c, u) in &pairs {
             args.push(c.clone());
             args.push(u.clone());
