@@ -2,18 +2,19 @@
 // socket.io-client in the same rooms. Connect (each refusal and its close code, the
 // handshake timeout), every §2 client event and its ack, mixed rooms with Socket.IO
 // (typing both ways, every API-published event, presence), the same across two nodes on
-// one Redis, bad frames, binary and oversize closes, the ping timeout of a silent client,
+// one Redis, Lua hooks applying to native sockets as to Socket.IO ones, bad frames, binary and oversize closes, the ping timeout of a silent client,
 // token expiry, rate abuse, shutdown.
 
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  configToml, startServer, signJwt, rawJwt, connect, waitFor, expectNone, emitAck, emitApi,
+  REPO_ROOT, configToml, startServer, signJwt, rawJwt, connect, waitFor, expectNone, emitApi,
   joinConversation, joinSession, presenceOf, expectOnline, eventually, uid, sleep, nowSec,
-  standardHooks, SECRET,
+  standardHooks,
 } from './helpers.mjs';
 import { openNative, connectNative, nativeRefusal, closeAllNative } from './native.mjs';
 import { startRedis } from './redis.mjs';
+import path from 'node:path';
 
 const NO_TOKEN = 'Authentication failed: No token provided';
 const INVALID = 'Authentication failed: Invalid token';
@@ -460,5 +461,45 @@ describe('native and Socket.IO across two nodes on one Redis', () => {
     const offlineOnB = waitFor(s, 'user:offline', 5000, (d) => d.userId === nu.sub);
     n.close();
     assert.deepEqual(await offlineOnB, { userId: nu.sub });
+  });
+});
+
+describe('Lua hooks apply to native sockets as to Socket.IO ones', () => {
+  let hooked;
+  before(async () => {
+    const script = (name) => path.join(REPO_ROOT, 'scripts', name);
+    hooked = await startServer({
+      toml: configToml({
+        extra: `[hooks.lua]\nscripts = ${JSON.stringify([script('redact-phones.lua'), script('conversation-acl.lua')])}\ntimeout = "100ms"\n`,
+      }),
+    });
+  });
+  after(async () => { await hooked?.stop(); });
+  standardHooks(() => hooked);
+
+  it('authorize refuses a join with error + failed ack; on_outbound changes what both transports get', async () => {
+    const conv = uid('conv');
+    const n = await connectNative(hooked, { token: signJwt({ sub: uid('n'), conversations: [conv] }) });
+    const s = await connect(hooked, { token: signJwt({ sub: uid('s'), conversations: [conv] }) });
+    n.emit('conversation:join', { conversationId: 'not-mine' }, 1);
+    const err = await n.event('error');
+    assert.match(err.message, /Not authorized/);
+    assert.deepEqual(await n.ack(1), { success: false, error: err.message });
+    assert.deepEqual(await n.emitAck('conversation:join', { conversationId: conv }), { conversationId: conv, success: true });
+
+    const sess = uid('sess');
+    await n.emitAck('session:join', { sessionId: sess });
+    await joinSession(s, sess);
+    const data = {
+      sessionId: sess, messageId: 'm1', senderId: 'u', senderPhone: '+15551234567', type: 'text',
+      content: 'call me at +1 555 123 4567', status: 'sent', timestamp: new Date().toISOString(),
+    };
+    const viaSio = waitFor(s, 'session:message-sent');
+    assert.equal((await emitApi(hooked, { event: 'session:message-sent', data })).status, 200);
+    const native = await n.event('session:message-sent');
+    assert.deepEqual(native, await viaSio, 'both transports get the same hooked payload');
+    assert.notEqual(native.senderPhone, data.senderPhone);
+    assert.ok(native.senderPhone.endsWith('67') && native.senderPhone.includes('*'), native.senderPhone);
+    assert.ok(!native.content.includes('123 4567'), native.content);
   });
 });
