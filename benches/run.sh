@@ -11,7 +11,8 @@
 #
 # Options before the scenario's own (which go to `loadgen`, see `loadgen fanout --help`):
 #   --servers LIST   comma-separated, from switchboard,bare,node (default: all three;
-#                    node is skipped when Node.js is not installed)
+#                    node is skipped when Node.js is not installed); NAME=PATH adds
+#                    another Switchboard binary under that name, for before/after runs
 #   --profile P      release (default) or debug binaries
 #   --no-build       use the binaries as they are
 #   --smoke          tiny and quick: 20 sockets, 1 s, and fail on any error or loss
@@ -120,9 +121,14 @@ status=0
 files=()
 i=0
 IFS=, read -r -a list <<< "$SERVERS"
-for name in "${list[@]}"; do
+for spec in "${list[@]}"; do
   port=$((PORT + i)); i=$((i + 1))
-  case "$name" in
+  name=${spec%%=*}
+  case "$spec" in
+    *=*)
+      start_pinned "$SERVER_CPU" "${spec#*=}" serve --config benches/switchboard.toml \
+        --listen "127.0.0.1:$port" 2> "$OUT/$name.log" &
+      ;;
     switchboard)
       start_pinned "$SERVER_CPU" "$BIN/switchboard" serve --config benches/switchboard.toml \
         --listen "127.0.0.1:$port" 2> "$OUT/$name.log" &

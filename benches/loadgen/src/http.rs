@@ -103,7 +103,13 @@ pub(crate) async fn publish(plan: HttpPlan, shared: Rc<Shared>) {
     let mut buf = Vec::with_capacity(4096);
     let host = plan.addr.to_string();
     for i in (plan.first..plan.total).step_by(plan.step.max(1)) {
-        tokio::time::sleep_until((plan.start + plan.interval.mul_f64(i as f64)).into()).await;
+        let at = plan.start + plan.interval.mul_f64(i as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let lag = Instant::now().saturating_duration_since(at).as_micros();
+        shared
+            .publish_lag
+            .borrow_mut()
+            .push(u32::try_from(lag).unwrap_or(u32::MAX));
         let room = i % plan.rooms.len().max(1);
         let sent = shared.clock.now_us();
         let body = format!(

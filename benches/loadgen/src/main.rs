@@ -32,7 +32,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::LocalSet;
 
 use crate::probe::{Cpu, OwnCpu};
-use crate::sio::{Counted, Shared, Target, TypingPlan, Ws};
+use crate::sio::{Counted, Shared, Target, TypingPlan};
 use crate::stats::{Clock, percentiles};
 
 /// Load generator for Socket.IO servers on loopback.
@@ -242,50 +242,69 @@ fn mint(secret: &str, sub: &str) -> Result<String, String> {
 
 /// The sockets of a run once connected, and how the connecting went.
 struct Opened {
-    sockets: Vec<(usize, Ws)>,
+    /// Indices of the sockets that connected.
+    indices: Vec<usize>,
+    /// Their tasks, running from the moment each connected (so pings are answered).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     latencies: RefCell<Vec<u32>>,
     failed: u64,
     elapsed: Duration,
 }
 
-/// Opens `n` sockets, `concurrency` handshakes at a time. Socket `i` uses `tokens[i]` and,
-/// when `rooms` is given, joins `c{rooms(i)}`.
+/// A socket's index and its running task.
+type Running = (usize, tokio::task::JoinHandle<()>);
+
+/// How each socket runs once connected.
+struct Runner<'a> {
+    shared: &'a Rc<Shared>,
+    stop: watch::Receiver<bool>,
+    go: watch::Receiver<Option<Instant>>,
+    plan: &'a dyn Fn(usize) -> Option<TypingPlan>,
+}
+
+/// Opens `n` sockets, `concurrency` handshakes at a time, and runs each as soon as it is
+/// open. Socket `i` uses `tokens[i]` and, when `room_of` is given, joins `c{room_of(i)}`.
 async fn open_all(
     target: &Target,
     tokens: &[String],
-    n: usize,
     concurrency: usize,
     room_of: Option<&dyn Fn(usize) -> usize>,
-    shared: &Rc<Shared>,
+    runner: Runner<'_>,
     overall: Duration,
 ) -> Result<Opened, String> {
+    let n = tokens.len();
     let sem = Rc::new(Semaphore::new(concurrency.max(1)));
-    let done: Rc<RefCell<Vec<(usize, Ws)>>> = Rc::new(RefCell::new(Vec::with_capacity(n)));
+    let done: Rc<RefCell<Vec<Running>>> = Rc::new(RefCell::new(Vec::with_capacity(n)));
     let lats = Rc::new(RefCell::new(Vec::with_capacity(n)));
     let failed = Rc::new(Cell::new(0u64));
     let started = Instant::now();
     let mut handles = Vec::with_capacity(n);
-    for i in 0..n {
-        let token = tokens[i].clone();
+    for (i, token) in tokens.iter().enumerate() {
+        let token = token.clone();
         let join = room_of.map(|f| format!("c{}", f(i)));
         let target = target.clone();
+        let plan = (runner.plan)(i);
+        let (stop, go) = (runner.stop.clone(), runner.go.clone());
         let (sem, done, lats, failed, shared) = (
             sem.clone(),
             done.clone(),
             lats.clone(),
             failed.clone(),
-            shared.clone(),
+            runner.shared.clone(),
         );
         handles.push(tokio::task::spawn_local(async move {
-            let Ok(_permit) = sem.acquire().await else {
+            let Ok(permit) = sem.acquire().await else {
                 return;
             };
             let t = Instant::now();
-            match sio::open(&target, &token, join.as_deref()).await {
+            let opened = sio::open(&target, &token, join.as_deref()).await;
+            drop(permit);
+            match opened {
                 Ok(ws) => {
                     let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
                     lats.borrow_mut().push(us);
-                    done.borrow_mut().push((i, ws));
+                    let task = tokio::task::spawn_local(sio::run(ws, shared, stop, go, plan));
+                    done.borrow_mut().push((i, task));
                 }
                 Err(e) => {
                     failed.set(failed.get() + 1);
@@ -304,8 +323,10 @@ async fn open_all(
     let elapsed = started.elapsed();
     let mut sockets = std::mem::take(&mut *done.borrow_mut());
     sockets.sort_by_key(|(i, _)| *i);
+    let (indices, tasks) = sockets.into_iter().unzip();
     Ok(Opened {
-        sockets,
+        indices,
+        tasks,
         latencies: RefCell::new(std::mem::take(&mut *lats.borrow_mut())),
         failed: failed.get(),
         elapsed,
@@ -385,10 +406,24 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
         counted,
         stats: RefCell::default(),
         latencies: RefCell::default(),
+        publish_lag: RefCell::default(),
         typing_sent: RefCell::new(vec![Vec::new(); if typing { publishers } else { 0 }]),
     });
     let joins = matches!(scenario, Scenario::Fanout | Scenario::Rooms) || a.join;
     let room_of = move |i: usize| i / room_size;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (go_tx, go_rx) = watch::channel(None::<Instant>);
+    let interval = Duration::from_secs_f64(1.0 / publish_rate);
+    let plan = |i: usize| {
+        (typing && i < publishers).then(|| TypingPlan {
+            index: i,
+            offset: interval.mul_f64(i as f64),
+            interval: interval.mul_f64(publishers as f64),
+            count: total_publishes.div_ceil(publishers),
+            conversation: format!("c{}", room_of(i)),
+        })
+    };
 
     let rss_before = a.pid.and_then(probe::server_rss);
     let cpu_before_connect = server_cpu(a.pid);
@@ -396,14 +431,18 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
     let opened = open_all(
         &target,
         &tokens,
-        a.sockets,
         a.concurrency,
         joins.then_some(&room_of as &dyn Fn(usize) -> usize),
-        &shared,
+        Runner {
+            shared: &shared,
+            stop: stop_rx,
+            go: go_rx,
+            plan: &plan,
+        },
         overall,
     )
     .await?;
-    let connected = opened.sockets.len();
+    let connected = opened.indices.len();
     let connect_elapsed = opened.elapsed;
     // Let the server finish what the connects started (user:online, presence).
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -412,33 +451,14 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
     let connect_lat = percentiles(&opened.latencies);
 
     let mut members = vec![0u64; n_rooms];
-    for (i, _) in &opened.sockets {
+    for i in &opened.indices {
         if let Some(m) = members.get_mut(room_of(*i)) {
             *m += 1;
         }
     }
     let members = Rc::new(members);
-
-    // Every socket runs from here on: answers pings, counts deliveries.
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let socket_tasks = opened.tasks;
     let start = Instant::now() + Duration::from_millis(200);
-    let interval = Duration::from_secs_f64(1.0 / publish_rate);
-    let mut socket_tasks = Vec::with_capacity(connected);
-    for (i, ws) in opened.sockets {
-        let plan = (typing && i < publishers).then(|| TypingPlan {
-            index: i,
-            start: start + interval.mul_f64(i as f64),
-            interval: interval.mul_f64(publishers as f64),
-            count: total_publishes.div_ceil(publishers),
-            conversation: format!("c{}", room_of(i)),
-        });
-        socket_tasks.push(tokio::task::spawn_local(sio::run(
-            ws,
-            shared.clone(),
-            stop_rx.clone(),
-            plan,
-        )));
-    }
 
     let mut out = json!({
         "scenario": scenario.name(),
@@ -496,6 +516,7 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
             let cpu0 = server_cpu(a.pid);
             let own0 = OwnCpu::now();
             let t0_us = shared.clock.now_us();
+            let _ = go_tx.send(Some(start));
             if typing {
                 // The publisher sockets send on their own schedule; wait for them to finish.
                 let planned = (total_publishes.div_ceil(publishers) * publishers) as u64;
@@ -533,11 +554,13 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
             let publish_end_us = shared.clock.now_us();
             let drain_until = Instant::now() + Duration::from_secs_f64(a.drain);
             while Instant::now() < drain_until {
-                let st = shared.stats.borrow();
-                if st.delivered >= st.expected && st.delivered > 0 {
+                let complete = {
+                    let st = shared.stats.borrow();
+                    st.delivered >= st.expected && st.delivered > 0
+                };
+                if complete {
                     break;
                 }
-                drop(st);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let cpu1 = server_cpu(a.pid);
@@ -565,6 +588,9 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
             out["other_events"] = json!(st.other_events);
             out["throughput_per_s"] = json!(round(delivered / window_s.max(1e-9), 1));
             out["latency"] = percentiles(&shared.latencies);
+            // Latency runs from the actual send; this is how far sends fell behind schedule
+            // (a server that answers the API slowly holds the publishers back).
+            out["publish_lag"] = percentiles(&shared.publish_lag);
             out["server_cpu_s"] = json!(server_s.map(|s| round(s, 4)));
             out["server_cpu_us_per_delivery"] =
                 json!(server_s.map(|s| round(s * 1e6 / delivered.max(1.0), 3)));

@@ -19,6 +19,10 @@ const ROWS: &[(&str, &[&str])] = &[
     ("latency p90, ms", &["latency", "p90_ms"]),
     ("latency p99, ms", &["latency", "p99_ms"]),
     ("latency max, ms", &["latency", "max_ms"]),
+    (
+        "publish lag behind schedule p99, ms",
+        &["publish_lag", "p99_ms"],
+    ),
     ("server CPU, s", &["server_cpu_s"]),
     (
         "server CPU per delivery, us",

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) stats: RefCell<Stats>,
     /// Latencies, microseconds (kept apart so that sorting does not hold `stats`).
     pub(crate) latencies: RefCell<Vec<u32>>,
+    /// How late each publish left against its schedule, microseconds.
+    pub(crate) publish_lag: RefCell<Vec<u32>>,
     /// Send times of each typing publisher's events, in order, microseconds.
     pub(crate) typing_sent: RefCell<Vec<Vec<u64>>>,
 }
@@ -67,13 +69,14 @@ pub(crate) struct Target {
     pub(crate) timeout: Duration,
 }
 
-/// A typing publisher's plan: `count` events at `interval`, from `start`.
+/// A typing publisher's plan: `count` events at `interval`, the first `offset` after the
+/// run's start.
 #[derive(Debug, Clone)]
 pub(crate) struct TypingPlan {
     /// Publisher index (its user id is `p{index}`).
     pub(crate) index: usize,
-    /// When the first event goes.
-    pub(crate) start: Instant,
+    /// When the first event goes, after the start.
+    pub(crate) offset: Duration,
     /// Time between events.
     pub(crate) interval: Duration,
     /// How many events.
@@ -280,11 +283,12 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 /// Runs a connected socket until `stop`: answers pings, counts deliveries and, with a
-/// plan, publishes typing events.
+/// plan, publishes typing events once `go` gives the start.
 pub(crate) async fn run(
     mut ws: Ws,
     shared: Rc<Shared>,
     mut stop: watch::Receiver<bool>,
+    mut go: watch::Receiver<Option<Instant>>,
     mut plan: Option<TypingPlan>,
 ) {
     let mut rx = Receiver::new(shared.counted);
@@ -294,13 +298,16 @@ pub(crate) async fn run(
         format!("{}[\"typing:start\",{data}]", shared.event_prefix)
     });
     loop {
+        let start = *go.borrow();
         let next = plan
             .as_ref()
             .filter(|p| sent < p.count)
-            .map(|p| p.start + p.interval.mul_f64(sent as f64));
+            .zip(start)
+            .map(|(p, start)| start + p.offset + p.interval.mul_f64(sent as f64));
         tokio::select! {
             biased;
             _ = stop.changed() => break,
+            Ok(()) = go.changed() => {}
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     if t.as_str() == "2" {
@@ -325,6 +332,10 @@ pub(crate) async fn run(
             () = sleep_until_opt(next) => {
                 let (Some(p), Some(frame)) = (plan.as_mut(), typing_frame.as_ref()) else { continue };
                 let now = shared.clock.now_us();
+                if let Some(at) = next {
+                    let lag = Instant::now().saturating_duration_since(at).as_micros();
+                    shared.publish_lag.borrow_mut().push(u32::try_from(lag).unwrap_or(u32::MAX));
+                }
                 if let Some(times) = shared.typing_sent.borrow_mut().get_mut(p.index) {
                     times.push(now);
                 }
@@ -360,6 +371,7 @@ mod tests {
             counted: Counted::Messages { publishes: 10 },
             stats: RefCell::default(),
             latencies: RefCell::default(),
+            publish_lag: RefCell::default(),
             typing_sent: RefCell::default(),
         };
         let mut rx = Receiver::new(shared.counted);

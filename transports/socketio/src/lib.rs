@@ -8,6 +8,7 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -195,6 +196,39 @@ async fn authenticate(
     Ok(())
 }
 
+/// Copies a request's header values and URI into memory of their own before socketioxide
+/// keeps them.
+///
+/// Hyper parses them as slices of the connection's read buffer (8 KiB and up), and
+/// engineioxide keeps the request's `Parts` for the socket's whole life
+/// (`engineioxide::Socket::req_parts`), which would keep that whole buffer alive per socket.
+async fn detach_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (mut parts, body) = req.into_parts();
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        let name =
+            HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
+        match HeaderValue::from_bytes(value.as_bytes()) {
+            Ok(mut v) => {
+                v.set_sensitive(value.is_sensitive());
+                headers.append(name, v);
+            }
+            Err(_) => {
+                headers.append(name, value.clone());
+            }
+        }
+    }
+    parts.headers = headers;
+    if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
+}
+
 #[async_trait]
 impl Transport for SocketIoTransport {
     fn name(&self) -> &str {
@@ -224,6 +258,7 @@ impl Transport for SocketIoTransport {
         Router::new()
             .route_service("/socket.io/", svc.clone())
             .route_service("/socket.io", svc)
+            .layer(axum::middleware::from_fn(detach_request))
     }
 
     async fn deliver(&self, d: &Delivery) {
