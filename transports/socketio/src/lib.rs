@@ -38,6 +38,9 @@ pub struct SocketIoConfig {
     pub max_frame_bytes: Size,
     /// Packets queued for one slow client before emits to it fail.
     pub max_buffer_size: usize,
+    /// How much a WebSocket reads at a time; the buffer grows for larger messages. Every
+    /// idle socket holds one, so a small one saves memory per connection.
+    pub ws_read_buffer_size: Size,
 }
 
 impl Default for SocketIoConfig {
@@ -49,6 +52,7 @@ impl Default for SocketIoConfig {
             ping_timeout: Dur::secs(20),
             max_frame_bytes: Size::mib(1),
             max_buffer_size: 128,
+            ws_read_buffer_size: Size(1024),
         }
     }
 }
@@ -246,6 +250,7 @@ impl Transport for SocketIoTransport {
             .max_payload(frame as u64)
             .ws_max_message_size(frame)
             .ws_max_frame_size(frame)
+            .ws_read_buffer_size(c.ws_read_buffer_size.bytes().max(64))
             .build_svc();
         let gw_auth = gateway.clone();
         let gw_conn = gateway;
