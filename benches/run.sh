@@ -58,7 +58,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [[ $BUILD == 1 ]]; then
   flag=(); [[ $PROFILE == release ]] && flag=(--release)
-  cargo build "${flag[@]}" -q -p switchboard --bin switchboard \
+  cargo build "${flag[@]}" -q -p switchboard --bins \
     -p switchboard-bench-bare-socketioxide -p switchboard-bench-loadgen
 fi
 

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 servers=switchboard
 if command -v node >/dev/null 2>&1; then servers=switchboard,node; fi
 
-cargo build -q -p switchboard --bin switchboard -p switchboard-bench-loadgen \
+cargo build -q -p switchboard --bins -p switchboard-bench-loadgen \
   -p switchboard-bench-bare-socketioxide
 
 run() {
