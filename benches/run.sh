@@ -19,7 +19,9 @@
 #   --out DIR        where the JSON results go (default target/bench-results/<time>-<scenario>)
 #
 # Environment: BENCH_SERVER_CPU (default 0) and BENCH_LOAD_CPU (default 1) choose the cores;
-# BENCH_PORT (default 3101) is the first of three ports. Traffic stays on 127.0.0.1.
+# BENCH_PORT (default 3101) is the first port; BENCH_NICE (e.g. -10, as root) runs the server
+# and the load generator at a higher priority than other work on a shared machine.
+# Traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -70,14 +72,16 @@ if command -v node >/dev/null 2>&1; then
   fi
 fi
 
+NICE=()
+[[ -n ${BENCH_NICE:-} ]] && NICE=(nice -n "$BENCH_NICE")
 can_pin() { command -v taskset >/dev/null 2>&1 && [[ $(nproc --all) -gt $1 ]]; }
 pin() { # pin CPU cmd...: run pinned when taskset exists and the core does
   local cpu=$1; shift
-  if can_pin "$cpu"; then taskset -c "$cpu" "$@"; else "$@"; fi
+  if can_pin "$cpu"; then "${NICE[@]}" taskset -c "$cpu" "$@"; else "${NICE[@]}" "$@"; fi
 }
 start_pinned() { # the same in a background subshell, which becomes the server (so $! is its pid)
   local cpu=$1; shift
-  if can_pin "$cpu"; then exec taskset -c "$cpu" "$@"; else exec "$@"; fi
+  if can_pin "$cpu"; then exec "${NICE[@]}" taskset -c "$cpu" "$@"; else exec "${NICE[@]}" "$@"; fi
 }
 
 SERVER_PID=""
@@ -114,7 +118,7 @@ fi
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "args: $SCENARIO ${EXTRA[*]} $*"
   echo "nproc: $(nproc --all); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-  echo "kernel: $(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "kernel: $(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg); nice: ${BENCH_NICE:-0}"
 } > "$OUT/context.txt"
 
 status=0
