@@ -318,6 +318,35 @@ register_plugin!(Plugin::new(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn detached_requests_keep_their_headers_and_uri() {
+        use tower::ServiceExt;
+        let app = Router::new()
+            .route(
+                "/socket.io/",
+                axum::routing::get(|req: axum::extract::Request| async move {
+                    let auth = req.headers().get("authorization").cloned();
+                    let custom = req.headers().get_all("x-custom").iter().count();
+                    format!("{} {:?} {custom}", req.uri(), auth)
+                }),
+            )
+            .layer(axum::middleware::from_fn(detach_request));
+        let req = axum::extract::Request::get("/socket.io/?EIO=4&transport=websocket")
+            .header("authorization", "Bearer t")
+            .header("x-custom", "a")
+            .header("x-custom", "b")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let resp = app.oneshot(req).await.expect("infallible");
+        let body = axum::body::to_bytes(resp.into_body(), 1024)
+            .await
+            .expect("body");
+        assert_eq!(
+            &body[..],
+            br#"/socket.io/?EIO=4&transport=websocket Some("Bearer t") 2"#
+        );
+    }
+
     #[test]
     fn payload_is_the_second_element() {
         let p = payload_of(r#"["conversation:join",{"conversationId":"1"}]"#).expect("json");
