@@ -307,10 +307,13 @@ impl Gateway {
 
     /// Answers a frame the transport could not decode with `error`; returns the ack.
     pub fn inbound_malformed(&self, session: &Arc<Session>, reason: &str) -> Value {
-        let err = EventError::new(
-            ErrorKind::InvalidPayload,
-            format!("Malformed event: {reason}"),
-        );
+        let err = match self.check_rate(session) {
+            Err(limited) => limited,
+            Ok(()) => EventError::new(
+                ErrorKind::InvalidPayload,
+                format!("Malformed event: {reason}"),
+            ),
+        };
         self.reply(session, Err(err))
     }
 
@@ -809,7 +812,11 @@ impl TokenBucket {
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            self.over_since = None;
+            // A socket that keeps hitting the limit is "over" until its bucket has really
+            // recovered, not merely refilled one token.
+            if self.tokens >= self.burst / 2.0 {
+                self.over_since = None;
+            }
             Rate::Allowed
         } else {
             let since = *self.over_since.get_or_insert(now);
@@ -887,14 +894,19 @@ mod tests {
         }
         assert!(matches!(b.take(t0), Rate::Limited { .. }));
         assert_eq!(b.take(t0 + Duration::from_millis(100)), Rate::Allowed);
-        let Rate::Limited { over_for } = b.take(t0 + Duration::from_millis(100)) else {
-            panic!("expected limited");
-        };
-        assert_eq!(over_for, Duration::ZERO);
+        // One refilled token does not end the abuse: over since t0.
         let Rate::Limited { over_for } = b.take(t0 + Duration::from_millis(150)) else {
             panic!("expected limited");
         };
-        assert_eq!(over_for, Duration::from_millis(50));
+        assert_eq!(over_for, Duration::from_millis(150));
+        // A bucket back above half its burst does.
+        assert_eq!(b.take(t0 + Duration::from_secs(5)), Rate::Allowed);
+        b.take(t0 + Duration::from_secs(5));
+        b.take(t0 + Duration::from_secs(5));
+        let Rate::Limited { over_for } = b.take(t0 + Duration::from_secs(5)) else {
+            panic!("expected limited");
+        };
+        assert_eq!(over_for, Duration::ZERO);
     }
 
     #[test]

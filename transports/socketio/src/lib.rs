@@ -8,6 +8,7 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -37,6 +38,9 @@ pub struct SocketIoConfig {
     pub max_frame_bytes: Size,
     /// Packets queued for one slow client before emits to it fail.
     pub max_buffer_size: usize,
+    /// How much a WebSocket reads at a time; the buffer grows for larger messages. Every
+    /// idle socket holds one, so a small one saves memory per connection.
+    pub ws_read_buffer_size: Size,
 }
 
 impl Default for SocketIoConfig {
@@ -48,6 +52,7 @@ impl Default for SocketIoConfig {
             ping_timeout: Dur::secs(20),
             max_frame_bytes: Size::mib(1),
             max_buffer_size: 128,
+            ws_read_buffer_size: Size(1024),
         }
     }
 }
@@ -207,6 +212,39 @@ async fn release(gw: &Gateway, socket: &SocketRef) {
     }
 }
 
+/// Copies a request's header values and URI into memory of their own before socketioxide
+/// keeps them.
+///
+/// Hyper parses them as slices of the connection's read buffer (8 KiB and up), and
+/// engineioxide keeps the request's `Parts` for the socket's whole life
+/// (`engineioxide::Socket::req_parts`), which would keep that whole buffer alive per socket.
+async fn detach_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (mut parts, body) = req.into_parts();
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        let name =
+            HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
+        match HeaderValue::from_bytes(value.as_bytes()) {
+            Ok(mut v) => {
+                v.set_sensitive(value.is_sensitive());
+                headers.append(name, v);
+            }
+            Err(_) => {
+                headers.append(name, value.clone());
+            }
+        }
+    }
+    parts.headers = headers;
+    if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
+}
+
 #[async_trait]
 impl Transport for SocketIoTransport {
     fn name(&self) -> &str {
@@ -224,6 +262,7 @@ impl Transport for SocketIoTransport {
             .max_payload(frame as u64)
             .ws_max_message_size(frame)
             .ws_max_frame_size(frame)
+            .ws_read_buffer_size(c.ws_read_buffer_size.bytes().max(64))
             .build_svc();
         let middleware =
             move |s: SocketRef, TryData(auth): TryData<Value>| admit(gateway.clone(), s, auth.ok());
@@ -233,6 +272,7 @@ impl Transport for SocketIoTransport {
         Router::new()
             .route_service("/socket.io/", svc.clone())
             .route_service("/socket.io", svc)
+            .layer(axum::middleware::from_fn(detach_request))
     }
 
     async fn deliver(&self, d: &Delivery) {
@@ -289,6 +329,35 @@ register_plugin!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn detached_requests_keep_their_headers_and_uri() {
+        use tower::ServiceExt;
+        let app = Router::new()
+            .route(
+                "/socket.io/",
+                axum::routing::get(|req: axum::extract::Request| async move {
+                    let auth = req.headers().get("authorization").cloned();
+                    let custom = req.headers().get_all("x-custom").iter().count();
+                    format!("{} {:?} {custom}", req.uri(), auth)
+                }),
+            )
+            .layer(axum::middleware::from_fn(detach_request));
+        let req = axum::extract::Request::get("/socket.io/?EIO=4&transport=websocket")
+            .header("authorization", "Bearer t")
+            .header("x-custom", "a")
+            .header("x-custom", "b")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let resp = app.oneshot(req).await.expect("infallible");
+        let body = axum::body::to_bytes(resp.into_body(), 1024)
+            .await
+            .expect("body");
+        assert_eq!(
+            &body[..],
+            br#"/socket.io/?EIO=4&transport=websocket Some("Bearer t") 2"#
+        );
+    }
 
     #[test]
     fn payload_is_the_second_element() {

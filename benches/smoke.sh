@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# CI smoke run of the load benchmark: builds the servers and the load generator (debug, as
+# the tests build them) and runs every scenario once at a tiny size against Switchboard and,
+# when Node.js is installed, the Node peer. Fails if a scenario errors, loses or duplicates
+# a delivery. No timing is checked: the numbers of a smoke run mean nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+servers=switchboard
+if command -v node >/dev/null 2>&1; then servers=switchboard,node; fi
+
+cargo build -q -p switchboard --bins -p switchboard-bench-loadgen \
+  -p switchboard-bench-bare-socketioxide
+
+run() {
+  echo "smoke: $*"
+  benches/run.sh --profile debug --no-build --smoke --servers "$servers" "$@"
+}
+
+failed=0
+run fanout || failed=1
+run fanout --publisher typing || failed=1
+run rooms --room-size 5 || failed=1
+run connect || failed=1
+run idle || failed=1
+
+if [[ $failed != 0 ]]; then
+  echo "smoke: FAILED" >&2
+  exit 1
+fi
+echo "smoke: every scenario ran without errors or losses"
