@@ -94,20 +94,20 @@ fn is_hmac(alg: Algorithm) -> bool {
 
 /// Verifies tokens; built from [`JwtConfig`].
 pub struct JwtAuthenticator {
-    algorithms: Vec<Algorithm>,
+    /// Each accepted algorithm with the checks its tokens must pass, built once.
+    accepted: Vec<(Algorithm, Validation)>,
     secret: Option<DecodingKey>,
     public: Option<KeyRing>,
-    issuer: Option<String>,
-    audience: Option<String>,
-    leeway: u64,
-    require_exp: bool,
     allow_query_user_id: bool,
 }
 
 impl std::fmt::Debug for JwtAuthenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtAuthenticator")
-            .field("algorithms", &self.algorithms)
+            .field(
+                "algorithms",
+                &self.accepted.iter().map(|(a, _)| a).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -173,14 +173,14 @@ impl JwtAuthenticator {
                 "auth.allow_query_user_id is on: clients without a token may claim any user id with ?userId=. Development only."
             );
         }
+        let accepted = algorithms
+            .into_iter()
+            .map(|alg| (alg, validation(alg, cfg)))
+            .collect();
         Ok(JwtAuthenticator {
-            algorithms,
+            accepted,
             secret,
             public,
-            issuer: cfg.issuer.clone(),
-            audience: cfg.audience.clone(),
-            leeway: cfg.leeway.get().as_secs(),
-            require_exp: cfg.require_exp,
             allow_query_user_id,
         })
     }
@@ -188,33 +188,12 @@ impl JwtAuthenticator {
     /// Verifies a token and returns the identity in it.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::InvalidToken)?;
-        if !self.algorithms.contains(&header.alg) {
-            return Err(AuthError::InvalidToken);
-        }
-        let mut v = Validation::new(header.alg);
-        v.leeway = self.leeway;
-        v.validate_nbf = true;
-        v.validate_exp = true;
-        let mut required = vec!["sub"];
-        if self.require_exp {
-            required.push("exp");
-        }
-        if self.issuer.is_some() {
-            required.push("iss");
-        }
-        if self.audience.is_some() {
-            required.push("aud");
-        }
-        v.set_required_spec_claims(&required);
-        match &self.issuer {
-            Some(iss) => v.set_issuer(&[iss]),
-            None => v.iss = None,
-        }
-        match &self.audience {
-            Some(aud) => v.set_audience(&[aud]),
-            None => v.validate_aud = false,
-        }
-        let decode = |key: &DecodingKey| jsonwebtoken::decode::<Map<String, Value>>(token, key, &v);
+        let (_, v) = self
+            .accepted
+            .iter()
+            .find(|(alg, _)| *alg == header.alg)
+            .ok_or(AuthError::InvalidToken)?;
+        let decode = |key: &DecodingKey| jsonwebtoken::decode::<Map<String, Value>>(token, key, v);
         // The family is fixed by the accepted algorithm: HS tokens only ever meet the secret,
         // asymmetric ones only the public keys, so neither can pose as the other.
         let result = if is_hmac(header.alg) {
@@ -229,6 +208,34 @@ impl JwtAuthenticator {
             .map_err(|_| AuthError::InvalidToken)?;
         identity_from_claims(data.claims)
     }
+}
+
+/// What a token signed with `alg` must satisfy under `cfg`.
+fn validation(alg: Algorithm, cfg: &JwtConfig) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = cfg.leeway.get().as_secs();
+    v.validate_nbf = true;
+    v.validate_exp = true;
+    let mut required = vec!["sub"];
+    if cfg.require_exp {
+        required.push("exp");
+    }
+    if cfg.issuer.is_some() {
+        required.push("iss");
+    }
+    if cfg.audience.is_some() {
+        required.push("aud");
+    }
+    v.set_required_spec_claims(&required);
+    match &cfg.issuer {
+        Some(iss) => v.set_issuer(&[iss]),
+        None => v.iss = None,
+    }
+    match &cfg.audience {
+        Some(aud) => v.set_audience(&[aud]),
+        None => v.validate_aud = false,
+    }
+    v
 }
 
 fn identity_from_claims(claims: Map<String, Value>) -> Result<Identity, AuthError> {
