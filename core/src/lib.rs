@@ -9,6 +9,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod event;
+mod expiry;
 pub mod hooks;
 pub mod metrics;
 pub mod node;

@@ -1,7 +1,7 @@
 //! The runtime: a [`Gateway`] wires the configured plugins and runs the event pipeline.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
@@ -15,6 +15,7 @@ use crate::auth::{AuthError, Authenticator, Handshake, Identity};
 use crate::broker::{ConnId, Delivery, LocalHub, Room, RoomBroker};
 use crate::config::{Config, LimitsConfig};
 use crate::event::{self, ErrorKind, EventError, EventHandler, Outcome};
+use crate::expiry::{Expiry, ExpiryKey};
 use crate::hooks::{Direction, HookCtx, Hooks, Source, Verdict};
 use crate::metrics::{EventLabels, Metrics};
 use crate::presence::{PresenceChange, PresenceStore};
@@ -58,6 +59,7 @@ struct Inner {
     access: RoomAccess,
     per_user: Mutex<HashMap<String, usize>>,
     log_limit: LogLimiter,
+    expiry: Expiry,
 }
 
 /// The running core of a node: transports call it, the HTTP API and Rust code publish through it.
@@ -120,6 +122,7 @@ impl Gateway {
                     .or_insert_with(|| h.clone());
             }
         }
+        let expiry = Expiry::new(parts.config.auth.refresh_notice.get());
         Gateway(Arc::new(Inner {
             config: parts.config,
             auth: parts.auth,
@@ -133,6 +136,7 @@ impl Gateway {
             access: parts.access,
             per_user: Mutex::new(HashMap::new()),
             log_limit: LogLimiter::new(Duration::from_secs(10)),
+            expiry,
         }))
     }
 
@@ -248,16 +252,14 @@ impl Gateway {
             Ok(false) => {}
             Err(e) => self.backend_error("presence", &e.to_string()),
         }
-        self.schedule_expiry(&session);
+        self.0.expiry.schedule(&session);
         tracing::debug!(socket = %session.id(), user = %user, "connected");
         session
     }
 
     /// Unregisters a closed connection: its rooms, presence, `user:offline`.
     pub async fn disconnect(&self, session: &Arc<Session>) {
-        if let Some(timer) = session.expiry.lock().take() {
-            timer.abort();
-        }
+        self.0.expiry.cancel(session);
         let rooms = std::mem::take(&mut *session.rooms.lock());
         for room in &rooms {
             if let Err(e) = self.0.broker.leave(room, session.id()).await {
@@ -433,42 +435,11 @@ impl Gateway {
         }
         let expires_at = identity.expires_at;
         *session.identity.write() = Arc::new(identity);
-        self.schedule_expiry(session);
+        self.0.expiry.schedule(session);
         Ok(Outcome::Reply {
             event: "auth:refreshed",
             data: json!({ "expiresAt": expires_at.map(iso8601_secs) }),
         })
-    }
-
-    fn schedule_expiry(&self, session: &Arc<Session>) {
-        let mut slot = session.expiry.lock();
-        if let Some(old) = slot.take() {
-            old.abort();
-        }
-        let Some(exp) = session.identity().expires_at else {
-            return;
-        };
-        let notice = self.0.config.auth.refresh_notice.get();
-        let weak: Weak<Session> = Arc::downgrade(session);
-        let task = tokio::spawn(async move {
-            let now = unix_now();
-            let until_exp = Duration::from_secs(exp.saturating_sub(now));
-            let until_notice = until_exp.saturating_sub(notice);
-            if !until_notice.is_zero() {
-                tokio::time::sleep(until_notice).await;
-            }
-            if let Some(s) = weak.upgrade() {
-                s.send_value("auth:expiring", &json!({ "expiresAt": iso8601_secs(exp) }));
-            }
-            let left = Duration::from_secs(exp.saturating_sub(unix_now()));
-            tokio::time::sleep(left).await;
-            if let Some(s) = weak.upgrade() {
-                tracing::debug!(socket = %s.id(), "token expired; closing");
-                s.send_error("Authentication failed: Token expired");
-                s.conn.close(CloseReason::TokenExpired);
-            }
-        });
-        *slot = Some(task.abort_handle());
     }
 
     /// Publishes an event from a backend (HTTP API or Rust code): validate, route, hook, deliver.
@@ -622,7 +593,8 @@ pub struct Session {
     identity: RwLock<Arc<Identity>>,
     rooms: Mutex<Vec<Room>>,
     bucket: Mutex<TokenBucket>,
-    expiry: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Its place in the node's expiry timer, while it has one.
+    pub(crate) expiry: Mutex<Option<ExpiryKey>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -660,6 +632,10 @@ impl Session {
             "error",
             &json!({ "message": message, "timestamp": iso8601_now() }),
         );
+    }
+    /// Closes the connection.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        self.conn.close(reason);
     }
     /// Sends pre-encoded JSON to this socket alone.
     pub fn send_raw(&self, event: &str, payload: &RawValue) {
@@ -853,7 +829,8 @@ impl LogLimiter {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -1,0 +1,183 @@
+//! Token expiry for every session of a node, served by one timer task.
+//!
+//! A socket whose token carries `exp` gets `auth:expiring` `auth.refresh_notice` before it
+//! and is closed at it. Rather than a sleeping task per socket (a task cell and a timer
+//! entry each), the node keeps the sessions' next deadlines in one ordered map and one
+//! task sleeps until the earliest.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::runtime::{Session, iso8601_secs, unix_now};
+use crate::transport::CloseReason;
+
+/// Where a session's deadline sits in the map: when (unix seconds), then a unique number.
+pub(crate) type ExpiryKey = (u64, u64);
+
+/// What happens at a deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Send `auth:expiring`, then wait for `exp`.
+    Notice,
+    /// Send the expiry `error` and close.
+    Close,
+}
+
+struct Entry {
+    session: Weak<Session>,
+    /// The token's `exp` this deadline belongs to.
+    exp: u64,
+    stage: Stage,
+}
+
+struct Shared {
+    deadlines: Mutex<BTreeMap<ExpiryKey, Entry>>,
+    wake: Notify,
+    closed: AtomicBool,
+    started: AtomicBool,
+    seq: AtomicU64,
+}
+
+/// The node's expiry timer: schedules, reschedules and cancels sessions' deadlines.
+pub(crate) struct Expiry {
+    shared: Arc<Shared>,
+    notice: Duration,
+}
+
+impl Expiry {
+    /// A timer that warns `notice` before each token's expiry.
+    pub(crate) fn new(notice: Duration) -> Expiry {
+        Expiry {
+            shared: Arc::new(Shared {
+                deadlines: Mutex::new(BTreeMap::new()),
+                wake: Notify::new(),
+                closed: AtomicBool::new(false),
+                started: AtomicBool::new(false),
+                seq: AtomicU64::new(0),
+            }),
+            notice,
+        }
+    }
+
+    /// (Re)schedules `session` for its identity's `exp`, replacing an earlier deadline.
+    pub(crate) fn schedule(&self, session: &Arc<Session>) {
+        self.cancel(session);
+        let Some(exp) = session.identity().expires_at else {
+            return;
+        };
+        // A notice whose time has passed goes out at once; the close waits for `exp`.
+        let notice_at = exp.saturating_sub(self.notice.as_secs());
+        self.insert(session, notice_at, exp, Stage::Notice);
+    }
+
+    /// Forgets `session`'s deadline (it closed).
+    pub(crate) fn cancel(&self, session: &Session) {
+        if let Some(key) = session.expiry.lock().take() {
+            self.shared.deadlines.lock().remove(&key);
+        }
+    }
+
+    fn insert(&self, session: &Arc<Session>, when: u64, exp: u64, stage: Stage) {
+        insert(&self.shared, session, when, exp, stage);
+        if !self.shared.started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(run(self.shared.clone()));
+        }
+    }
+}
+
+impl Drop for Expiry {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+}
+
+fn insert(shared: &Shared, session: &Arc<Session>, when: u64, exp: u64, stage: Stage) {
+    let key = (when, shared.seq.fetch_add(1, Ordering::Relaxed));
+    let entry = Entry {
+        session: Arc::downgrade(session),
+        exp,
+        stage,
+    };
+    let earliest = {
+        let mut map = shared.deadlines.lock();
+        map.insert(key, entry);
+        map.first_key_value().is_some_and(|(k, _)| *k == key)
+    };
+    *session.expiry.lock() = Some(key);
+    if earliest {
+        shared.wake.notify_one();
+    }
+}
+
+/// The timer task: sleeps until the earliest deadline, fires what is due, until the node's
+/// gateway is dropped.
+async fn run(shared: Arc<Shared>) {
+    loop {
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let next = shared.deadlines.lock().first_key_value().map(|(k, _)| k.0);
+        let wait = next.map(until);
+        match wait {
+            None => shared.wake.notified().await,
+            Some(d) if !d.is_zero() => {
+                tokio::select! {
+                    () = tokio::time::sleep(d) => {}
+                    () = shared.wake.notified() => {}
+                }
+            }
+            Some(_) => fire_due(&shared),
+        }
+    }
+}
+
+/// Fires every deadline that is due.
+fn fire_due(shared: &Shared) {
+    let now = unix_now();
+    let due: Vec<(ExpiryKey, Entry)> = {
+        let mut map = shared.deadlines.lock();
+        let later = map.split_off(&(now + 1, 0));
+        std::mem::replace(&mut *map, later).into_iter().collect()
+    };
+    for (key, entry) in due {
+        let Some(s) = entry.session.upgrade() else {
+            continue;
+        };
+        {
+            // A refresh or a close since: this deadline is no longer the session's.
+            let mut slot = s.expiry.lock();
+            if *slot != Some(key) {
+                continue;
+            }
+            *slot = None;
+        }
+        match entry.stage {
+            Stage::Notice => {
+                s.send_value(
+                    "auth:expiring",
+                    &json!({ "expiresAt": iso8601_secs(entry.exp) }),
+                );
+                insert(shared, &s, entry.exp, entry.exp, Stage::Close);
+            }
+            Stage::Close => {
+                tracing::debug!(socket = %s.id(), "token expired; closing");
+                s.send_error("Authentication failed: Token expired");
+                s.close(CloseReason::TokenExpired);
+            }
+        }
+    }
+}
+
+/// Time from now until the unix second `at` begins (zero when it has).
+fn until(at: u64) -> Duration {
+    (UNIX_EPOCH + Duration::from_secs(at))
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+}
