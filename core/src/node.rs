@@ -179,7 +179,9 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         self.gateway.start().await;
-        let app = self.router();
+        // Turn every route into a service once: served as a plain `Router`, axum rebuilds
+        // the whole route table (each route's CORS layer included) for every connection.
+        let app = self.router().with_state(()).into_make_service();
         let transports = self.transports.clone();
         let grace = self.gateway.config().server.shutdown_timeout.get();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
