@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # Runs one load scenario against Switchboard, the bare socketioxide server and the Node
-# peer, one after the other, each server pinned to one core and the load generator to the
-# other, then prints the results side by side with Switchboard's ratio to each.
+# peer (or, with --protocol native, Switchboard's native WebSocket transport and the bare
+# native server), one after the other, each server pinned to one core and the load
+# generator to the other, then prints the results side by side with Switchboard's ratio to
+# each.
 #
 #   benches/run.sh fanout --sockets 1000 --rate 60000 --duration 10
 #   benches/run.sh fanout --publisher typing --sockets 1000 --rate 60000
 #   benches/run.sh rooms --sockets 1000 --room-size 10 --rate 60000
 #   benches/run.sh connect --sockets 5000 --concurrency 100
 #   benches/run.sh idle --sockets 19000 --hold 10
+#   benches/run.sh --protocol native fanout --sockets 1000 --rate 60000
 #
 # Options before the scenario's own (which go to `loadgen`, see `loadgen fanout --help`):
-#   --servers LIST   comma-separated, from switchboard,bare,node (default: all three;
-#                    node is skipped when Node.js is not installed); NAME=PATH adds
-#                    another Switchboard binary under that name, for before/after runs
+#   --servers LIST   comma-separated, from switchboard,bare,node,bare-native (default:
+#                    switchboard,bare,node; node is skipped when Node.js is not
+#                    installed); NAME=PATH adds another Switchboard binary under that
+#                    name, for before/after runs
+#   --protocol P     socketio (default) or native: the load generator speaks the native
+#                    WebSocket protocol (CONTRACT §5, /ws) and the default servers are
+#                    switchboard,bare-native (bare and node do not speak it, and are refused)
 #   --profile P      release (default) or debug binaries
 #   --no-build       use the binaries as they are
 #   --smoke          tiny and quick: 20 sockets, 1 s, and fail on any error or loss
-#   --out DIR        where the JSON results go (default target/bench-results/<time>-<scenario>)
+#   --out DIR        where the JSON results go (default
+#                    target/bench-results/<time>-<scenario>, with -native for that protocol)
 #
 # Environment: BENCH_SERVER_CPU (default 0) and BENCH_LOAD_CPU (default 1) choose the cores;
 # BENCH_PORT (default 3101) is the first port; BENCH_NICE (e.g. -10, as root) runs the server
@@ -26,9 +34,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 2; }
 
-SERVERS="switchboard,bare,node"
+SERVERS=""
+PROTOCOL=socketio
 PROFILE=release
 BUILD=1
 SMOKE=0
@@ -36,6 +45,7 @@ OUT=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --servers) SERVERS=$2; shift 2 ;;
+    --protocol) PROTOCOL=$2; shift 2 ;;
     --profile) PROFILE=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --smoke) SMOKE=1; shift ;;
@@ -47,6 +57,22 @@ done
 [[ $# -ge 1 ]] || usage
 SCENARIO=$1; shift
 case "$SCENARIO" in fanout|rooms|connect|idle) ;; *) echo "run.sh: unknown scenario $SCENARIO" >&2; usage ;; esac
+case "$PROTOCOL" in
+  socketio) [[ -n $SERVERS ]] || SERVERS="switchboard,bare,node" ;;
+  native) [[ -n $SERVERS ]] || SERVERS="switchboard,bare-native" ;;
+  *) echo "run.sh: unknown protocol $PROTOCOL (socketio or native)" >&2; exit 2 ;;
+esac
+IFS=, read -r -a list <<< "$SERVERS"
+for spec in "${list[@]}"; do
+  if [[ $PROTOCOL == native && ( $spec == bare || $spec == node ) ]]; then
+    echo "run.sh: $spec does not speak the native protocol; with --protocol native use switchboard, bare-native or NAME=PATH" >&2
+    exit 2
+  fi
+  if [[ $PROTOCOL == socketio && $spec == bare-native ]]; then
+    echo "run.sh: bare-native speaks only the native protocol; add --protocol native" >&2
+    exit 2
+  fi
+done
 
 SECRET=switchboard-bench-secret-0123456789abcdef
 API_KEY=bench-api-key
@@ -61,7 +87,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [[ $BUILD == 1 ]]; then
   flag=(); [[ $PROFILE == release ]] && flag=(--release)
   cargo build "${flag[@]}" -q -p switchboard --bins \
-    -p switchboard-bench-bare-socketioxide -p switchboard-bench-loadgen
+    -p switchboard-bench-bare-socketioxide -p switchboard-bench-bare-native \
+    -p switchboard-bench-loadgen
 fi
 
 have_node=0
@@ -106,6 +133,7 @@ wait_ready() { # port
 
 if [[ -z $OUT ]]; then
   OUT=$ROOT/target/bench-results/$(date -u +%Y%m%dT%H%M%SZ)-$SCENARIO
+  [[ $PROTOCOL == native ]] && OUT=$OUT-native
 fi
 mkdir -p "$OUT"
 
@@ -116,7 +144,7 @@ fi
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "args: $SCENARIO ${EXTRA[*]} $*"
+  echo "args: --protocol $PROTOCOL $SCENARIO ${EXTRA[*]} $*"
   echo "nproc: $(nproc --all); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   echo "kernel: $(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg); nice: ${BENCH_NICE:-0}"
 } > "$OUT/context.txt"
@@ -124,7 +152,6 @@ fi
 status=0
 files=()
 i=0
-IFS=, read -r -a list <<< "$SERVERS"
 for spec in "${list[@]}"; do
   port=$((PORT + i)); i=$((i + 1))
   name=${spec%%=*}
@@ -139,6 +166,9 @@ for spec in "${list[@]}"; do
       ;;
     bare)
       start_pinned "$SERVER_CPU" "$BIN/bare-socketioxide" --listen "127.0.0.1:$port" 2> "$OUT/$name.log" &
+      ;;
+    bare-native)
+      start_pinned "$SERVER_CPU" "$BIN/bare-native" --listen "127.0.0.1:$port" 2> "$OUT/$name.log" &
       ;;
     node)
       if [[ $have_node == 0 ]]; then echo "run.sh: node not installed; skipping the Node peer" >&2; continue; fi
@@ -155,7 +185,7 @@ for spec in "${list[@]}"; do
     continue
   fi
   echo "== $SCENARIO against $name (pid $SERVER_PID, port $port; load $(cut -d' ' -f1 /proc/loadavg))" >&2
-  if ! pin "$LOAD_CPU" "$BIN/loadgen" "$SCENARIO" --url "http://127.0.0.1:$port" \
+  if ! pin "$LOAD_CPU" "$BIN/loadgen" "$SCENARIO" --protocol "$PROTOCOL" --url "http://127.0.0.1:$port" \
       --pid "$SERVER_PID" --label "$name" --out "$OUT/$name.json" "${EXTRA[@]}" "$@" > /dev/null; then
     echo "run.sh: $SCENARIO against $name failed" >&2
     status=1

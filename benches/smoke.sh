@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CI smoke run of the load benchmark: builds the servers and the load generator (debug, as
 # the tests build them) and runs every scenario once at a tiny size against Switchboard and,
-# when Node.js is installed, the Node peer. Fails if a scenario errors, loses or duplicates
-# a delivery. No timing is checked: the numbers of a smoke run mean nothing.
+# when Node.js is installed, the Node peer; then again with the native WebSocket protocol
+# against Switchboard and the bare native server. Fails if a scenario errors, loses or
+# duplicates a delivery. No timing is checked: the numbers of a smoke run mean nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,11 +11,17 @@ servers=switchboard
 if command -v node >/dev/null 2>&1; then servers=switchboard,node; fi
 
 cargo build -q -p switchboard --bins -p switchboard-bench-loadgen \
-  -p switchboard-bench-bare-socketioxide
+  -p switchboard-bench-bare-socketioxide -p switchboard-bench-bare-native
 
 run() {
   echo "smoke: $*"
   benches/run.sh --profile debug --no-build --smoke --servers "$servers" "$@"
+}
+
+native() {
+  echo "smoke: --protocol native $*"
+  benches/run.sh --profile debug --no-build --smoke --protocol native \
+    --servers switchboard,bare-native "$@"
 }
 
 failed=0
@@ -23,6 +30,11 @@ run fanout --publisher typing || failed=1
 run rooms --room-size 5 || failed=1
 run connect || failed=1
 run idle || failed=1
+native fanout || failed=1
+native fanout --publisher typing || failed=1
+native rooms --room-size 5 || failed=1
+native connect || failed=1
+native idle || failed=1
 
 if [[ $failed != 0 ]]; then
   echo "smoke: FAILED" >&2

@@ -1,9 +1,11 @@
 //! `loadgen`: drives a Socket.IO server (Switchboard, the Node peer or the bare socketioxide
-//! server) over loopback and prints one JSON result.
+//! server), or with `--protocol native` a server of Switchboard's native WebSocket protocol
+//! (Switchboard or the bare native server), over loopback and prints one JSON result.
 //!
 //! ```text
 //! loadgen fanout  --url http://127.0.0.1:3101 --pid 1234 --sockets 1000 --rate 60000
 //! loadgen fanout  --publisher typing ...     # a socket's typing events instead of the API
+//! loadgen fanout  --protocol native ...      # the native protocol at /ws instead of Socket.IO
 //! loadgen rooms   --sockets 1000 --room-size 10 --rate 60000
 //! loadgen connect --sockets 5000 --concurrency 100
 //! loadgen idle    --sockets 19000 --hold 10
@@ -14,6 +16,7 @@
 //! `getrusage`, and the server's CPU time and RSS from `/proc/<pid>` when `--pid` is given.
 
 mod http;
+mod native;
 mod probe;
 mod report;
 mod sio;
@@ -32,10 +35,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::LocalSet;
 
 use crate::probe::{Cpu, OwnCpu};
-use crate::sio::{Counted, Shared, Target, TypingPlan};
+use crate::sio::{Counted, Protocol, Shared, Target, TypingPlan};
 use crate::stats::{Clock, percentiles};
 
-/// Load generator for Socket.IO servers on loopback.
+/// Load generator for Socket.IO and native WebSocket servers on loopback.
 #[derive(Parser, Debug)]
 #[command(name = "loadgen", version, about)]
 struct Cli {
@@ -74,9 +77,15 @@ struct RunArgs {
     /// Server base URL (loopback only).
     #[arg(long, default_value = "http://127.0.0.1:3000")]
     url: String,
+    /// The protocol the sockets speak.
+    #[arg(long, value_enum, default_value_t = Protocol::Socketio)]
+    protocol: Protocol,
     /// Socket.IO namespace.
     #[arg(long, default_value = "/messages")]
     namespace: String,
+    /// Path of the native WebSocket endpoint (`--protocol native`).
+    #[arg(long, default_value = "/ws")]
+    ws_path: String,
     /// HS256 secret the tokens are signed with.
     #[arg(
         long,
@@ -354,9 +363,14 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
             a.sockets
         ));
     }
+    let url = match a.protocol {
+        Protocol::Socketio => format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"),
+        Protocol::Native => format!("ws://{addr}{}", a.ws_path),
+    };
     let target = Target {
+        protocol: a.protocol,
         addr,
-        url: format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"),
+        url,
         namespace: a.namespace.clone(),
         timeout: Duration::from_secs_f64(a.setup_timeout),
     };
@@ -402,6 +416,7 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
     }
     let shared = Rc::new(Shared {
         clock: Clock::new(),
+        protocol: a.protocol,
         event_prefix: format!("42{},", a.namespace),
         counted,
         stats: RefCell::default(),
@@ -463,6 +478,7 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
     let mut out = json!({
         "scenario": scenario.name(),
         "server": a.label,
+        "protocol": a.protocol.name(),
         "sockets": a.sockets,
         "connected": connected,
         "users": users,

@@ -1,11 +1,14 @@
 //! A Socket.IO v5 client over Engine.IO v4 WebSocket, framed by hand: `0{open}`,
-//! `40/ns,{auth}`, `42/ns,[event, data]`, `43/ns,id[ack]`, ping `2` / pong `3`.
+//! `40/ns,{auth}`, `42/ns,[event, data]`, `43/ns,id[ack]`, ping `2` / pong `3`; and what
+//! every socket runs once open, whatever its protocol (the native one is in
+//! [`crate::native`]): the delivery accounting and the typing publisher.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use clap::ValueEnum;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -18,11 +21,32 @@ use crate::stats::{Clock, Stats};
 /// One WebSocket connection.
 pub(crate) type Ws = WebSocketStream<TcpStream>;
 
+/// The wire protocol the sockets speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Protocol {
+    /// Socket.IO v5 over Engine.IO v4 WebSocket (`/socket.io/`).
+    Socketio,
+    /// Switchboard's native WebSocket protocol (CONTRACT §5, `/ws`).
+    Native,
+}
+
+impl Protocol {
+    /// Its name in results.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Protocol::Socketio => "socketio",
+            Protocol::Native => "native",
+        }
+    }
+}
+
 /// What every socket task shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
     /// The run's clock.
     pub(crate) clock: Clock,
+    /// The protocol the sockets speak.
+    pub(crate) protocol: Protocol,
     /// `42/messages,` — the prefix of an event in the namespace.
     pub(crate) event_prefix: String,
     /// The event whose deliveries are counted.
@@ -49,7 +73,7 @@ pub(crate) enum Counted {
         publishes: usize,
     },
     /// `typing:start` from publisher sockets whose user id is `p{index}`; the k-th event a
-    /// socket gets from a publisher is that publisher's k-th (Socket.IO keeps order).
+    /// socket gets from a publisher is that publisher's k-th (both protocols keep order).
     Typing {
         /// How many publisher sockets.
         publishers: usize,
@@ -59,11 +83,13 @@ pub(crate) enum Counted {
 /// How a socket connects.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
+    /// The protocol.
+    pub(crate) protocol: Protocol,
     /// Server address (loopback).
     pub(crate) addr: SocketAddr,
-    /// The `ws://` URL of the Engine.IO endpoint.
+    /// The `ws://` URL of the endpoint (Engine.IO's, or the native one).
     pub(crate) url: String,
-    /// The namespace, such as `/messages`.
+    /// The Socket.IO namespace, such as `/messages`.
     pub(crate) namespace: String,
     /// Limit on every step of the handshake.
     pub(crate) timeout: Duration,
@@ -92,13 +118,16 @@ fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
-async fn next_text(ws: &mut Ws, deadline: Instant) -> Result<String, String> {
+/// The next text message during a handshake; Engine.IO pings (`2`) are answered on the way
+/// (a native server's pings are control frames, answered by tungstenite).
+pub(crate) async fn next_text(ws: &mut Ws, deadline: Instant) -> Result<String, String> {
     loop {
         let msg = tokio::time::timeout_at(deadline.into(), ws.next())
             .await
             .map_err(|_| "handshake timed out".to_owned())?;
         match msg {
             Some(Ok(Message::Text(t))) => {
+                // A native server never sends a text frame `2`.
                 if t.as_str() == "2" {
                     ws.send(Message::text("3"))
                         .await
@@ -114,21 +143,35 @@ async fn next_text(ws: &mut Ws, deadline: Instant) -> Result<String, String> {
     }
 }
 
-/// Connects, authenticates with `token` and, with `join`, joins `conversation:{join}` (acked).
-pub(crate) async fn open(target: &Target, token: &str, join: Option<&str>) -> Result<Ws, String> {
-    let deadline = Instant::now() + target.timeout;
+/// Opens the TCP connection and the WebSocket to `target.url`.
+pub(crate) async fn connect(target: &Target, deadline: Instant) -> Result<Ws, String> {
     let tcp = tokio::time::timeout_at(deadline.into(), TcpStream::connect(target.addr))
         .await
         .map_err(|_| "tcp connect timed out".to_owned())?
         .map_err(|e| format!("tcp connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let (mut ws, _) = tokio::time::timeout_at(
+    let (ws, _) = tokio::time::timeout_at(
         deadline.into(),
         client_async_with_config(target.url.as_str(), tcp, Some(ws_config())),
     )
     .await
     .map_err(|_| "websocket upgrade timed out".to_owned())?
     .map_err(|e| format!("websocket upgrade: {e}"))?;
+    Ok(ws)
+}
+
+/// Connects, authenticates with `token` and, with `join`, joins `conversation:{join}` (acked),
+/// in the target's protocol.
+pub(crate) async fn open(target: &Target, token: &str, join: Option<&str>) -> Result<Ws, String> {
+    match target.protocol {
+        Protocol::Socketio => open_socketio(target, token, join).await,
+        Protocol::Native => crate::native::open(target, token, join).await,
+    }
+}
+
+async fn open_socketio(target: &Target, token: &str, join: Option<&str>) -> Result<Ws, String> {
+    let deadline = Instant::now() + target.timeout;
+    let mut ws = connect(target, deadline).await?;
     let open = next_text(&mut ws, deadline).await?;
     if !open.starts_with('0') {
         return Err(format!("expected an Engine.IO open packet, got {open:.40}"));
@@ -171,14 +214,15 @@ pub(crate) async fn open(target: &Target, token: &str, join: Option<&str>) -> Re
 }
 
 /// Per-socket receive state.
-struct Receiver {
+pub(crate) struct Receiver {
     publishes: usize,
     seen: Vec<u64>,
     typing: Vec<u32>,
 }
 
 impl Receiver {
-    fn new(counted: Counted) -> Receiver {
+    /// The state for counting `counted`.
+    pub(crate) fn new(counted: Counted) -> Receiver {
         match counted {
             Counted::Nothing => Receiver {
                 publishes: 0,
@@ -207,19 +251,62 @@ fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
     Some(&json[start..start + len])
 }
 
-fn handle_event(shared: &Shared, rx: &mut Receiver, text: &str) {
+/// A text message a connected socket received, whatever the protocol.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Incoming<'a> {
+    /// An event: its name and the rest of the message after the name (holding its data).
+    Event(&'a str, &'a str),
+    /// An Engine.IO ping, to answer with a pong.
+    Ping,
+    /// The server disconnected the socket (Socket.IO `41`).
+    Disconnected,
+    /// Anything else (acks, ...).
+    Other,
+}
+
+/// Reads a Socket.IO text message: `42/ns,["name",data]`, `2`, `41/ns,`.
+fn socketio_incoming<'a>(shared: &Shared, text: &'a str) -> Incoming<'a> {
+    if text == "2" {
+        return Incoming::Ping;
+    }
     let Some(packet) = text.strip_prefix(shared.event_prefix.as_str()) else {
         if text.starts_with("41") {
-            shared
-                .stats
-                .borrow_mut()
-                .error("disconnected by the server");
+            return Incoming::Disconnected;
         }
-        return;
+        return Incoming::Other;
     };
+    // An event packet whose name cannot be read still counts as an event (another one).
+    packet
+        .strip_prefix("[\"")
+        .and_then(|rest| rest.find('"').map(|end| (&rest[..end], &rest[end + 1..])))
+        .map_or(Incoming::Event("", packet), |(name, rest)| {
+            Incoming::Event(name, rest)
+        })
+}
+
+/// Reads and counts a text message; `true` when it is an Engine.IO ping to answer.
+pub(crate) fn handle_text(shared: &Shared, rx: &mut Receiver, text: &str) -> bool {
+    let incoming = match shared.protocol {
+        Protocol::Socketio => socketio_incoming(shared, text),
+        Protocol::Native => crate::native::incoming(text),
+    };
+    match incoming {
+        Incoming::Event(name, rest) => count(shared, rx, name, rest),
+        Incoming::Disconnected => shared
+            .stats
+            .borrow_mut()
+            .error("disconnected by the server"),
+        Incoming::Ping => return true,
+        Incoming::Other => {}
+    }
+    false
+}
+
+/// Counts an event received: a delivery, a duplicate, an unknown one or another event.
+fn count(shared: &Shared, rx: &mut Receiver, name: &str, packet: &str) {
     let now = shared.clock.now_us();
     match shared.counted {
-        Counted::Messages { .. } if packet.starts_with("[\"message:received\"") => {
+        Counted::Messages { .. } if name == "message:received" => {
             let seq = field(packet, "messageId").and_then(|s| s.parse::<usize>().ok());
             let sent = field(packet, "content").and_then(|s| s.parse::<u64>().ok());
             let mut st = shared.stats.borrow_mut();
@@ -239,7 +326,7 @@ fn handle_event(shared: &Shared, rx: &mut Receiver, text: &str) {
                 _ => st.unknown += 1,
             }
         }
-        Counted::Typing { .. } if packet.starts_with("[\"typing:start\"") => {
+        Counted::Typing { .. } if name == "typing:start" => {
             let publisher = field(packet, "userId")
                 .and_then(|u| u.strip_prefix('p'))
                 .and_then(|i| i.parse::<usize>().ok());
@@ -295,7 +382,10 @@ pub(crate) async fn run(
     let mut sent = 0usize;
     let typing_frame = plan.as_ref().map(|p| {
         let data = serde_json::json!({ "conversationId": p.conversation });
-        format!("{}[\"typing:start\",{data}]", shared.event_prefix)
+        match shared.protocol {
+            Protocol::Socketio => format!("{}[\"typing:start\",{data}]", shared.event_prefix),
+            Protocol::Native => format!("{{\"event\":\"typing:start\",\"data\":{data}}}"),
+        }
     });
     loop {
         let start = *go.borrow();
@@ -310,13 +400,11 @@ pub(crate) async fn run(
             Ok(()) = go.changed() => {}
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
-                    if t.as_str() == "2" {
-                        if let Err(e) = ws.send(Message::text("3")).await {
-                            shared.stats.borrow_mut().error(format!("send pong: {e}"));
-                            return;
-                        }
-                    } else {
-                        handle_event(&shared, &mut rx, t.as_str());
+                    if handle_text(&shared, &mut rx, t.as_str())
+                        && let Err(e) = ws.send(Message::text("3")).await
+                    {
+                        shared.stats.borrow_mut().error(format!("send pong: {e}"));
+                        return;
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => {
@@ -352,7 +440,7 @@ pub(crate) async fn run(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -363,35 +451,59 @@ mod tests {
         assert_eq!(field(j, "status"), None);
     }
 
-    #[test]
-    fn message_deliveries_are_counted_once() {
-        let shared = Shared {
+    /// A run's shared state for tests.
+    pub(crate) fn shared(protocol: Protocol, counted: Counted) -> Shared {
+        Shared {
             clock: Clock::new(),
+            protocol,
             event_prefix: "42/messages,".into(),
-            counted: Counted::Messages { publishes: 10 },
+            counted,
             stats: RefCell::default(),
             latencies: RefCell::default(),
             publish_lag: RefCell::default(),
             typing_sent: RefCell::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn message_deliveries_are_counted_once() {
+        let shared = shared(Protocol::Socketio, Counted::Messages { publishes: 10 });
         let mut rx = Receiver::new(shared.counted);
         let frame = r#"42/messages,["message:received",{"conversationId":"c0","messageId":"3","content":"0"}]"#;
-        handle_event(&shared, &mut rx, frame);
-        handle_event(&shared, &mut rx, frame);
-        handle_event(
+        assert!(!handle_text(&shared, &mut rx, frame));
+        handle_text(&shared, &mut rx, frame);
+        handle_text(
             &shared,
             &mut rx,
             r#"42/messages,["message:received",{"messageId":"99","content":"0"}]"#,
         );
-        handle_event(
+        handle_text(
             &shared,
             &mut rx,
             r#"42/messages,["user:online",{"userId":"u"}]"#,
         );
+        handle_text(&shared, &mut rx, r#"43/messages,0[{"success":true}]"#);
         let st = shared.stats.borrow();
         assert_eq!(
             (st.delivered, st.duplicates, st.unknown, st.other_events),
             (1, 1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn socketio_pings_and_disconnects() {
+        let shared = shared(Protocol::Socketio, Counted::Nothing);
+        let mut rx = Receiver::new(shared.counted);
+        assert!(handle_text(&shared, &mut rx, "2"));
+        assert!(!handle_text(&shared, &mut rx, "41/messages,"));
+        assert_eq!(shared.stats.borrow().errors, 1);
+        assert_eq!(
+            socketio_incoming(&shared, r#"42/messages,["typing:start",{"userId":"p0"}]"#),
+            Incoming::Event("typing:start", r#",{"userId":"p0"}]"#)
+        );
+        assert_eq!(
+            socketio_incoming(&shared, r#"42/messages,5["x",1]"#),
+            Incoming::Event("", r#"5["x",1]"#)
         );
     }
 }
