@@ -13,6 +13,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::broker::LocalHub;
 use crate::config::{ConfigError, ConfigIssue, LoadedConfig, Sections, redact};
 use crate::metrics::Metrics;
+use crate::net::{PeerSocket, SharedListener};
 use crate::registry::{self, Factory, PluginContext, PluginKind};
 use crate::runtime::{Gateway, Parts};
 use crate::transport::Transport;
@@ -181,7 +182,12 @@ impl Node {
         self.gateway.start().await;
         // Turn every route into a service once: served as a plain `Router`, axum rebuilds
         // the whole route table (each route's CORS layer included) for every connection.
-        let app = self.router().with_state(()).into_make_service();
+        // Each request carries a handle to its connection's socket (see `crate::net`).
+        let app = self
+            .router()
+            .with_state(())
+            .into_make_service_with_connect_info::<PeerSocket>();
+        let listener = SharedListener::new(listener);
         let transports = self.transports.clone();
         let grace = self.gateway.config().server.shutdown_timeout.get();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -5,6 +5,15 @@
 //! wake-up, and a burst of pushes between two polls costs the task one wake-up and one
 //! vectored write. The queue starts without an allocation and is given back when a burst
 //! has drained.
+//!
+//! **Direct writes.** When the node serves the socket's connection itself, the socket has a
+//! [`PeerSocket`] handle, and while the socket is *write-idle* (nothing queued, no frame half
+//! written, tungstenite holding nothing, the task not running) a push writes the frame to the
+//! kernel at once, under the queue's lock, with one `write(2)`: the task is not woken at all.
+//! Whatever the kernel does not take goes to the queue, and the task writes it when the
+//! socket is writable. The task takes the writer role back (under the same lock) each time
+//! it runs and gives it up only when everything is written, so two writers never
+//! interleave inside a frame.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -15,7 +24,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use serde_json::value::RawValue;
-use switchboard_core::{CloseReason, ConnId, Connection, Delivery, Room};
+use switchboard_core::{CloseReason, ConnId, Connection, Delivery, PeerSocket, Room};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Bytes;
 
@@ -89,6 +98,10 @@ struct Outbox {
     close: Option<Close>,
     /// Set once the socket left the hub: later frames are dropped.
     done: bool,
+    /// The connection's socket, for direct writes (see the module docs).
+    raw: Option<PeerSocket>,
+    /// The socket is write-idle: a push may write to `raw` itself.
+    direct: bool,
 }
 
 /// One native socket, as the core and the fan-out index see it.
@@ -103,12 +116,15 @@ pub(crate) struct WsConn {
 
 impl WsConn {
     /// A new socket handle with a fresh id.
-    pub(crate) fn new(hub: Arc<Hub>) -> Arc<WsConn> {
+    pub(crate) fn new(hub: Arc<Hub>, raw: Option<PeerSocket>) -> Arc<WsConn> {
         Arc::new_cyclic(|me| WsConn {
             id: next_socket_id(),
             me: me.clone(),
             hub,
-            outbox: Mutex::new(Outbox::default()),
+            outbox: Mutex::new(Outbox {
+                raw,
+                ..Outbox::default()
+            }),
             unanswered: AtomicU8::new(0),
         })
     }
@@ -124,6 +140,21 @@ impl WsConn {
             let mut o = self.outbox.lock();
             if o.done || o.close.is_some() {
                 return;
+            }
+            let mut frame = frame;
+            if o.direct && o.frames.is_empty() {
+                o.direct = false;
+                if let Some(raw) = &o.raw {
+                    match raw.try_write(&frame) {
+                        Ok(n) if n == frame.len() => {
+                            o.direct = true;
+                            return;
+                        }
+                        // The rest waits for the task; an error is the task's to find.
+                        Ok(n) => frame = frame.slice(n..),
+                        Err(_) => {}
+                    }
+                }
             }
             if o.frames.len() >= self.hub.max_queued {
                 // Keep only the front frame, which may be half written.
@@ -172,14 +203,22 @@ impl WsConn {
         }
     }
 
-    /// Registers the task's waker; returns a pending close request.
+    /// Registers the task's waker and takes the writer role; returns a pending close request.
     pub(crate) fn arm(&self, waker: &Waker) -> Option<Close> {
         let mut o = self.outbox.lock();
+        o.direct = false;
         match &o.waker {
             Some(w) if w.will_wake(waker) => {}
             _ => o.waker = Some(waker.clone()),
         }
         o.close
+    }
+
+    /// The task is done writing (tungstenite holds nothing, no frame is half written): pushes
+    /// may write directly until the task runs again, if the queue is empty.
+    pub(crate) fn release_writer(&self) {
+        let mut o = self.outbox.lock();
+        o.direct = o.raw.is_some() && o.frames.is_empty() && o.close.is_none() && !o.done;
     }
 
     /// Clones up to `into.len()` frames from the front of the queue; returns how many.
@@ -208,6 +247,8 @@ impl WsConn {
     pub(crate) fn finish(&self) {
         let mut o = self.outbox.lock();
         o.done = true;
+        o.direct = false;
+        o.raw = None;
         o.waker = None;
     }
 }
@@ -452,9 +493,9 @@ mod tests {
     fn deliveries_respect_rooms_and_except_and_share_one_buffer() {
         let hub = Arc::new(Hub::new(16, Duration::from_secs(25)));
         let (a, b, c) = (
-            WsConn::new(hub.clone()),
-            WsConn::new(hub.clone()),
-            WsConn::new(hub.clone()),
+            WsConn::new(hub.clone(), None),
+            WsConn::new(hub.clone(), None),
+            WsConn::new(hub.clone(), None),
         );
         for conn in [&a, &b, &c] {
             hub.insert(conn);
@@ -497,7 +538,7 @@ mod tests {
     #[test]
     fn a_full_queue_closes_the_slow_consumer() {
         let hub = Arc::new(Hub::new(2, Duration::from_secs(25)));
-        let c = WsConn::new(hub);
+        let c = WsConn::new(hub, None);
         for i in 0..3u8 {
             c.push(Bytes::from(vec![i]));
         }
@@ -512,11 +553,11 @@ mod tests {
     #[test]
     fn the_first_close_request_wins_and_pushes_wake_the_task() {
         let hub = Arc::new(Hub::new(8, Duration::from_secs(25)));
-        let c = WsConn::new(hub);
+        let c = WsConn::new(hub, None);
         c.close(CloseReason::TokenExpired);
         c.close(CloseReason::Shutdown);
         assert_eq!(c.arm(Waker::noop()), Some(Close::TOKEN_EXPIRED));
-        let c2 = WsConn::new(Arc::new(Hub::new(8, Duration::from_secs(25))));
+        let c2 = WsConn::new(Arc::new(Hub::new(8, Duration::from_secs(25))), None);
         assert_eq!(c2.arm(Waker::noop()), None);
         c2.finish();
         c2.push(Bytes::from_static(b"x"));

@@ -56,7 +56,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::header::{
@@ -67,8 +67,8 @@ use http::{HeaderMap, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use serde::{Deserialize, Serialize};
 use switchboard_core::{
-    BoxError, ConfigError, Delivery, Dur, Factory, Gateway, Plugin, PluginContext, Size, Transport,
-    async_trait, register_plugin,
+    BoxError, ConfigError, Delivery, Dur, Factory, Gateway, PeerSocket, Plugin, PluginContext,
+    Size, Transport, async_trait, register_plugin,
 };
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as WsProtocol;
@@ -299,6 +299,10 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
         .get(AUTHORIZATION)
         .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
     let query = req.uri().query().map(str::to_owned);
+    let raw = req
+        .extensions()
+        .get::<ConnectInfo<PeerSocket>>()
+        .map(|c| c.0.clone());
     let Some(upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
         return refuse(
             StatusCode::UPGRADE_REQUIRED,
@@ -311,6 +315,7 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
         upgrade,
         authorization,
         query,
+        raw,
     });
     tokio::spawn(socket::serve(ctx, start));
     let mut res = Response::new(Body::empty());

@@ -26,7 +26,7 @@ use http::HeaderMap;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use switchboard_core::{AuthError, Gateway, Handshake, Identity, Session};
+use switchboard_core::{AuthError, Gateway, Handshake, Identity, PeerSocket, Session};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -54,6 +54,8 @@ pub(crate) struct Start {
     pub(crate) upgrade: OnUpgrade,
     pub(crate) authorization: Option<http::HeaderValue>,
     pub(crate) query: Option<String>,
+    /// The connection's socket, when the node serves it (for direct writes).
+    pub(crate) raw: Option<PeerSocket>,
 }
 
 /// A handshake that did not produce an identity.
@@ -69,10 +71,11 @@ struct Refusal {
 /// The WebSocket lives in a box and every phase but the loop is a boxed future, so the
 /// task's own future stays a few pointers wide for the socket's whole life.
 pub(crate) async fn serve(ctx: Arc<Ctx>, start: Box<Start>) {
+    let raw = start.raw.clone();
     let Some((mut ws, identity)) = Box::pin(open(&ctx, start)).await else {
         return;
     };
-    let conn = WsConn::new(ctx.hub.clone());
+    let conn = WsConn::new(ctx.hub.clone(), raw);
     conn.push(frame::connected(
         &identity.user_id,
         conn.socket_id().as_str(),
@@ -102,6 +105,7 @@ async fn open(ctx: &Ctx, start: Box<Start>) -> Option<(Box<Ws>, Identity)> {
         upgrade,
         authorization,
         query,
+        raw: _,
     } = *start;
     let upgraded = match upgrade.await {
         Ok(u) => u,
@@ -269,6 +273,14 @@ async fn run(
                     Poll::Ready(Some(Ok(m))) => return Poll::Ready(Wake::Read(m)),
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Wake::ReadError(e)),
                     Poll::Ready(None) => return Poll::Ready(Wake::Ended),
+                    Poll::Pending => {}
+                }
+                // Everything written and tungstenite holding nothing: pushes may write directly.
+                match ws.poll_flush_unpin(cx) {
+                    Poll::Ready(Ok(())) => conn.release_writer(),
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Wake::WriteError(std::io::Error::other(e)));
+                    }
                     Poll::Pending => {}
                 }
             }

@@ -1,0 +1,169 @@
+//! The node's TCP connections, shared between the HTTP server and a transport's writers.
+//!
+//! [`Node::serve`](crate::Node::serve) accepts connections whose socket sits behind an
+//! `Arc`, and puts a [`PeerSocket`] handle to it in every request's extensions. The HTTP
+//! server reads and writes through it as through a plain `TcpStream`; once a request is
+//! upgraded to a WebSocket, a transport may keep the handle and write a ready frame to the
+//! socket straight from the publishing thread ([`PeerSocket::try_write`]) instead of waking
+//! the socket's task, provided it never lets two writers interleave inside a frame.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A handle to the TCP socket a request came in on.
+///
+/// Found in the extensions of every request [`Node::serve`](crate::Node::serve) serves
+/// (as `axum::extract::ConnectInfo<PeerSocket>`); absent when the router is served otherwise.
+#[derive(Debug, Clone)]
+pub struct PeerSocket(Arc<TcpStream>);
+
+impl PeerSocket {
+    /// Writes what the socket takes now without waiting: the number of bytes written, or
+    /// `WouldBlock` when its send buffer is full. One `write(2)` at most.
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.0.peer_addr()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, SharedListener>>
+    for PeerSocket
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, SharedListener>) -> Self {
+        PeerSocket(stream.io().0.clone())
+    }
+}
+
+/// A TCP listener whose connections are [`SharedStream`]s.
+#[derive(Debug)]
+pub struct SharedListener(TcpListener);
+
+impl SharedListener {
+    /// Wraps a bound listener.
+    pub fn new(listener: TcpListener) -> Self {
+        SharedListener(listener)
+    }
+}
+
+impl axum::serve::Listener for SharedListener {
+    type Io = SharedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // axum's own accept loop: retries, and backs off when out of file descriptors.
+        let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        (SharedStream(Arc::new(tcp)), addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// An accepted connection, readable and writable like a `TcpStream`, whose socket a
+/// [`PeerSocket`] may also write to.
+#[derive(Debug)]
+pub struct SharedStream(Arc<TcpStream>);
+
+impl AsyncRead for SharedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read_buf(buf) {
+                Ok(_) => return Poll::Ready(Ok(())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write);
+        Poll::Ready(match r {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            r => r,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_shared_stream_and_its_peer_socket_write_the_same_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut listener = SharedListener::new(listener);
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            c.write_all(b"ping").await.expect("write");
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).await.expect("read");
+            got
+        });
+        let (mut stream, _) = axum::serve::Listener::accept(&mut listener).await;
+        let peer = PeerSocket(stream.0.clone());
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"ping");
+        stream.write_all(b"one,").await.expect("write");
+        assert_eq!(peer.try_write(b"two,").expect("try_write"), 4);
+        stream.write_all(b"three").await.expect("write");
+        stream.shutdown().await.expect("shutdown");
+        assert_eq!(client.await.expect("client"), b"one,two,three");
+    }
+}
