@@ -24,6 +24,11 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct PeerSocket(Arc<TcpStream>);
 
 impl PeerSocket {
+    /// A handle to `socket`, for a transport served some other way (and for tests).
+    pub fn new(socket: Arc<TcpStream>) -> Self {
+        PeerSocket(socket)
+    }
+
     /// Writes what the socket takes now without waiting: the number of bytes written, or
     /// `WouldBlock` when its send buffer is full. One `write(2)` at most.
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {

@@ -550,6 +550,49 @@ mod tests {
         assert_eq!(c.peek(&mut buf), 1, "nothing is queued once closing");
     }
 
+    #[tokio::test]
+    async fn a_write_idle_socket_takes_pushes_directly_until_the_task_runs() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let raw = PeerSocket::new(Arc::new(server));
+        let c = WsConn::new(Arc::new(Hub::new(8, Duration::from_secs(25))), Some(raw));
+
+        c.push(Bytes::from_static(b"queued,"));
+        assert_eq!(drain_raw(&c), 1, "the task holds the writer role at first");
+        c.release_writer();
+        c.push(Bytes::from_static(b"direct,"));
+        c.push(Bytes::from_static(b"again,"));
+        assert_eq!(drain_raw(&c), 0, "written to the socket, not queued");
+        assert_eq!(c.arm(Waker::noop()), None);
+        c.push(Bytes::from_static(b"task"));
+        assert_eq!(drain_raw(&c), 1, "once the task runs, pushes queue again");
+        c.finish();
+        c.release_writer();
+        c.push(Bytes::from_static(b"late"));
+        assert_eq!(
+            drain_raw(&c),
+            0,
+            "nothing is written once the socket is done"
+        );
+
+        let mut got = [0u8; 13];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"direct,again,");
+    }
+
+    fn drain_raw(c: &WsConn) -> usize {
+        let mut buf = [const { Bytes::new() }; 8];
+        let n = c.peek(&mut buf);
+        c.consume(n);
+        n
+    }
+
     #[test]
     fn the_first_close_request_wins_and_pushes_wake_the_task() {
         let hub = Arc::new(Hub::new(8, Duration::from_secs(25)));
