@@ -41,10 +41,14 @@
 //!   `{"event":…,"data":…}` — is built once per [`Transport::deliver`] from the core's
 //!   already-serialized payload, and every member gets a reference-counted clone of the same
 //!   buffer; nothing is built when no native socket is in the room.
-//! - **One write per batch, no write buffer.** Frames queued for one socket between two
-//!   wake-ups go to the kernel in one vectored write straight from the shared buffers (up to
-//!   32 frames a call); a burst of pushes costs the socket's task one wake-up. Tungstenite
-//!   reads and writes only control frames (pong replies, close), unbuffered.
+//! - **Written where it is published.** When the node serves the connection
+//!   ([`switchboard_core::Node::serve`] puts a [`PeerSocket`] in the request), a frame for a
+//!   socket with nothing pending is written to the kernel by the publishing thread, one
+//!   `write(2)`, without waking the socket's task (see `conn`).
+//! - **One write per batch, no write buffer.** Frames that had to queue go to the kernel in
+//!   one vectored write straight from the shared buffers (up to 32 frames a call); a burst
+//!   of pushes costs the socket's task one wake-up. Tungstenite reads and writes only
+//!   control frames (pong replies, close), unbuffered.
 //!
 //! Rooms: the core calls [`Connection::join`](switchboard_core::Connection::join) and
 //! [`Connection::leave`](switchboard_core::Connection::leave); this transport keeps
