@@ -67,26 +67,45 @@ impl Expiry {
 
     /// (Re)schedules `session` for its identity's `exp`, replacing an earlier deadline.
     pub(crate) fn schedule(&self, session: &Arc<Session>) {
-        self.cancel(session);
-        let Some(exp) = session.identity().expires_at else {
-            return;
+        let exp = session.identity().expires_at;
+        let earliest = {
+            // The slot, then the map: the order every path takes both locks in. Holding the
+            // slot keeps the timer from firing the new deadline before the slot names it.
+            let mut slot = session.expiry.lock();
+            let mut map = self.shared.deadlines.lock();
+            if let Some(old) = slot.take() {
+                map.remove(&old);
+            }
+            let Some(exp) = exp else {
+                return;
+            };
+            // A notice whose time has passed goes out at once; the close waits for `exp`.
+            let notice_at = exp.saturating_sub(self.notice.as_secs());
+            let key = (notice_at, self.shared.seq.fetch_add(1, Ordering::Relaxed));
+            map.insert(
+                key,
+                Entry {
+                    session: Arc::downgrade(session),
+                    exp,
+                    stage: Stage::Notice,
+                },
+            );
+            *slot = Some(key);
+            map.first_key_value().is_some_and(|(k, _)| *k == key)
         };
-        // A notice whose time has passed goes out at once; the close waits for `exp`.
-        let notice_at = exp.saturating_sub(self.notice.as_secs());
-        self.insert(session, notice_at, exp, Stage::Notice);
+        if !self.shared.started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(run(self.shared.clone()));
+        }
+        if earliest {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Forgets `session`'s deadline (it closed).
     pub(crate) fn cancel(&self, session: &Session) {
-        if let Some(key) = session.expiry.lock().take() {
+        let mut slot = session.expiry.lock();
+        if let Some(key) = slot.take() {
             self.shared.deadlines.lock().remove(&key);
-        }
-    }
-
-    fn insert(&self, session: &Arc<Session>, when: u64, exp: u64, stage: Stage) {
-        insert(&self.shared, session, when, exp, stage);
-        if !self.shared.started.swap(true, Ordering::AcqRel) {
-            tokio::spawn(run(self.shared.clone()));
         }
     }
 }
@@ -95,24 +114,6 @@ impl Drop for Expiry {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.wake.notify_one();
-    }
-}
-
-fn insert(shared: &Shared, session: &Arc<Session>, when: u64, exp: u64, stage: Stage) {
-    let key = (when, shared.seq.fetch_add(1, Ordering::Relaxed));
-    let entry = Entry {
-        session: Arc::downgrade(session),
-        exp,
-        stage,
-    };
-    let earliest = {
-        let mut map = shared.deadlines.lock();
-        map.insert(key, entry);
-        map.first_key_value().is_some_and(|(k, _)| *k == key)
-    };
-    *session.expiry.lock() = Some(key);
-    if earliest {
-        shared.wake.notify_one();
     }
 }
 
@@ -151,12 +152,27 @@ fn fire_due(shared: &Shared) {
             continue;
         };
         {
-            // A refresh or a close since: this deadline is no longer the session's.
+            // Decided under the session's slot, as `schedule` and `cancel` change it: a
+            // refresh or a close since then made this deadline no longer the session's.
             let mut slot = s.expiry.lock();
             if *slot != Some(key) {
                 continue;
             }
-            *slot = None;
+            *slot = match entry.stage {
+                Stage::Notice => {
+                    let close = (entry.exp, shared.seq.fetch_add(1, Ordering::Relaxed));
+                    shared.deadlines.lock().insert(
+                        close,
+                        Entry {
+                            session: entry.session.clone(),
+                            exp: entry.exp,
+                            stage: Stage::Close,
+                        },
+                    );
+                    Some(close)
+                }
+                Stage::Close => None,
+            };
         }
         match entry.stage {
             Stage::Notice => {
@@ -164,7 +180,6 @@ fn fire_due(shared: &Shared) {
                     "auth:expiring",
                     &json!({ "expiresAt": iso8601_secs(entry.exp) }),
                 );
-                insert(shared, &s, entry.exp, entry.exp, Stage::Close);
             }
             Stage::Close => {
                 tracing::debug!(socket = %s.id(), "token expired; closing");
