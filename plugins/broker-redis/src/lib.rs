@@ -83,8 +83,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, Error as RedisError, ErrorKind as RedisErrorKind,
-    EventInterface, Pool, PubsubInterface, ReconnectPolicy,
+    Builder, Client, ClientLike, Error as RedisError, ErrorKind as RedisErrorKind, EventInterface,
+    Pool, PubsubInterface,
 };
 use fred::types::Message;
 use parking_lot::Mutex;
@@ -203,28 +203,14 @@ fn builder(
     cfg: &RedisBrokerConfig,
     capacity: usize,
 ) -> Result<Builder, RedisError> {
-    let config = Config {
-        fail_fast: false,
-        ..Config::from_url(&redis.url)?
-    };
-    let max_delay = u32::try_from(cfg.reconnect_max_delay.get().as_millis())
-        .unwrap_or(u32::MAX)
-        .max(100);
-    let timeout = cfg.command_timeout.get();
-    let mut b = Builder::from_config(config);
-    b.set_policy(ReconnectPolicy::new_exponential(0, 100, max_delay, 2))
-        .with_connection_config(|c| {
-            c.connection_timeout = timeout;
-            c.internal_command_timeout = timeout;
-            // A command in flight when the connection drops fails instead of being replayed
-            // later, so a PUBLISH is never sent twice.
-            c.max_command_attempts = 1;
-        })
-        .with_performance_config(|p| {
-            p.default_command_timeout = timeout;
-            p.broadcast_channel_capacity = capacity;
-        });
-    Ok(b)
+    switchboard_redis_client::builder(
+        &redis.url,
+        &switchboard_redis_client::Settings {
+            reconnect_max_delay: cfg.reconnect_max_delay.get(),
+            command_timeout: cfg.command_timeout.get(),
+            broadcast_capacity: Some(capacity),
+        },
+    )
 }
 
 fn timeout_error(what: &str) -> RedisError {

@@ -73,8 +73,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, Error as RedisError, ErrorKind as RedisErrorKind,
-    EventInterface, Pool, ReconnectPolicy, SetsInterface, Value,
+    Client, ClientLike, Error as RedisError, ErrorKind as RedisErrorKind, EventInterface, Pool,
+    SetsInterface, Value,
 };
 use fred::types::scripts::Script;
 use parking_lot::Mutex;
@@ -352,26 +352,16 @@ impl RedisPresence {
             .check_url()
             .map_err(|e| PresenceError(format!("redis.url: {e}")))?;
         let bad_url = |e: RedisError| PresenceError(format!("redis.url: {}", e.details()));
-        let config = Config {
-            fail_fast: false,
-            ..Config::from_url(&redis.url).map_err(bad_url)?
-        };
-        let max_delay = u32::try_from(cfg.reconnect_max_delay.get().as_millis())
-            .unwrap_or(u32::MAX)
-            .max(100);
         let timeout = cfg.command_timeout.get();
-        let mut b = Builder::from_config(config);
-        b.set_policy(ReconnectPolicy::new_exponential(0, 100, max_delay, 2))
-            .with_connection_config(|c| {
-                c.connection_timeout = timeout;
-                c.internal_command_timeout = timeout;
-                // A script in flight when the connection drops fails instead of running twice
-                // (a replayed `connect` would answer "not first").
-                c.max_command_attempts = 1;
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = timeout;
-            });
+        let b = switchboard_redis_client::builder(
+            &redis.url,
+            &switchboard_redis_client::Settings {
+                reconnect_max_delay: cfg.reconnect_max_delay.get(),
+                command_timeout: timeout,
+                broadcast_capacity: None,
+            },
+        )
+        .map_err(bad_url)?;
         let pool = b.build_pool(cfg.pool_size).map_err(bad_url)?;
         Ok(RedisPresence {
             inner: Arc::new(Inner {
