@@ -164,7 +164,7 @@ impl Node {
     ///
     /// [`Node::serve`] is the way to serve it. Served some other way, call
     /// `.with_state(())` once first (axum otherwise rebuilds the route table per
-    /// connection), and serve a [`SharedListener`](crate::net::SharedListener) with
+    /// connection), and serve a [`crate::net::SharedListener`] with
     /// `into_make_service_with_connect_info::<PeerSocket>()` to keep the native transport's
     /// direct writes; without a [`PeerSocket`] it queues every frame for the socket's task.
     pub fn router(&self) -> Router {
