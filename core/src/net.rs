@@ -77,8 +77,20 @@ impl axum::serve::Listener for SharedListener {
 
 /// An accepted connection, readable and writable like a `TcpStream`, whose socket a
 /// [`PeerSocket`] may also write to.
+///
+/// Dropping it ends the connection (both directions are shut down) even while
+/// [`PeerSocket`] handles to it live on; their writes then fail.
 #[derive(Debug)]
 pub struct SharedStream(Arc<TcpStream>);
+
+impl Drop for SharedStream {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.0) > 1 {
+            // The last handle closes the socket itself; otherwise end the connection now.
+            let _ = socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
 
 impl AsyncRead for SharedStream {
     fn poll_read(
@@ -168,7 +180,12 @@ mod tests {
         stream.write_all(b"one,").await.expect("write");
         assert_eq!(peer.try_write(b"two,").expect("try_write"), 4);
         stream.write_all(b"three").await.expect("write");
-        stream.shutdown().await.expect("shutdown");
-        assert_eq!(client.await.expect("client"), b"one,two,three");
+        drop(stream);
+        assert_eq!(
+            client.await.expect("client"),
+            b"one,two,three",
+            "dropping the stream ends the connection while a handle lives on"
+        );
+        assert!(peer.try_write(b"late").is_err());
     }
 }

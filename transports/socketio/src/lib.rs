@@ -238,6 +238,10 @@ async fn detach_request(
         }
     }
     parts.headers = headers;
+    // Socket.IO never writes to the connection's socket itself: keep no handle to it.
+    parts
+        .extensions
+        .remove::<axum::extract::ConnectInfo<switchboard_core::PeerSocket>>();
     if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
         parts.uri = uri;
     }
