@@ -66,9 +66,9 @@ impl Connection for Recorder {
 
 const SECRET: &str = "expiry-test-secret-0123456789-abcdefgh";
 
-fn node() -> Node {
+fn node(leeway: &str) -> Node {
     let toml = format!(
-        "[auth]\nrefresh_notice = \"1s\"\n[auth.jwt]\nsecret = \"{SECRET}\"\nleeway = \"0s\"\n"
+        "[auth]\nrefresh_notice = \"1s\"\n[auth.jwt]\nsecret = \"{SECRET}\"\nleeway = \"{leeway}\"\n"
     );
     Node::build(LoadedConfig::from_toml_str(&toml).expect("config")).expect("node")
 }
@@ -106,7 +106,7 @@ async fn wait_until(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiring_then_closed_at_exp_and_a_refresh_moves_both() {
-    let node = node();
+    let node = node("0s");
     let gw = node.gateway().clone();
     let exp = now() + 2;
 
@@ -172,4 +172,20 @@ async fn expiring_then_closed_at_exp_and_a_refresh_moves_both() {
     );
     gw.disconnect(&short_session).await;
     gw.disconnect(&refreshed_session).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_accepted_within_the_leeway_lives_until_the_leeway_ends() {
+    let node = node("60s");
+    let gw = node.gateway().clone();
+    // Expired 10 s ago: accepted with a 60 s leeway, so closed 50 s from now, not at once.
+    let late = Recorder::new("late");
+    let session = gw.connect(late.clone(), expiring("d", now() - 10)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        late.seen().is_empty(),
+        "nothing yet (the notice is due 1 s before the close): {:?}",
+        late.seen()
+    );
+    gw.disconnect(&session).await;
 }

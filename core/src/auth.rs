@@ -1,5 +1,7 @@
 //! Authentication: the [`Authenticator`] trait, the handshake it reads and the identity it returns.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use http::HeaderMap;
 use serde_json::{Map, Value};
@@ -138,6 +140,12 @@ pub trait Authenticator: Send + Sync + 'static {
 
     /// Checks a token sent later on a live connection (`auth:refresh`).
     async fn verify_token(&self, token: &str) -> Result<Identity, AuthError>;
+
+    /// How long past an identity's `expires_at` its token is still accepted (clock skew);
+    /// a connection is closed only once that has passed too.
+    fn leeway(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 // ANCHOR_END: authenticator
 

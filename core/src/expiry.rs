@@ -1,7 +1,9 @@
 //! Token expiry for every session of a node, served by one timer task.
 //!
-//! A socket whose token carries `exp` gets `auth:expiring` `auth.refresh_notice` before it
-//! and is closed at it. Rather than a sleeping task per socket (a task cell and a timer
+//! A socket whose token carries `exp` is closed at `exp` — plus the authenticator's leeway
+//! ([`Authenticator::leeway`](crate::Authenticator::leeway)), so that a token accepted
+//! within the clock-skew allowance is not cut off the moment it connects — and gets
+//! `auth:expiring` `auth.refresh_notice` before that. Rather than a sleeping task per socket (a task cell and a timer
 //! entry each), the node keeps the sessions' next deadlines in one ordered map and one
 //! task sleeps until the earliest.
 
@@ -37,6 +39,8 @@ struct Entry {
 }
 
 struct Shared {
+    /// Seconds past `exp` a connection still lives: the authenticator's leeway.
+    grace: u64,
     deadlines: Mutex<BTreeMap<ExpiryKey, Entry>>,
     wake: Notify,
     closed: AtomicBool,
@@ -51,10 +55,12 @@ pub(crate) struct Expiry {
 }
 
 impl Expiry {
-    /// A timer that warns `notice` before each token's expiry.
-    pub(crate) fn new(notice: Duration) -> Expiry {
+    /// A timer that closes sockets `grace` after their token's `exp` and warns `notice`
+    /// before that.
+    pub(crate) fn new(notice: Duration, grace: Duration) -> Expiry {
         Expiry {
             shared: Arc::new(Shared {
+                grace: grace.as_secs(),
                 deadlines: Mutex::new(BTreeMap::new()),
                 wake: Notify::new(),
                 closed: AtomicBool::new(false),
@@ -79,8 +85,10 @@ impl Expiry {
             let Some(exp) = exp else {
                 return;
             };
-            // A notice whose time has passed goes out at once; the close waits for `exp`.
-            let notice_at = exp.saturating_sub(self.notice.as_secs());
+            // A notice whose time has passed goes out at once; the close waits for `exp`
+            // (plus the leeway the token was accepted with).
+            let close_at = exp.saturating_add(self.shared.grace);
+            let notice_at = close_at.saturating_sub(self.notice.as_secs());
             let key = (notice_at, self.shared.seq.fetch_add(1, Ordering::Relaxed));
             map.insert(
                 key,
@@ -160,7 +168,8 @@ fn fire_due(shared: &Shared) {
             }
             *slot = match entry.stage {
                 Stage::Notice => {
-                    let close = (entry.exp, shared.seq.fetch_add(1, Ordering::Relaxed));
+                    let close_at = entry.exp.saturating_add(shared.grace);
+                    let close = (close_at, shared.seq.fetch_add(1, Ordering::Relaxed));
                     shared.deadlines.lock().insert(
                         close,
                         Entry {

@@ -122,7 +122,7 @@ impl Gateway {
                     .or_insert_with(|| h.clone());
             }
         }
-        let expiry = Expiry::new(parts.config.auth.refresh_notice.get());
+        let expiry = Expiry::new(parts.config.auth.refresh_notice.get(), parts.auth.leeway());
         Gateway(Arc::new(Inner {
             config: parts.config,
             auth: parts.auth,

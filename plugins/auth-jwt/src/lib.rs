@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk::KeyAlgorithm};
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,7 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     /// When set, a token's `aud` must contain it.
     pub audience: Option<String>,
-    /// Clock skew allowed on `exp` and `nbf`.
+    /// Clock skew allowed on `exp` and `nbf`; an unrefreshed connection is closed at `exp` plus this.
     pub leeway: Dur,
     /// Refuse tokens without `exp`.
     pub require_exp: bool,
@@ -98,6 +98,7 @@ pub struct JwtAuthenticator {
     accepted: Vec<(Algorithm, Validation)>,
     secret: Option<DecodingKey>,
     public: Option<KeyRing>,
+    leeway: Duration,
     allow_query_user_id: bool,
 }
 
@@ -181,6 +182,7 @@ impl JwtAuthenticator {
             accepted,
             secret,
             public,
+            leeway: cfg.leeway.get(),
             allow_query_user_id,
         })
     }
@@ -272,6 +274,10 @@ impl Authenticator for JwtAuthenticator {
 
     async fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
         self.verify(token)
+    }
+
+    fn leeway(&self) -> Duration {
+        self.leeway
     }
 }
 
