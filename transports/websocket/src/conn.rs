@@ -370,26 +370,29 @@ impl Hub {
         }
     }
 
-    /// Frames `d` once and queues the same buffer for every local member of its room.
+    /// Frames `d` once and hands the same buffer to every local member of its room.
+    ///
+    /// The members are copied out of the index first: a push may be a `write(2)`, and a
+    /// large room's writes should not hold up joins, leaves and connects.
     pub(crate) fn deliver(&self, d: &Delivery) {
         let except = d.except.as_ref();
-        let fan_out = |members: &Members| {
-            let mut frame: Option<Bytes> = None;
-            for (id, conn) in members {
-                if Some(id) == except {
-                    continue;
-                }
-                let f = frame.get_or_insert_with(|| frame::event(&d.event, &d.payload));
-                conn.push(f.clone());
-            }
+        let pick = |members: &Members| -> Vec<Arc<WsConn>> {
+            members
+                .iter()
+                .filter(|(id, _)| Some(*id) != except)
+                .map(|(_, conn)| conn.clone())
+                .collect()
         };
-        match &d.room {
-            Some(room) => {
-                if let Some(members) = self.rooms.read().get(room) {
-                    fan_out(members);
-                }
-            }
-            None => fan_out(&self.sockets.read()),
+        let recipients = match &d.room {
+            Some(room) => self.rooms.read().get(room).map(pick).unwrap_or_default(),
+            None => pick(&self.sockets.read()),
+        };
+        if recipients.is_empty() {
+            return;
+        }
+        let frame = frame::event(&d.event, &d.payload);
+        for conn in recipients {
+            conn.push(frame.clone());
         }
     }
 
