@@ -3,9 +3,9 @@
 //! A socket whose token carries `exp` is closed at `exp` — plus the authenticator's leeway
 //! ([`Authenticator::leeway`](crate::Authenticator::leeway)), so that a token accepted
 //! within the clock-skew allowance is not cut off the moment it connects — and gets
-//! `auth:expiring` `auth.refresh_notice` before that. Rather than a sleeping task per socket (a task cell and a timer
-//! entry each), the node keeps the sessions' next deadlines in one ordered map and one
-//! task sleeps until the earliest.
+//! `auth:expiring` `auth.refresh_notice` before that. Rather than a sleeping task per
+//! socket (a task cell and a timer entry each), the node keeps the sessions' next deadlines
+//! in one ordered map and one task sleeps until the earliest.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +25,7 @@ pub(crate) type ExpiryKey = (u64, u64);
 /// What happens at a deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// Send `auth:expiring`, then wait for `exp`.
+    /// Send `auth:expiring`, then wait for the close.
     Notice,
     /// Send the expiry `error` and close.
     Close,

@@ -134,7 +134,8 @@ impl WsConn {
         &self.id
     }
 
-    /// Queues a frame and wakes the socket task; past the queue limit the socket is closed.
+    /// Writes a frame straight to a write-idle socket, else queues it and wakes the socket
+    /// task; past the queue limit the socket is closed.
     pub(crate) fn push(&self, frame: Bytes) {
         let waker = {
             let mut o = self.outbox.lock();
