@@ -17,36 +17,35 @@ pub(crate) async fn open(target: &Target, token: &str, join: Option<&str>) -> Re
     let deadline = Instant::now() + target.timeout;
     let mut ws = connect(target, deadline).await?;
     let hello = json!({ "op": "connect", "token": token });
-    ws.send(Message::text(hello.to_string()))
-        .await
-        .map_err(|e| format!("send connect: {e}"))?;
-    loop {
-        let t = next_text(&mut ws, deadline).await?;
-        match handshake_reply(&t) {
-            Some(Ok(())) => break,
-            Some(Err(e)) => return Err(e),
-            None => {}
-        }
-    }
+    request(&mut ws, deadline, "connect", &hello, handshake_reply).await?;
     if let Some(conversation) = join {
         let frame = json!({
             "event": "conversation:join",
             "data": { "conversationId": conversation },
             "id": 0,
         });
-        ws.send(Message::text(frame.to_string()))
-            .await
-            .map_err(|e| format!("send join: {e}"))?;
-        loop {
-            let t = next_text(&mut ws, deadline).await?;
-            match join_ack(&t) {
-                Some(Ok(())) => break,
-                Some(Err(e)) => return Err(e),
-                None => {}
-            }
-        }
+        request(&mut ws, deadline, "join", &frame, join_ack).await?;
     }
     Ok(ws)
+}
+
+/// Sends `frame`, then reads until `reply` recognises the answer to it.
+async fn request(
+    ws: &mut Ws,
+    deadline: Instant,
+    what: &str,
+    frame: &Value,
+    reply: fn(&str) -> Option<Result<(), String>>,
+) -> Result<(), String> {
+    ws.send(Message::text(frame.to_string()))
+        .await
+        .map_err(|e| format!("send {what}: {e}"))?;
+    loop {
+        let t = next_text(ws, deadline).await?;
+        if let Some(answer) = reply(&t) {
+            return answer;
+        }
+    }
 }
 
 /// The handshake's answer: `op: connected` is success, `op: error` a refusal with its

@@ -696,17 +696,7 @@ impl Inner {
             self.need_resync.store(true, Ordering::SeqCst);
             return Err(unreachable());
         }
-        let keys = vec![
-            self.keys.user(user_id),
-            self.keys.node(&self.node),
-            self.keys.online(),
-            self.keys.alive(&self.node),
-        ];
-        let args = vec![
-            format!("{}/{conn}", self.node),
-            conn.to_string(),
-            user_id.to_owned(),
-        ];
+        let (keys, args) = self.script_input(user_id, conn);
         let answer = self.run(&self.scripts.connect, keys, args).await;
         drop(shared);
         match answer {
@@ -729,6 +719,22 @@ impl Inner {
         }
     }
 
+    /// The keys and arguments of the connect and disconnect scripts.
+    fn script_input(&self, user_id: &str, conn: &ConnId) -> (Vec<String>, Vec<String>) {
+        let keys = vec![
+            self.keys.user(user_id),
+            self.keys.node(&self.node),
+            self.keys.online(),
+            self.keys.alive(&self.node),
+        ];
+        let args = vec![
+            format!("{}/{conn}", self.node),
+            conn.to_string(),
+            user_id.to_owned(),
+        ];
+        (keys, args)
+    }
+
     async fn disconnect(
         self: &Arc<Self>,
         user_id: &str,
@@ -741,17 +747,7 @@ impl Inner {
             self.pending_offline.lock().insert(user_id.to_owned());
             return Err(unreachable());
         }
-        let keys = vec![
-            self.keys.user(user_id),
-            self.keys.node(&self.node),
-            self.keys.online(),
-            self.keys.alive(&self.node),
-        ];
-        let args = vec![
-            format!("{}/{conn}", self.node),
-            conn.to_string(),
-            user_id.to_owned(),
-        ];
+        let (keys, args) = self.script_input(user_id, conn);
         let answer = self.run(&self.scripts.disconnect, keys, args).await;
         drop(shared);
         match answer {

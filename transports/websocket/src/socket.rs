@@ -70,8 +70,8 @@ struct Refusal {
 ///
 /// The WebSocket lives in a box and every phase but the loop is a boxed future, so the
 /// task's own future stays a few pointers wide for the socket's whole life.
-pub(crate) async fn serve(ctx: Arc<Ctx>, start: Box<Start>) {
-    let raw = start.raw.clone();
+pub(crate) async fn serve(ctx: Arc<Ctx>, mut start: Box<Start>) {
+    let raw = start.raw.take();
     let Some((mut ws, identity)) = Box::pin(open(&ctx, start)).await else {
         return;
     };
@@ -105,7 +105,7 @@ async fn open(ctx: &Ctx, start: Box<Start>) -> Option<(Box<Ws>, Identity)> {
         upgrade,
         authorization,
         query,
-        raw: _,
+        ..
     } = *start;
     let upgraded = match upgrade.await {
         Ok(u) => u,
