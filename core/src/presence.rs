@@ -10,11 +10,21 @@ use crate::broker::ConnId;
 #[error("presence store: {0}")]
 pub struct PresenceError(pub String);
 
-/// A change the store found by itself (a dead node swept), which the runtime announces.
+/// A change the store found by itself (a dead node swept, a connection registered late),
+/// which the runtime announces.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PresenceChange {
     /// The user has no connection left anywhere.
     Offline(String),
+    /// `conn`, a connection of this node whose `connect` failed (the backend was
+    /// unreachable), turned out to be the user's first anywhere once it was registered.
+    Online {
+        /// The user now online.
+        user: String,
+        /// The connection that made them so (it does not get the announcement).
+        conn: ConnId,
+    },
 }
 
 /// Where a store reports changes it finds by itself.

@@ -21,6 +21,9 @@ use crate::metrics::{EventLabels, Metrics};
 use crate::presence::{PresenceChange, PresenceStore};
 use crate::transport::{CloseReason, Connection};
 
+/// How long an announcement of a change the presence store found waits for the broker.
+const STORE_CHANGE_BROKER_WAIT: Duration = Duration::from_secs(10);
+
 /// The event a client sends to replace its token on a live connection.
 pub const AUTH_REFRESH: &str = "auth:refresh";
 
@@ -152,18 +155,50 @@ impl Gateway {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let weak = Arc::downgrade(&self.0);
         tokio::spawn(async move {
+            // Whether to wait for the broker: not again after a wait that ran out, until
+            // the broker is seen ready (a backlog must not wait once per change).
+            let mut patient = true;
             while let Some(change) = rx.recv().await {
                 let Some(inner) = weak.upgrade() else { break };
                 let gw = Gateway(inner);
+                // Changes found after an outage come as the backends return: give the
+                // broker a moment to be back too, so the announcement reaches other nodes.
+                let limit = if patient {
+                    STORE_CHANGE_BROKER_WAIT
+                } else {
+                    Duration::ZERO
+                };
+                patient = gw.wait_for_broker(limit).await;
                 match change {
                     PresenceChange::Offline(user) => {
                         gw.announce("user:offline", &user, None).await;
+                    }
+                    PresenceChange::Online { user, conn } => {
+                        // Not when every connection of the user closed meanwhile.
+                        let live = gw.0.per_user.lock().get(&user).is_some_and(|n| *n > 0);
+                        if live {
+                            gw.announce("user:online", &user, Some(conn)).await;
+                        }
                     }
                 }
             }
         });
         if let Err(e) = self.0.presence.start(tx).await {
             tracing::warn!(error = %e, "presence store did not start; it keeps retrying");
+        }
+    }
+
+    /// Waits until the broker is ready, for at most `limit`; whether it is.
+    async fn wait_for_broker(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.0.broker.ready().await {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -247,7 +247,7 @@ describe('a Redis restart while clients stay connected', () => {
   });
   standardHooks(() => [a, b]);
 
-  it('readyz turns 503 then 200, local delivery continues, cross-node delivery resumes, presence is re-registered', async () => {
+  it('readyz turns 503 then 200, local delivery continues, cross-node delivery resumes, presence is re-registered, a user first seen during the outage is announced', async () => {
     const conv = uid('c');
     const alice = uid('alice');
     const bob = uid('bob');
@@ -268,6 +268,13 @@ describe('a Redis restart while clients stay connected', () => {
     await notRemote;
     for (let i = 0; i < 20; i += 1) await emitApi(a, status(conv, `during-${i}`));
 
+    // A user who comes online while Redis is away is accepted; the announcement waits.
+    const carol = uid('carol');
+    const onlineBefore = receivedOf(sa, 'user:online').length;
+    const sc = await connect(a, { token: signJwt({ sub: carol }) });
+    await sleep(300);
+    assert.equal(receivedOf(sa, 'user:online').length, onlineBefore, 'not announced while Redis is away');
+
     await redis.start();
     for (const s of [a, b]) await eventually(async () => (await readyz(s)) === 200, 20000);
     assert.ok(sa.connected && sb.connected, 'clients stayed connected');
@@ -285,6 +292,11 @@ describe('a Redis restart while clients stay connected', () => {
       await eventually(async () => (await presenceOf(b, user)).connections === 1, 5000);
     }
     assert.equal(receivedOf(sa, 'user:offline').length, 0, 'nobody was announced offline');
+    await eventually(async () => (await presenceOf(b, carol)).connections === 1, 5000);
+    const carolOnline = await collect(sa, 'user:online', onlineBefore + 1);
+    assert.deepEqual(carolOnline.slice(onlineBefore), [{ userId: carol }], 'carol is announced once she is registered, nobody else again');
+    assert.ok(receivedOf(sb, 'user:online').filter(forUser(carol)).length <= 1, 'at most once on the other node');
+    assert.equal(receivedOf(sc, 'user:online').filter(forUser(carol)).length, 0, 'not to carol herself');
 
     // The outage was logged once, not once per event.
     const logs = a.logsSince(markA);

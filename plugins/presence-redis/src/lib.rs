@@ -30,10 +30,14 @@
 //!   connections. After every reconnect, and whenever a heartbeat finds its own `alive`
 //!   key gone (Redis restarted empty, or this node was partitioned long enough to be
 //!   swept), the node re-registers: one script makes Redis's view of this node equal to
-//!   its list. Connections Redis did not have are added silently (no `user:online`:
-//!   their users never went offline), and connections Redis had but this node no longer
-//!   has (they closed while Redis was unreachable, so their `disconnect` failed) are
-//!   removed, reporting users left with none as offline. Scripts refuse to run while the
+//!   its list. Connections Redis did not have because they were registered before and
+//!   lost are added silently (their users never went offline). Connections whose own
+//!   `connect` never reached Redis (made while it was unreachable) are added after those,
+//!   and each one that is its user's first anywhere is reported through the
+//!   [`PresenceEvents`] sender, so the runtime emits the `user:online` it owed.
+//!   Connections Redis had but this node no longer has (they closed while Redis was
+//!   unreachable, so their `disconnect` failed) are removed, reporting users left with
+//!   none as offline. Scripts refuse to run while the
 //!   node's `alive` key is missing, so no call lands in an empty Redis before the node
 //!   has re-registered. When Redis restarted empty, users whose last connection closed
 //!   during the outage are checked once more a TTL later, once every live node has
@@ -43,12 +47,10 @@
 //!   runtime logs it at a bounded rate and carries on), `ready()` is false, and the
 //!   outage is logged once. The client reconnects with exponential backoff.
 //!
-//! Known limits: presence cannot announce `user:online` by itself (the core's
-//! [`PresenceChange`] has only `Offline`), so a user whose first connection was made
-//! while Redis was unreachable is registered when Redis is back but not announced; and
-//! in the moment between a Redis restart and the nodes re-registering, a user's first
-//! connection may be reported first although another node has not re-registered the
-//! user's older connection yet.
+//! Known limit: in the moment between a Redis restart and the nodes re-registering, a
+//! user's first connection (made then, or during the outage) may be reported first
+//! although another node has not re-registered the user's older connection yet: that user
+//! gets a second `user:online`, never a missing one.
 //!
 //! # Config
 //!
@@ -172,15 +174,19 @@ return gone
 ";
 
 /// KEYS: own node hash, online set, own alive key, nodes set, epoch key.
-/// ARGV: user key prefix, node id, ttl in ms, a candidate epoch, then (conn, user) pairs of
-/// every live local connection. Makes Redis's view of this node equal to the list; returns
-/// the epoch (a random value set by the first node to register after Redis started empty)
-/// followed by the users whose last connection it removed.
+/// ARGV: user key prefix, node id, ttl in ms, a candidate epoch, then (conn, user, owed)
+/// triples of every live local connection, `owed` being `1` for a connection whose
+/// `user:online` is still owed (its connect never reached Redis). Makes Redis's view of
+/// this node equal to the list. Returns the epoch (a random value set by the first node to
+/// register after Redis started empty), the number of users gone, the users whose last
+/// connection it removed, then a (user, conn) pair per owed connection that is its user's
+/// first anywhere. A user whose stale connection is replaced by an owed one is neither.
 const RESYNC: &str = r"
 redis.call('SET', KEYS[5], ARGV[4], 'NX')
-local result = { redis.call('GET', KEYS[5]) }
+local epoch = redis.call('GET', KEYS[5])
 local want = {}
-for i = 5, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1] end
+for i = 5, #ARGV, 3 do want[ARGV[i]] = ARGV[i + 1] end
+local emptied = {}
 local have = redis.call('HGETALL', KEYS[1])
 for i = 1, #have, 2 do
   local conn, user = have[i], have[i + 1]
@@ -188,16 +194,40 @@ for i = 1, #have, 2 do
     redis.call('HDEL', KEYS[1], conn)
     local ukey = ARGV[1] .. user
     if redis.call('SREM', ukey, ARGV[2] .. '/' .. conn) == 1 and redis.call('SCARD', ukey) == 0 then
-      redis.call('SREM', KEYS[2], user)
-      table.insert(result, user)
+      emptied[user] = true
     end
   end
 end
-for conn, user in pairs(want) do
+local function add(conn, user)
   redis.call('HSET', KEYS[1], conn, user)
   redis.call('SADD', ARGV[1] .. user, ARGV[2] .. '/' .. conn)
   redis.call('SADD', KEYS[2], user)
 end
+for i = 5, #ARGV, 3 do
+  if ARGV[i + 2] ~= '1' then add(ARGV[i], ARGV[i + 1]) end
+end
+local online = {}
+for i = 5, #ARGV, 3 do
+  if ARGV[i + 2] == '1' then
+    local conn, user = ARGV[i], ARGV[i + 1]
+    local first = redis.call('SCARD', ARGV[1] .. user) == 0 and not emptied[user]
+    add(conn, user)
+    if first then
+      table.insert(online, user)
+      table.insert(online, conn)
+    end
+  end
+end
+local gone = {}
+for user in pairs(emptied) do
+  if redis.call('SCARD', ARGV[1] .. user) == 0 then
+    redis.call('SREM', KEYS[2], user)
+    table.insert(gone, user)
+  end
+end
+local result = { epoch, tostring(#gone) }
+for _, user in ipairs(gone) do table.insert(result, user) end
+for _, v in ipairs(online) do table.insert(result, v) end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[2])
 return result
@@ -294,6 +324,8 @@ struct Inner {
     scripts: Scripts,
     /// This node's live connections: conn → user. The truth Redis is resynced to.
     local: Mutex<HashMap<ConnId, String>>,
+    /// Connections whose connect never reached Redis: their `user:online` is still owed.
+    unannounced: Mutex<HashSet<ConnId>>,
     /// Users whose disconnect failed while Redis was unreachable.
     pending_offline: Mutex<HashSet<String>>,
     /// `connect`/`disconnect` hold it shared; a resync holds it alone.
@@ -374,6 +406,7 @@ impl RedisPresence {
                 timeout,
                 scripts: Scripts::new(),
                 local: Mutex::new(HashMap::new()),
+                unannounced: Mutex::new(HashSet::new()),
                 pending_offline: Mutex::new(HashSet::new()),
                 gate: RwLock::new(()),
                 need_resync: AtomicBool::new(true),
@@ -456,12 +489,16 @@ impl Inner {
     }
 
     fn announce_offline(&self, users: Vec<String>) {
-        if users.is_empty() {
+        self.report_changes(users.into_iter().map(PresenceChange::Offline).collect());
+    }
+
+    fn report_changes(&self, changes: Vec<PresenceChange>) {
+        if changes.is_empty() {
             return;
         }
         if let Some(tx) = self.events.lock().as_ref() {
-            for u in users {
-                let _ = tx.send(PresenceChange::Offline(u));
+            for c in changes {
+                let _ = tx.send(c);
             }
         }
     }
@@ -489,23 +526,27 @@ impl Inner {
         }
     }
 
-    /// Makes Redis's view of this node equal to the local list; reports users it found gone.
+    /// Makes Redis's view of this node equal to the local list; reports users it found
+    /// gone, and the users of connections made while Redis was unreachable that are online
+    /// only now.
     async fn resync(self: &Arc<Self>) -> Result<usize, PresenceError> {
         let _alone = self.gate.write().await;
-        let pairs: Vec<(String, String)> = self
+        let owed = self.unannounced.lock().clone();
+        let pairs: Vec<(String, String, bool)> = self
             .local
             .lock()
             .iter()
-            .map(|(c, u)| (c.as_str().to_owned(), u.clone()))
+            .map(|(c, u)| (c.as_str().to_owned(), u.clone(), owed.contains(c)))
             .collect();
-        let mut args = Vec::with_capacity(4 + 2 * pairs.len());
+        let mut args = Vec::with_capacity(4 + 3 * pairs.len());
         args.push(self.keys.user_prefix());
         args.push(self.node.clone());
         args.push(millis(self.ttl).to_string());
         args.push(switchboard_core::registry::random_id());
-        for (c, u) in &pairs {
+        for (c, u, owed) in &pairs {
             args.push(c.clone());
             args.push(u.clone());
+            args.push(if *owed { "1" } else { "0" }.to_owned());
         }
         let keys = vec![
             self.keys.node(&self.node),
@@ -516,7 +557,20 @@ impl Inner {
         ];
         let mut result = strings(self.run(&self.scripts.resync, keys, args).await?).into_iter();
         let epoch = result.next().unwrap_or_default();
-        let gone: Vec<String> = result.collect();
+        let n_gone = result
+            .next()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0);
+        let gone: Vec<String> = result.by_ref().take(n_gone).collect();
+        let mut online = Vec::new();
+        while let (Some(user), Some(conn)) = (result.next(), result.next()) {
+            online.push(PresenceChange::Online {
+                user,
+                conn: ConnId::new(conn),
+            });
+        }
+        // Every owed connection of the snapshot is decided: announced below or not first.
+        self.unannounced.lock().retain(|c| !owed.contains(c));
         self.need_resync.store(false, Ordering::SeqCst);
         *self.last_beat.lock() = Some(Instant::now());
         let previous = self.epoch.lock().replace(epoch.clone());
@@ -531,6 +585,7 @@ impl Inner {
             _ => self.pending_offline.lock().clear(),
         }
         self.announce_offline(gone);
+        self.report_changes(online);
         Ok(pairs.len())
     }
 
@@ -692,19 +747,24 @@ impl Inner {
         // Under the gate: a resync's snapshot and this call's script never interleave.
         let shared = self.gate.read().await;
         self.local.lock().insert(conn.clone(), user_id.to_owned());
+        // Owed until Redis has answered whether it is the user's first connection.
+        self.unannounced.lock().insert(conn.clone());
         if !self.connected() {
             self.need_resync.store(true, Ordering::SeqCst);
             return Err(unreachable());
         }
         let (keys, args) = self.script_input(user_id, conn);
         let answer = self.run(&self.scripts.connect, keys, args).await;
+        if matches!(answer.as_ref().map(Value::as_i64), Ok(Some(0 | 1))) {
+            self.unannounced.lock().remove(conn);
+        }
         drop(shared);
         match answer {
             Ok(v) => match v.as_i64() {
                 Some(1) => Ok(true),
                 Some(-1) => {
                     // The registry lost this node (Redis restarted): register every live
-                    // connection, this one included, without announcing anyone.
+                    // connection; this one is announced from there if it is the first.
                     self.need_resync.store(true, Ordering::SeqCst);
                     self.resync().await?;
                     Ok(false)
@@ -742,6 +802,7 @@ impl Inner {
     ) -> Result<bool, PresenceError> {
         let shared = self.gate.read().await;
         self.local.lock().remove(conn);
+        self.unannounced.lock().remove(conn);
         if !self.connected() {
             self.need_resync.store(true, Ordering::SeqCst);
             self.pending_offline.lock().insert(user_id.to_owned());
@@ -888,6 +949,7 @@ impl PresenceStore for RedisPresence {
             inner.announce_offline(strings(gone));
         }
         inner.local.lock().clear();
+        inner.unannounced.lock().clear();
         let _ = tokio::time::timeout(inner.timeout, inner.pool.quit()).await;
     }
 }
