@@ -165,6 +165,9 @@ async fn emit(
             if p.dropped {
                 out["dropped"] = Value::Bool(true);
             }
+            if p.local_only {
+                out["localOnly"] = Value::Bool(true);
+            }
             Ok((StatusCode::OK, axum::Json(out)).into_response())
         }
         Err(e @ PublishError::UnknownEvent(_)) => {

@@ -124,6 +124,15 @@ impl fmt::Debug for LocalHub {
 #[error("room broker: {0}")]
 pub struct BrokerError(pub String);
 
+/// How far a publish reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Every node with members of the room (on a single node: all of them).
+    Cluster,
+    /// This node's members only: the backend that links the nodes could not be reached.
+    LocalOnly,
+}
+
 // ANCHOR: room_broker
 /// Routes published events to the members of a room, on this node and (clustered) others.
 ///
@@ -137,8 +146,9 @@ pub trait RoomBroker: Send + Sync + 'static {
     /// A local connection left `room` (or disconnected).
     async fn leave(&self, room: &Room, conn: &ConnId) -> Result<(), BrokerError>;
 
-    /// Delivers to every member of the delivery's room, on every node, once each.
-    async fn publish(&self, delivery: Arc<Delivery>) -> Result<(), BrokerError>;
+    /// Delivers to every member of the delivery's room, on every node, once each; says
+    /// whether it reached the other nodes or only this node's members.
+    async fn publish(&self, delivery: Arc<Delivery>) -> Result<Reach, BrokerError>;
 
     /// Starts background work (connections, subscriptions); called once, inside the runtime.
     async fn start(&self) -> Result<(), BrokerError> {

@@ -22,7 +22,7 @@ pub mod units;
 
 pub use async_trait::async_trait;
 pub use auth::{AuthError, Authenticator, Handshake, Identity, TokenSource};
-pub use broker::{BrokerError, ConnId, Delivery, LocalHub, Room, RoomBroker};
+pub use broker::{BrokerError, ConnId, Delivery, LocalHub, Reach, Room, RoomBroker};
 pub use config::{Config, ConfigError, LoadedConfig, Overrides};
 pub use event::{ErrorKind, EventError, EventHandler, Outcome};
 pub use hooks::{Direction, HookCtx, Hooks, Source, Verdict};

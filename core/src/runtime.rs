@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::access::RoomAccess;
 use crate::auth::{AuthError, Authenticator, Handshake, Identity};
-use crate::broker::{ConnId, Delivery, LocalHub, Room, RoomBroker};
+use crate::broker::{ConnId, Delivery, LocalHub, Reach, Room, RoomBroker};
 use crate::config::{Config, LimitsConfig};
 use crate::event::{self, ErrorKind, EventError, EventHandler, Outcome};
 use crate::expiry::{Expiry, ExpiryKey};
@@ -94,6 +94,8 @@ pub struct Published {
     pub room: Room,
     /// Whether a hook dropped it.
     pub dropped: bool,
+    /// Whether it reached only this node's members (the broker's backend was unreachable).
+    pub local_only: bool,
 }
 
 /// Why a publish failed.
@@ -509,19 +511,20 @@ impl Gateway {
             socket_id: None,
             claims: None,
         };
-        let sent = self
+        let reach = self
             .publish_routed(&req.event, Some(room.clone()), req.data, None, &ctx)
             .await
             .map_err(|e| PublishError::Backend(e.message))?;
         Ok(Published {
             room,
-            dropped: !sent,
+            dropped: reach.is_none(),
+            local_only: reach == Some(Reach::LocalOnly),
         })
     }
 
     /// Runs `on_outbound` once, serializes once and hands the delivery to the broker.
     ///
-    /// Returns `false` when a hook dropped the event.
+    /// Returns how far it reached, or `None` when a hook dropped the event.
     async fn publish_routed(
         &self,
         event: &str,
@@ -529,9 +532,9 @@ impl Gateway {
         data: Value,
         except: Option<ConnId>,
         ctx: &HookCtx<'_>,
-    ) -> Result<bool, EventError> {
+    ) -> Result<Option<Reach>, EventError> {
         let Some(data) = self.run_hooks(event, data, ctx, Direction::Outbound) else {
-            return Ok(false);
+            return Ok(None);
         };
         let delivery = Delivery::encode(event, room, &data)
             .map_err(|e| EventError::new(ErrorKind::InvalidPayload, e.to_string()))?
@@ -543,11 +546,13 @@ impl Gateway {
                 event: event.to_owned(),
             })
             .inc();
-        if let Err(e) = self.0.broker.publish(Arc::new(delivery)).await {
-            self.backend_error("broker", &e.to_string());
-            return Err(EventError::new(ErrorKind::Backend, e.to_string()));
+        match self.0.broker.publish(Arc::new(delivery)).await {
+            Ok(reach) => Ok(Some(reach)),
+            Err(e) => {
+                self.backend_error("broker", &e.to_string());
+                Err(EventError::new(ErrorKind::Backend, e.to_string()))
+            }
         }
-        Ok(true)
     }
 
     /// Sends `user:online`/`user:offline` to the whole namespace (except the new socket).
@@ -785,6 +790,7 @@ impl InboundCtx<'_> {
         self.gw
             .publish_routed(event, Some(room.clone()), data, except, &ctx)
             .await
+            .map(|reach| reach.is_some())
     }
 }
 

@@ -263,7 +263,8 @@ describe('a Redis restart while clients stay connected', () => {
     // Local delivery keeps working; the other node cannot be reached.
     const local = waitFor(sa, 'message:status', 5000, (d) => d.messageId === 'during');
     const notRemote = expectNone(sb, 'message:status', 800, (d) => d.messageId === 'during');
-    await emitApi(a, status(conv, 'during'));
+    const during = await emitApi(a, status(conv, 'during'));
+    assert.deepEqual(during.json, { room: `conversation:${conv}`, event: 'message:status', localOnly: true }, 'the publisher is told');
     assert.deepEqual(await local, { conversationId: conv, messageId: 'during', status: 'read' });
     await notRemote;
     for (let i = 0; i < 20; i += 1) await emitApi(a, status(conv, `during-${i}`));
@@ -279,7 +280,8 @@ describe('a Redis restart while clients stay connected', () => {
     for (const s of [a, b]) await eventually(async () => (await readyz(s)) === 200, 20000);
     assert.ok(sa.connected && sb.connected, 'clients stayed connected');
 
-    await emitApi(a, status(conv, 'after-a'));
+    const afterA = await emitApi(a, status(conv, 'after-a'));
+    assert.deepEqual(afterA.json, { room: `conversation:${conv}`, event: 'message:status' }, 'reaches the cluster again');
     await emitApi(b, status(conv, 'after-b'));
     const after = (socket) => receivedOf(socket, 'message:status').filter((d) => d.messageId.startsWith('after-')).map((d) => d.messageId);
     await eventually(() => after(sa).length === 2 && after(sb).length === 2, 5000);

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicI64;
 use parking_lot::Mutex;
 use prometheus_client::metrics::gauge::Gauge;
 use switchboard_core::{
-    BoxError, BrokerError, ConnId, Delivery, Factory, LocalHub, Plugin, PluginContext, Room,
+    BoxError, BrokerError, ConnId, Delivery, Factory, LocalHub, Plugin, PluginContext, Reach, Room,
     RoomBroker, async_trait, register_plugin,
 };
 
@@ -63,9 +63,9 @@ impl RoomBroker for MemoryBroker {
         Ok(())
     }
 
-    async fn publish(&self, delivery: Arc<Delivery>) -> Result<(), BrokerError> {
+    async fn publish(&self, delivery: Arc<Delivery>) -> Result<Reach, BrokerError> {
         self.hub.deliver(&delivery).await;
-        Ok(())
+        Ok(Reach::Cluster)
     }
 }
 

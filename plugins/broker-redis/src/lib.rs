@@ -94,7 +94,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_core::config::RedisConfig;
 use switchboard_core::{
     BoxError, BrokerError, ConfigError, ConnId, Delivery, Dur, Factory, LocalHub, Plugin,
-    PluginContext, Room, RoomBroker, async_trait, register_plugin,
+    PluginContext, Reach, Room, RoomBroker, async_trait, register_plugin,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
@@ -659,7 +659,7 @@ impl RoomBroker for RedisBroker {
         Ok(())
     }
 
-    async fn publish(&self, delivery: Arc<Delivery>) -> Result<(), BrokerError> {
+    async fn publish(&self, delivery: Arc<Delivery>) -> Result<Reach, BrokerError> {
         let inner = &self.inner;
         let channel = inner.channel(delivery.room.as_deref());
         let (client, client_up) = inner.publisher(&channel);
@@ -669,21 +669,21 @@ impl RoomBroker for RedisBroker {
             .map_err(|e| BrokerError(format!("cannot encode the delivery: {e}")))?;
         if through_redis {
             match inner.send(client, channel, message).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Reach::Cluster),
                 Err(e) => inner.report(false, &e.to_string()),
             }
             inner.metrics.local_only.inc();
             inner.hub.deliver(&delivery).await;
-            return Ok(());
+            return Ok(Reach::LocalOnly);
         }
         inner.report(false, "not subscribed");
         inner.metrics.local_only.inc();
         inner.hub.deliver(&delivery).await;
-        if client_up {
-            // Other nodes may still hear Redis; this node skips its own tagged copy.
-            let _ = inner.send(client, channel, message).await;
+        // Other nodes may still hear Redis; this node skips its own tagged copy.
+        if client_up && inner.send(client, channel, message).await.is_ok() {
+            return Ok(Reach::Cluster);
         }
-        Ok(())
+        Ok(Reach::LocalOnly)
     }
 
     async fn start(&self) -> Result<(), BrokerError> {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use switchboard_broker_redis::{RedisBroker, RedisBrokerConfig};
 use switchboard_core::config::RedisConfig;
 use switchboard_core::{
-    ConnId, Delivery, Gateway, LocalHub, Room, RoomBroker, Transport, async_trait,
+    ConnId, Delivery, Gateway, LocalHub, Reach, Room, RoomBroker, Transport, async_trait,
 };
 use switchboard_testkit::{RedisServer, eventually};
 
@@ -91,7 +91,8 @@ fn room(name: &str) -> Room {
 
 async fn publish(n: &TestNode, room: Option<&str>, payload: Value) {
     let d = Delivery::encode("message:received", room.map(Room::from), &payload).expect("encode");
-    n.broker.publish(Arc::new(d)).await.expect("publish");
+    let reach = n.broker.publish(Arc::new(d)).await.expect("publish");
+    assert_eq!(reach, Reach::Cluster, "published through Redis");
 }
 
 /// Waits a little for stray deliveries, then returns.
@@ -304,7 +305,17 @@ async fn redis_outage_delivers_locally_then_resubscribes() {
         })
         .await
     );
-    publish(&a, Some("conversation:3"), json!({"during": 1})).await;
+    let d = Delivery::encode(
+        "message:received",
+        Some(room("conversation:3")),
+        &json!({"during": 1}),
+    )
+    .expect("encode");
+    assert_eq!(
+        a.broker.publish(Arc::new(d)).await.expect("publish"),
+        Reach::LocalOnly,
+        "the publisher is told that only local members got it"
+    );
     assert_eq!(
         a.rec.payloads("conversation:3"),
         vec![json!({"during": 1})],
@@ -374,7 +385,11 @@ async fn starts_without_redis_and_catches_up() {
         .await
         .expect("join");
     let d = Delivery::encode("e", Some(room("conversation:5")), &json!(1)).expect("encode");
-    broker.publish(Arc::new(d)).await.expect("local publish");
+    assert_eq!(
+        broker.publish(Arc::new(d)).await.expect("local publish"),
+        Reach::LocalOnly,
+        "delivered here, and said so"
+    );
     assert_eq!(rec.len(), 1);
     server.restart();
     assert!(eventually(Duration::from_secs(10), || async { broker.ready().await }).await);
