@@ -130,6 +130,35 @@ fn hs_token_signed_with_the_public_key_is_refused() {
             .verify(&sign(Algorithm::RS256, None, &rsa("rsa-a.key")))
             .is_ok()
     );
+    // The other way round: a gateway that accepts HS256 alone (its fastest path) refuses a
+    // token of any other algorithm, however validly signed.
+    let hs_only = JwtAuthenticator::new(
+        &JwtConfig {
+            secret: Some("the-real-hmac-secret-0123456789-abcdef".into()),
+            ..cfg(&["HS256"])
+        },
+        false,
+    )
+    .expect("config");
+    assert_eq!(
+        hs_only.verify(&sign(Algorithm::RS256, None, &rsa("rsa-a.key"))),
+        Err(AuthError::InvalidToken)
+    );
+    let hs384 = sign(
+        Algorithm::HS384,
+        None,
+        &EncodingKey::from_secret(b"the-real-hmac-secret-0123456789-abcdef"),
+    );
+    assert_eq!(hs_only.verify(&hs384), Err(AuthError::InvalidToken));
+    assert!(
+        hs_only
+            .verify(&sign(
+                Algorithm::HS256,
+                None,
+                &EncodingKey::from_secret(b"the-real-hmac-secret-0123456789-abcdef"),
+            ))
+            .is_ok()
+    );
 }
 
 #[test]
