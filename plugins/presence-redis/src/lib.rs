@@ -322,10 +322,8 @@ struct Inner {
     ttl: Duration,
     timeout: Duration,
     scripts: Scripts,
-    /// This node's live connections: conn → user. The truth Redis is resynced to.
-    local: Mutex<HashMap<ConnId, String>>,
-    /// Connections whose connect never reached Redis: their `user:online` is still owed.
-    unannounced: Mutex<HashSet<ConnId>>,
+    /// This node's live connections. The truth Redis is resynced to.
+    local: Mutex<HashMap<ConnId, Local>>,
     /// Users whose disconnect failed while Redis was unreachable.
     pending_offline: Mutex<HashSet<String>>,
     /// `connect`/`disconnect` hold it shared; a resync holds it alone.
@@ -345,6 +343,14 @@ struct Inner {
     started: AtomicBool,
     stopped: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// One of this node's live connections.
+struct Local {
+    user: String,
+    /// Its connect never reached Redis: whether it is the user's first, and so its
+    /// `user:online`, is still owed.
+    owed: bool,
 }
 
 fn backend(e: impl std::fmt::Display) -> PresenceError {
@@ -406,7 +412,6 @@ impl RedisPresence {
                 timeout,
                 scripts: Scripts::new(),
                 local: Mutex::new(HashMap::new()),
-                unannounced: Mutex::new(HashSet::new()),
                 pending_offline: Mutex::new(HashSet::new()),
                 gate: RwLock::new(()),
                 need_resync: AtomicBool::new(true),
@@ -531,12 +536,11 @@ impl Inner {
     /// only now.
     async fn resync(self: &Arc<Self>) -> Result<usize, PresenceError> {
         let _alone = self.gate.write().await;
-        let owed = self.unannounced.lock().clone();
         let pairs: Vec<(String, String, bool)> = self
             .local
             .lock()
             .iter()
-            .map(|(c, u)| (c.as_str().to_owned(), u.clone(), owed.contains(c)))
+            .map(|(c, l)| (c.as_str().to_owned(), l.user.clone(), l.owed))
             .collect();
         let mut args = Vec::with_capacity(4 + 3 * pairs.len());
         args.push(self.keys.user_prefix());
@@ -569,8 +573,11 @@ impl Inner {
                 conn: ConnId::new(conn),
             });
         }
-        // Every owed connection of the snapshot is decided: announced below or not first.
-        self.unannounced.lock().retain(|c| !owed.contains(c));
+        // Every owed connection is decided: announced below or not first. (The gate keeps
+        // connections from coming and going while this runs, so the list is the snapshot.)
+        for l in self.local.lock().values_mut() {
+            l.owed = false;
+        }
         self.need_resync.store(false, Ordering::SeqCst);
         *self.last_beat.lock() = Some(Instant::now());
         let previous = self.epoch.lock().replace(epoch.clone());
@@ -746,17 +753,24 @@ impl Inner {
     ) -> Result<bool, PresenceError> {
         // Under the gate: a resync's snapshot and this call's script never interleave.
         let shared = self.gate.read().await;
-        self.local.lock().insert(conn.clone(), user_id.to_owned());
         // Owed until Redis has answered whether it is the user's first connection.
-        self.unannounced.lock().insert(conn.clone());
+        self.local.lock().insert(
+            conn.clone(),
+            Local {
+                user: user_id.to_owned(),
+                owed: true,
+            },
+        );
         if !self.connected() {
             self.need_resync.store(true, Ordering::SeqCst);
             return Err(unreachable());
         }
         let (keys, args) = self.script_input(user_id, conn);
         let answer = self.run(&self.scripts.connect, keys, args).await;
-        if matches!(answer.as_ref().map(Value::as_i64), Ok(Some(0 | 1))) {
-            self.unannounced.lock().remove(conn);
+        if matches!(answer.as_ref().map(Value::as_i64), Ok(Some(0 | 1)))
+            && let Some(l) = self.local.lock().get_mut(conn)
+        {
+            l.owed = false;
         }
         drop(shared);
         match answer {
@@ -802,7 +816,6 @@ impl Inner {
     ) -> Result<bool, PresenceError> {
         let shared = self.gate.read().await;
         self.local.lock().remove(conn);
-        self.unannounced.lock().remove(conn);
         if !self.connected() {
             self.need_resync.store(true, Ordering::SeqCst);
             self.pending_offline.lock().insert(user_id.to_owned());
@@ -949,7 +962,6 @@ impl PresenceStore for RedisPresence {
             inner.announce_offline(strings(gone));
         }
         inner.local.lock().clear();
-        inner.unannounced.lock().clear();
         let _ = tokio::time::timeout(inner.timeout, inner.pool.quit()).await;
     }
 }
