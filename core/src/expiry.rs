@@ -48,6 +48,13 @@ struct Shared {
     seq: AtomicU64,
 }
 
+impl Shared {
+    /// When a session whose token expires at `exp` is closed: `exp` plus the leeway.
+    fn close_at(&self, exp: u64) -> u64 {
+        exp.saturating_add(self.grace)
+    }
+}
+
 /// The node's expiry timer: schedules, reschedules and cancels sessions' deadlines.
 pub(crate) struct Expiry {
     shared: Arc<Shared>,
@@ -87,8 +94,10 @@ impl Expiry {
             };
             // A notice whose time has passed goes out at once; the close waits for `exp`
             // (plus the leeway the token was accepted with).
-            let close_at = exp.saturating_add(self.shared.grace);
-            let notice_at = close_at.saturating_sub(self.notice.as_secs());
+            let notice_at = self
+                .shared
+                .close_at(exp)
+                .saturating_sub(self.notice.as_secs());
             let key = (notice_at, self.shared.seq.fetch_add(1, Ordering::Relaxed));
             map.insert(
                 key,
@@ -168,8 +177,10 @@ fn fire_due(shared: &Shared) {
             }
             *slot = match entry.stage {
                 Stage::Notice => {
-                    let close_at = entry.exp.saturating_add(shared.grace);
-                    let close = (close_at, shared.seq.fetch_add(1, Ordering::Relaxed));
+                    let close = (
+                        shared.close_at(entry.exp),
+                        shared.seq.fetch_add(1, Ordering::Relaxed),
+                    );
                     shared.deadlines.lock().insert(
                         close,
                         Entry {
