@@ -111,138 +111,8 @@ impl Default for RedisPresenceConfig {
     }
 }
 
-/// KEYS: user set, node hash, online set, own alive key. ARGV: member, conn, user.
-/// Returns 1 for the user's first connection, 0 otherwise, -1 when this node must re-register first.
-const CONNECT: &str = r"
-if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
-local added = redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[3])
-if added == 1 and redis.call('SCARD', KEYS[1]) == 1 then return 1 end
-return 0
-";
-
-/// KEYS: user set, node hash, online set, own alive key. ARGV: member, conn, user.
-/// Returns 1 when it removed the user's last connection, 0 otherwise, -1 when this node must re-register first.
-const DISCONNECT: &str = r"
-if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
-local removed = redis.call('SREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[2])
-if removed == 1 and redis.call('SCARD', KEYS[1]) == 0 then
-  redis.call('SREM', KEYS[3], ARGV[3])
-  return 1
-end
-return 0
-";
-
-/// KEYS: own alive key, nodes set. ARGV: ttl in ms, node id.
-/// Refreshes the heartbeat; returns 1 when the key was still there, 0 when it was gone.
-const HEARTBEAT: &str = r"
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-return existed
-";
-
-/// KEYS: nodes set. ARGV: alive key prefix. Returns the registered nodes whose heartbeat expired.
-const FIND_DEAD: &str = r"
-local dead = {}
-for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('EXISTS', ARGV[1] .. n) == 0 then table.insert(dead, n) end
-end
-return dead
-";
-
-/// KEYS: dead node's hash, online set, nodes set, dead node's alive key.
-/// ARGV: user key prefix, dead node id, `force` to sweep even a live node (withdrawal).
-/// Returns the users left without connections.
-const SWEEP: &str = r"
-if ARGV[3] ~= 'force' and redis.call('EXISTS', KEYS[4]) == 1 then return {} end
-local entries = redis.call('HGETALL', KEYS[1])
-local gone = {}
-for i = 1, #entries, 2 do
-  local ukey = ARGV[1] .. entries[i + 1]
-  if redis.call('SREM', ukey, ARGV[2] .. '/' .. entries[i]) == 1 and redis.call('SCARD', ukey) == 0 then
-    redis.call('SREM', KEYS[2], entries[i + 1])
-    table.insert(gone, entries[i + 1])
-  end
-end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[3], ARGV[2])
-if ARGV[3] == 'force' then redis.call('DEL', KEYS[4]) end
-return gone
-";
-
-/// KEYS: own node hash, online set, own alive key, nodes set, epoch key.
-/// ARGV: user key prefix, node id, ttl in ms, a candidate epoch, then (conn, user, owed)
-/// triples of every live local connection, `owed` being `1` for a connection whose
-/// `user:online` is still owed (its connect never reached Redis). Makes Redis's view of
-/// this node equal to the list. Returns the epoch (a random value set by the first node to
-/// register after Redis started empty), the number of users gone, the users whose last
-/// connection it removed, then a (user, conn) pair per owed connection that is its user's
-/// first anywhere. A user whose stale connection is replaced by an owed one is neither.
-const RESYNC: &str = r"
-redis.call('SET', KEYS[5], ARGV[4], 'NX')
-local epoch = redis.call('GET', KEYS[5])
-local want = {}
-for i = 5, #ARGV, 3 do want[ARGV[i]] = ARGV[i + 1] end
-local emptied = {}
-local have = redis.call('HGETALL', KEYS[1])
-for i = 1, #have, 2 do
-  local conn, user = have[i], have[i + 1]
-  if want[conn] ~= user then
-    redis.call('HDEL', KEYS[1], conn)
-    local ukey = ARGV[1] .. user
-    if redis.call('SREM', ukey, ARGV[2] .. '/' .. conn) == 1 and redis.call('SCARD', ukey) == 0 then
-      emptied[user] = true
-    end
-  end
-end
-local function add(conn, user)
-  redis.call('HSET', KEYS[1], conn, user)
-  redis.call('SADD', ARGV[1] .. user, ARGV[2] .. '/' .. conn)
-  redis.call('SADD', KEYS[2], user)
-end
-for i = 5, #ARGV, 3 do
-  if ARGV[i + 2] ~= '1' then add(ARGV[i], ARGV[i + 1]) end
-end
-local online = {}
-for i = 5, #ARGV, 3 do
-  if ARGV[i + 2] == '1' then
-    local conn, user = ARGV[i], ARGV[i + 1]
-    local first = redis.call('SCARD', ARGV[1] .. user) == 0 and not emptied[user]
-    add(conn, user)
-    if first then
-      table.insert(online, user)
-      table.insert(online, conn)
-    end
-  end
-end
-local gone = {}
-for user in pairs(emptied) do
-  if redis.call('SCARD', ARGV[1] .. user) == 0 then
-    redis.call('SREM', KEYS[2], user)
-    table.insert(gone, user)
-  end
-end
-local result = { epoch, tostring(#gone) }
-for _, user in ipairs(gone) do table.insert(result, user) end
-for _, v in ipairs(online) do table.insert(result, v) end
-redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
-redis.call('SADD', KEYS[4], ARGV[2])
-return result
-";
-
-/// KEYS: user set, claim key, online set. ARGV: claim ttl in ms, user.
-/// Returns 1 when the user has no connection and this caller is the first to claim announcing it.
-const CLAIM_OFFLINE: &str = r"
-if redis.call('SCARD', KEYS[1]) > 0 then return 0 end
-redis.call('SREM', KEYS[3], ARGV[2])
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 1 end
-return 0
-";
-
-/// The store's Lua scripts, hashed once.
+/// The store's Lua scripts (`src/scripts/*.lua`, each saying its keys, arguments and
+/// answer), hashed once.
 struct Scripts {
     connect: Script,
     disconnect: Script,
@@ -256,13 +126,13 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Scripts {
-            connect: Script::from_lua(CONNECT),
-            disconnect: Script::from_lua(DISCONNECT),
-            heartbeat: Script::from_lua(HEARTBEAT),
-            find_dead: Script::from_lua(FIND_DEAD),
-            sweep: Script::from_lua(SWEEP),
-            resync: Script::from_lua(RESYNC),
-            claim_offline: Script::from_lua(CLAIM_OFFLINE),
+            connect: Script::from_lua(include_str!("scripts/connect.lua")),
+            disconnect: Script::from_lua(include_str!("scripts/disconnect.lua")),
+            heartbeat: Script::from_lua(include_str!("scripts/heartbeat.lua")),
+            find_dead: Script::from_lua(include_str!("scripts/find_dead.lua")),
+            sweep: Script::from_lua(include_str!("scripts/sweep.lua")),
+            resync: Script::from_lua(include_str!("scripts/resync.lua")),
+            claim_offline: Script::from_lua(include_str!("scripts/claim_offline.lua")),
         }
     }
 }

@@ -1,0 +1,57 @@
+-- KEYS: own node hash, online set, own alive key, nodes set, epoch key.
+-- ARGV: user key prefix, node id, ttl in ms, a candidate epoch, then (conn, user, owed)
+-- triples of every live local connection, `owed` being `1` for a connection whose
+-- `user:online` is still owed (its connect never reached Redis). Makes Redis's view of
+-- this node equal to the list. Returns the epoch (a random value set by the first node to
+-- register after Redis started empty), the number of users gone, the users whose last
+-- connection it removed, then a (user, conn) pair per owed connection that is its user's
+-- first anywhere. A user whose stale connection is replaced by an owed one is neither.
+redis.call('SET', KEYS[5], ARGV[4], 'NX')
+local epoch = redis.call('GET', KEYS[5])
+local want = {}
+for i = 5, #ARGV, 3 do want[ARGV[i]] = ARGV[i + 1] end
+local emptied = {}
+local have = redis.call('HGETALL', KEYS[1])
+for i = 1, #have, 2 do
+  local conn, user = have[i], have[i + 1]
+  if want[conn] ~= user then
+    redis.call('HDEL', KEYS[1], conn)
+    local ukey = ARGV[1] .. user
+    if redis.call('SREM', ukey, ARGV[2] .. '/' .. conn) == 1 and redis.call('SCARD', ukey) == 0 then
+      emptied[user] = true
+    end
+  end
+end
+local function add(conn, user)
+  redis.call('HSET', KEYS[1], conn, user)
+  redis.call('SADD', ARGV[1] .. user, ARGV[2] .. '/' .. conn)
+  redis.call('SADD', KEYS[2], user)
+end
+for i = 5, #ARGV, 3 do
+  if ARGV[i + 2] ~= '1' then add(ARGV[i], ARGV[i + 1]) end
+end
+local online = {}
+for i = 5, #ARGV, 3 do
+  if ARGV[i + 2] == '1' then
+    local conn, user = ARGV[i], ARGV[i + 1]
+    local first = redis.call('SCARD', ARGV[1] .. user) == 0 and not emptied[user]
+    add(conn, user)
+    if first then
+      table.insert(online, user)
+      table.insert(online, conn)
+    end
+  end
+end
+local gone = {}
+for user in pairs(emptied) do
+  if redis.call('SCARD', ARGV[1] .. user) == 0 then
+    redis.call('SREM', KEYS[2], user)
+    table.insert(gone, user)
+  end
+end
+local result = { epoch, tostring(#gone) }
+for _, user in ipairs(gone) do table.insert(result, user) end
+for _, v in ipairs(online) do table.insert(result, v) end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[2])
+return result
