@@ -83,8 +83,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::prelude::{
-    Builder, Client, ClientLike, Error as RedisError, ErrorKind as RedisErrorKind, EventInterface,
-    Pool, PubsubInterface,
+    Client, ClientLike, Error as RedisError, ErrorKind as RedisErrorKind, EventInterface,
+    PubsubInterface,
 };
 use fred::types::Message;
 use parking_lot::Mutex;
@@ -93,9 +93,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use switchboard_core::config::RedisConfig;
 use switchboard_core::{
-    BoxError, BrokerError, ConfigError, ConnId, Delivery, Dur, Factory, LocalHub, Plugin,
-    PluginContext, Reach, Room, RoomBroker, async_trait, register_plugin,
+    BoxError, BrokerError, ConfigError, ConnId, Delivery, Factory, LocalHub, Plugin, PluginContext,
+    Reach, Room, RoomBroker, async_trait, register_plugin,
 };
+use switchboard_redis_client::{ClientConfig, Health, PoolWatch};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -109,27 +110,8 @@ const LOCK_SHARDS: usize = 256;
 /// How often the supervisor checks the connections.
 const TICK: Duration = Duration::from_millis(250);
 
-/// `broker.redis.*`: the Redis broker's own settings (the server is the shared `redis.*`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisBrokerConfig {
-    /// Connections used to publish; each room always publishes on the same one.
-    pub pool_size: usize,
-    /// How long one Redis command may take before Redis counts as unreachable.
-    pub command_timeout: Dur,
-    /// Longest wait between reconnection attempts (the backoff starts at 100 ms and doubles).
-    pub reconnect_max_delay: Dur,
-}
-
-impl Default for RedisBrokerConfig {
-    fn default() -> Self {
-        RedisBrokerConfig {
-            pool_size: 2,
-            command_timeout: Dur::secs(2),
-            reconnect_max_delay: Dur::secs(5),
-        }
-    }
-}
+/// `broker.redis.*`: the Redis broker's connection settings (the server is the shared `redis.*`).
+pub type RedisBrokerConfig = ClientConfig;
 
 /// What travels on a channel: the delivery, and the node that already delivered it locally.
 #[derive(Serialize)]
@@ -177,40 +159,20 @@ struct Inner {
     room_prefix: String,
     broadcast: String,
     sub: Client,
-    pool: Pool,
+    pool: Arc<PoolWatch>,
     timeout: Duration,
     rooms: Box<[AsyncMutex<HashMap<Room, usize>>]>,
     /// The subscriber connection is up: joins subscribe right away.
     sub_up: AtomicBool,
-    /// Per pooled connection: up since its last (re)connect, down since its last error.
-    /// fred's own state still says "connected" for a moment after a connection drops.
-    pool_up: Box<[AtomicBool]>,
     /// Every channel with local members is subscribed on the current connection.
     subscribed: AtomicBool,
     /// Asks the supervisor for a resubscription pass.
     resync: Notify,
-    /// Whether the last health state this broker logged was "unreachable".
-    reported_down: AtomicBool,
+    health: Health,
     started: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     metrics: BrokerMetrics,
     last_decode_warning: Mutex<Option<Instant>>,
-}
-
-/// The fred builder both connections are made from.
-fn builder(
-    redis: &RedisConfig,
-    cfg: &RedisBrokerConfig,
-    capacity: usize,
-) -> Result<Builder, RedisError> {
-    switchboard_redis_client::builder(
-        &redis.url,
-        &switchboard_redis_client::Settings {
-            reconnect_max_delay: cfg.reconnect_max_delay.get(),
-            command_timeout: cfg.command_timeout.get(),
-            broadcast_capacity: Some(capacity),
-        },
-    )
 }
 
 fn timeout_error(what: &str) -> RedisError {
@@ -223,43 +185,34 @@ impl RedisBroker {
         hub: LocalHub,
         redis: &RedisConfig,
         cfg: &RedisBrokerConfig,
-    ) -> Result<Self, BrokerError> {
-        if cfg.pool_size == 0 {
-            return Err(BrokerError(
-                "broker.redis.pool_size: must be at least 1".into(),
-            ));
-        }
-        redis
-            .check_url()
-            .map_err(|e| BrokerError(format!("redis.url: {e}")))?;
-        let bad_url = |e: RedisError| BrokerError(format!("redis.url: {}", e.details()));
-        let sub = builder(redis, cfg, 16 * 1024)
-            .map_err(bad_url)?
-            .build()
-            .map_err(bad_url)?;
-        let pool = builder(redis, cfg, 64)
-            .map_err(bad_url)?
-            .build_pool(cfg.pool_size)
-            .map_err(bad_url)?;
+    ) -> Result<Self, ConfigError> {
+        cfg.validate("broker.redis")?;
+        let sub = switchboard_redis_client::client(redis, cfg, Some(16 * 1024))?;
+        let pool = switchboard_redis_client::pool(redis, cfg, Some(64))?;
         let rooms = (0..LOCK_SHARDS)
             .map(|_| AsyncMutex::new(HashMap::new()))
             .collect();
+        let node = switchboard_core::registry::random_id();
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 hub,
-                node: switchboard_core::registry::random_id(),
+                health: Health::new(
+                    "room broker",
+                    node.clone(),
+                    "rooms subscribed, delivering through Redis",
+                    "delivering to this node's sockets only and reconnecting",
+                ),
+                node,
                 sharded: redis.sharded_pubsub,
                 room_prefix: format!("{}room:", redis.key_prefix),
                 broadcast: format!("{}broadcast", redis.key_prefix),
                 sub,
-                pool,
+                pool: PoolWatch::new(pool),
                 timeout: cfg.command_timeout.get(),
                 rooms,
                 sub_up: AtomicBool::new(false),
-                pool_up: (0..cfg.pool_size).map(|_| AtomicBool::new(false)).collect(),
                 subscribed: AtomicBool::new(false),
                 resync: Notify::new(),
-                reported_down: AtomicBool::new(true),
                 started: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),
                 metrics: BrokerMetrics::default(),
@@ -356,41 +309,17 @@ impl Inner {
 
     /// The pooled connection a channel always publishes on, and whether it is up.
     fn publisher(&self, channel: &str) -> (&Client, bool) {
-        let clients = self.pool.clients();
+        let clients = self.pool.pool().clients();
         let i = stable_hash(channel) as usize % clients.len();
-        (&clients[i], self.pool_client_up(i))
-    }
-
-    fn pool_client_up(&self, i: usize) -> bool {
-        self.pool_up
-            .get(i)
-            .is_some_and(|u| u.load(Ordering::SeqCst))
-            && self
-                .pool
-                .clients()
-                .get(i)
-                .is_some_and(ClientLike::is_connected)
+        (&clients[i], self.pool.client_up(i))
     }
 
     fn ready(&self) -> bool {
-        self.subscribed.load(Ordering::SeqCst)
-            && self.sub.is_connected()
-            && (0..self.pool.clients().len()).all(|i| self.pool_client_up(i))
+        self.subscribed.load(Ordering::SeqCst) && self.sub.is_connected() && self.pool.all_up()
     }
 
-    /// Logs a change of health once: "unreachable" when it goes, "back" when it returns.
     fn report(&self, healthy: bool, why: &str) {
-        if healthy {
-            if self.reported_down.swap(false, Ordering::SeqCst) {
-                tracing::info!(node = %self.node, "room broker: Redis reachable; rooms subscribed, delivering through Redis");
-            }
-        } else if !self.reported_down.swap(true, Ordering::SeqCst) {
-            tracing::warn!(
-                node = %self.node,
-                reason = why,
-                "room broker: Redis unreachable; delivering to this node's sockets only and reconnecting"
-            );
-        }
+        self.health.report(healthy, why);
     }
 
     fn down(&self) {
@@ -701,16 +630,9 @@ impl RoomBroker for RedisBroker {
             tasks.push(tokio::spawn(forward(inner.clone(), messages, tx)));
             tasks.push(tokio::spawn(deliver(inner.clone(), rx)));
             tasks.push(tokio::spawn(supervise(inner.clone(), reconnects, errors)));
-            for (i, c) in inner.pool.clients().iter().enumerate() {
-                tasks.push(tokio::spawn(watch_pool_client(
-                    inner.clone(),
-                    i,
-                    c.reconnect_rx(),
-                    c.error_rx(),
-                )));
-            }
+            tasks.extend(inner.pool.spawn(|_| {}));
             tasks.push(flatten(inner.sub.connect()));
-            tasks.push(flatten(inner.pool.connect()));
+            tasks.push(flatten(inner.pool.pool().connect()));
         }
         // Give a healthy Redis the time to answer, so the node is ready when it starts serving.
         let deadline = Instant::now() + inner.timeout;
@@ -736,31 +658,7 @@ impl RoomBroker for RedisBroker {
             t.abort();
         }
         let _ = tokio::time::timeout(inner.timeout, inner.sub.quit()).await;
-        let _ = tokio::time::timeout(inner.timeout, inner.pool.quit()).await;
-    }
-}
-
-/// Tracks one pooled connection: up after each (re)connect, down after each connection error.
-async fn watch_pool_client(
-    inner: Arc<Inner>,
-    i: usize,
-    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
-    mut errors: tokio::sync::broadcast::Receiver<(RedisError, Option<fred::types::config::Server>)>,
-) {
-    let Some(flag) = inner.pool_up.get(i) else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            r = reconnects.recv() => match r {
-                Ok(_) | Err(RecvError::Lagged(_)) => flag.store(true, Ordering::SeqCst),
-                Err(RecvError::Closed) => break,
-            },
-            r = errors.recv() => match r {
-                Ok(_) | Err(RecvError::Lagged(_)) => flag.store(false, Ordering::SeqCst),
-                Err(RecvError::Closed) => break,
-            },
-        }
+        let _ = tokio::time::timeout(inner.timeout, inner.pool.pool().quit()).await;
     }
 }
 
@@ -774,24 +672,7 @@ fn flatten<T: Send + 'static>(handle: JoinHandle<T>) -> JoinHandle<()> {
 fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn RoomBroker>, BoxError> {
     let cfg: RedisBrokerConfig = ctx.section()?;
     let redis: RedisConfig = ctx.extract("redis")?;
-    if cfg.pool_size == 0 {
-        return Err(Box::new(ConfigError::new(
-            "broker.redis.pool_size",
-            "must be at least 1",
-        )));
-    }
-    if cfg.command_timeout.get().is_zero() {
-        return Err(Box::new(ConfigError::new(
-            "broker.redis.command_timeout",
-            "must be more than 0s",
-        )));
-    }
-    let broker = RedisBroker::new(ctx.hub().clone(), &redis, &cfg).map_err(|e| {
-        ConfigError::new(
-            "redis.url",
-            e.0.trim_start_matches("redis.url: ").to_owned(),
-        )
-    })?;
+    let broker = RedisBroker::new(ctx.hub().clone(), &redis, &cfg)?;
     broker.register_metrics(ctx);
     Ok(Arc::new(broker))
 }
@@ -810,13 +691,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn config_defaults_and_unknown_keys() {
+    fn config_defaults() {
         let c = RedisBrokerConfig::default();
         assert_eq!(c.pool_size, 2);
-        assert_eq!(c.command_timeout, Dur::secs(2));
-        let err =
-            serde_json::from_str::<RedisBrokerConfig>(r#"{"pool_sise": 3}"#).expect_err("typo");
-        assert!(err.to_string().contains("unknown field"), "{err}");
+        assert_eq!(c.command_timeout, switchboard_core::Dur::secs(2));
     }
 
     #[test]
@@ -852,7 +730,7 @@ mod tests {
         };
         let err =
             RedisBroker::new(hub, &redis, &RedisBrokerConfig::default()).expect_err("bad url");
-        assert!(err.0.starts_with("redis.url:"), "{}", err.0);
+        assert!(err.to_string().starts_with("redis.url:"), "{err}");
     }
 
     #[test]

@@ -75,41 +75,22 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::prelude::{
-    Client, ClientLike, Error as RedisError, ErrorKind as RedisErrorKind, EventInterface, Pool,
-    SetsInterface, Value,
+    Client, ClientLike, Error as RedisError, ErrorKind as RedisErrorKind, SetsInterface, Value,
 };
 use fred::types::scripts::Script;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use switchboard_core::config::RedisConfig;
 use switchboard_core::{
-    BoxError, ConfigError, ConnId, Dur, Factory, Plugin, PluginContext, PresenceChange,
-    PresenceError, PresenceEvents, PresenceStore, async_trait, register_plugin,
+    BoxError, ConfigError, ConnId, Factory, Plugin, PluginContext, PresenceChange, PresenceError,
+    PresenceEvents, PresenceStore, async_trait, register_plugin,
 };
+use switchboard_redis_client::{ClientConfig, Health, PoolWatch};
 use tokio::sync::{Notify, RwLock};
 use tokio::task::JoinHandle;
 
-/// `presence.redis.*`: the Redis presence store's own settings (the server is the shared `redis.*`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisPresenceConfig {
-    /// Connections to Redis.
-    pub pool_size: usize,
-    /// How long one Redis command may take before Redis counts as unreachable.
-    pub command_timeout: Dur,
-    /// Longest wait between reconnection attempts (the backoff starts at 100 ms and doubles).
-    pub reconnect_max_delay: Dur,
-}
-
-impl Default for RedisPresenceConfig {
-    fn default() -> Self {
-        RedisPresenceConfig {
-            pool_size: 2,
-            command_timeout: Dur::secs(2),
-            reconnect_max_delay: Dur::secs(5),
-        }
-    }
-}
+/// `presence.redis.*`: the Redis presence store's connection settings (the server is the
+/// shared `redis.*`).
+pub type RedisPresenceConfig = ClientConfig;
 
 /// The store's Lua scripts (`src/scripts/*.lua`, each saying its keys, arguments and
 /// answer), hashed once.
@@ -188,7 +169,7 @@ impl std::fmt::Debug for RedisPresence {
 struct Inner {
     node: String,
     keys: Keys,
-    pool: Pool,
+    pool: Arc<PoolWatch>,
     ttl: Duration,
     timeout: Duration,
     scripts: Scripts,
@@ -201,15 +182,12 @@ struct Inner {
     /// Redis's view of this node may be stale (a reconnect happened, or a call failed).
     need_resync: AtomicBool,
     wake: Notify,
-    /// Per pooled connection: up since its last (re)connect, down since its last error.
-    /// fred's own state still says "connected" for a moment after a connection drops.
-    up: Box<[AtomicBool]>,
     next: AtomicUsize,
     events: Mutex<Option<PresenceEvents>>,
     last_beat: Mutex<Option<Instant>>,
     /// The Redis epoch this node last registered in; a new one means Redis restarted empty.
     epoch: Mutex<Option<String>>,
-    reported_down: AtomicBool,
+    health: Health,
     started: AtomicBool,
     stopped: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -250,48 +228,35 @@ impl RedisPresence {
         redis: &RedisConfig,
         cfg: &RedisPresenceConfig,
         node_ttl: Duration,
-    ) -> Result<Self, PresenceError> {
-        if cfg.pool_size == 0 {
-            return Err(PresenceError(
-                "presence.redis.pool_size: must be at least 1".into(),
-            ));
-        }
-        redis
-            .check_url()
-            .map_err(|e| PresenceError(format!("redis.url: {e}")))?;
-        let bad_url = |e: RedisError| PresenceError(format!("redis.url: {}", e.details()));
-        let timeout = cfg.command_timeout.get();
-        let b = switchboard_redis_client::builder(
-            &redis.url,
-            &switchboard_redis_client::Settings {
-                reconnect_max_delay: cfg.reconnect_max_delay.get(),
-                command_timeout: timeout,
-                broadcast_capacity: None,
-            },
-        )
-        .map_err(bad_url)?;
-        let pool = b.build_pool(cfg.pool_size).map_err(bad_url)?;
+    ) -> Result<Self, ConfigError> {
+        cfg.validate("presence.redis")?;
+        let pool = switchboard_redis_client::pool(redis, cfg, None)?;
+        let node = switchboard_core::registry::random_id();
         Ok(RedisPresence {
             inner: Arc::new(Inner {
-                node: switchboard_core::registry::random_id(),
+                health: Health::new(
+                    "presence",
+                    node.clone(),
+                    "this node's connections are registered",
+                    "presence calls fail until it is back",
+                ),
+                node,
                 keys: Keys {
                     base: format!("{}{{presence}}:", redis.key_prefix),
                 },
-                pool,
+                pool: PoolWatch::new(pool),
                 ttl: node_ttl,
-                timeout,
+                timeout: cfg.command_timeout.get(),
                 scripts: Scripts::new(),
                 local: Mutex::new(HashMap::new()),
                 pending_offline: Mutex::new(HashSet::new()),
                 gate: RwLock::new(()),
                 need_resync: AtomicBool::new(true),
                 wake: Notify::new(),
-                up: (0..cfg.pool_size).map(|_| AtomicBool::new(false)).collect(),
                 next: AtomicUsize::new(0),
                 events: Mutex::new(None),
                 last_beat: Mutex::new(None),
                 epoch: Mutex::new(None),
-                reported_down: AtomicBool::new(true),
                 started: AtomicBool::new(false),
                 stopped: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),
@@ -322,27 +287,18 @@ impl Drop for RedisPresence {
 }
 
 impl Inner {
-    fn client_up(&self, i: usize) -> bool {
-        self.up.get(i).is_some_and(|u| u.load(Ordering::SeqCst))
-            && self
-                .pool
-                .clients()
-                .get(i)
-                .is_some_and(ClientLike::is_connected)
-    }
-
     /// A connected client (round robin), or `None` while Redis is unreachable.
     fn client(&self) -> Option<&Client> {
-        let clients = self.pool.clients();
+        let clients = self.pool.pool().clients();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..clients.len())
             .map(|k| (start + k) % clients.len())
-            .find(|&i| self.client_up(i))
+            .find(|&i| self.pool.client_up(i))
             .and_then(|i| clients.get(i))
     }
 
     fn connected(&self) -> bool {
-        (0..self.pool.clients().len()).any(|i| self.client_up(i))
+        self.pool.any_up()
     }
 
     fn ready(&self) -> bool {
@@ -354,13 +310,7 @@ impl Inner {
     }
 
     fn report(&self, healthy: bool, why: &str) {
-        if healthy {
-            if self.reported_down.swap(false, Ordering::SeqCst) {
-                tracing::info!(node = %self.node, "presence: Redis reachable; this node's connections are registered");
-            }
-        } else if !self.reported_down.swap(true, Ordering::SeqCst) {
-            tracing::warn!(node = %self.node, reason = why, "presence: Redis unreachable; presence calls fail until it is back");
-        }
+        self.health.report(healthy, why);
     }
 
     fn announce_offline(&self, users: Vec<String>) {
@@ -586,35 +536,6 @@ async fn maintain(inner: Arc<Inner>) {
     }
 }
 
-/// Tracks one pooled connection: after every (re)connect it is up and this node
-/// re-registers; after a connection error it is down.
-async fn watch_client(
-    inner: Arc<Inner>,
-    i: usize,
-    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
-    mut errors: tokio::sync::broadcast::Receiver<(RedisError, Option<fred::types::config::Server>)>,
-) {
-    use tokio::sync::broadcast::error::RecvError;
-    let Some(flag) = inner.up.get(i) else { return };
-    loop {
-        tokio::select! {
-            r = reconnects.recv() => match r {
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    // Ask for the resync before showing the connection as up.
-                    inner.need_resync.store(true, Ordering::SeqCst);
-                    flag.store(true, Ordering::SeqCst);
-                    inner.wake.notify_one();
-                }
-                Err(RecvError::Closed) => break,
-            },
-            r = errors.recv() => match r {
-                Ok(_) | Err(RecvError::Lagged(_)) => flag.store(false, Ordering::SeqCst),
-                Err(RecvError::Closed) => break,
-            },
-        }
-    }
-}
-
 impl Inner {
     async fn connect(
         self: &Arc<Self>,
@@ -763,15 +684,15 @@ impl PresenceStore for RedisPresence {
         *inner.events.lock() = Some(events);
         {
             let mut tasks = inner.tasks.lock();
-            for (i, c) in inner.pool.clients().iter().enumerate() {
-                tasks.push(tokio::spawn(watch_client(
-                    inner.clone(),
-                    i,
-                    c.reconnect_rx(),
-                    c.error_rx(),
-                )));
-            }
-            let connecting = inner.pool.connect();
+            let me = Arc::downgrade(inner);
+            tasks.extend(inner.pool.spawn(move |_| {
+                // Ask for the resync before the connection shows as up.
+                if let Some(inner) = me.upgrade() {
+                    inner.need_resync.store(true, Ordering::SeqCst);
+                    inner.wake.notify_one();
+                }
+            }));
+            let connecting = inner.pool.pool().connect();
             tasks.push(tokio::spawn(async move {
                 let _ = connecting.await;
             }));
@@ -779,8 +700,7 @@ impl PresenceStore for RedisPresence {
         // Wait for every connection's first (re)connect event to be handled (each asks for a
         // resync), so the registration below is the one that makes the store ready.
         let deadline = Instant::now() + inner.timeout;
-        let all_up = || (0..inner.pool.clients().len()).all(|i| inner.client_up(i));
-        while Instant::now() < deadline && !all_up() {
+        while Instant::now() < deadline && !inner.pool.all_up() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let first = if inner.connected() {
@@ -832,7 +752,7 @@ impl PresenceStore for RedisPresence {
             inner.announce_offline(strings(gone));
         }
         inner.local.lock().clear();
-        let _ = tokio::time::timeout(inner.timeout, inner.pool.quit()).await;
+        let _ = tokio::time::timeout(inner.timeout, inner.pool.pool().quit()).await;
     }
 }
 
@@ -846,25 +766,7 @@ fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn PresenceStore>, BoxError> {
             "must be at least 300ms for the redis presence store",
         )));
     }
-    if cfg.pool_size == 0 {
-        return Err(Box::new(ConfigError::new(
-            "presence.redis.pool_size",
-            "must be at least 1",
-        )));
-    }
-    if cfg.command_timeout.get().is_zero() {
-        return Err(Box::new(ConfigError::new(
-            "presence.redis.command_timeout",
-            "must be more than 0s",
-        )));
-    }
-    let store = RedisPresence::new(&redis, &cfg, ttl).map_err(|e| {
-        ConfigError::new(
-            "redis.url",
-            e.0.trim_start_matches("redis.url: ").to_owned(),
-        )
-    })?;
-    Ok(Arc::new(store))
+    Ok(Arc::new(RedisPresence::new(&redis, &cfg, ttl)?))
 }
 
 register_plugin!(

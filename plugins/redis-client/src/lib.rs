@@ -1,14 +1,80 @@
-//! The Redis client setup Switchboard's Redis plugins share (`presence.plugin = "redis"`,
+//! What Switchboard's Redis plugins share (`presence.plugin = "redis"`,
 //! `broker.plugin = "redis"`): not a plugin itself.
 //!
-//! Every connection reconnects forever with exponential back-off, bounds connecting and
-//! every command by one timeout, and never replays a command that was in flight when its
-//! connection dropped: a replayed `PUBLISH` would deliver twice, a replayed presence script
-//! would answer "not first" for a first connection.
+//! - [`ClientConfig`]: the connection settings each plugin's section has
+//!   (`broker.redis.*`, `presence.redis.*`), checked the same way;
+//! - [`builder`], [`pool`], [`client`]: fred clients for the shared `redis.*` server. Every
+//!   connection reconnects forever with exponential back-off, bounds connecting and every
+//!   command by one timeout, and never replays a command that was in flight when its
+//!   connection dropped: a replayed `PUBLISH` would deliver twice, a replayed presence
+//!   script would answer "not first" for a first connection;
+//! - [`PoolWatch`]: whether each pooled connection is up, from fred's own events (fred still
+//!   reports a dropped connection as connected for a moment);
+//! - [`Health`]: logs a plugin's "Redis unreachable" / "Redis reachable" once per change.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fred::prelude::{Builder, Config, Error, ReconnectPolicy};
+use fred::prelude::{
+    Builder, Client, ClientLike, Config, Error, ErrorKind, EventInterface, Pool, ReconnectPolicy,
+};
+use serde::{Deserialize, Serialize};
+use switchboard_core::config::RedisConfig;
+use switchboard_core::{ConfigError, Dur};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+
+/// A Redis plugin's connection settings (`broker.redis.*`, `presence.redis.*`); the server
+/// itself is the shared `redis.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Connections to Redis (for the broker: to publish on; each room always uses the same one).
+    pub pool_size: usize,
+    /// How long one Redis command may take before Redis counts as unreachable.
+    pub command_timeout: Dur,
+    /// Longest wait between reconnection attempts (the backoff starts at 100 ms and doubles).
+    pub reconnect_max_delay: Dur,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            pool_size: 2,
+            command_timeout: Dur::secs(2),
+            reconnect_max_delay: Dur::secs(5),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Checks the values; errors name `{section}.{key}`.
+    pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        if self.pool_size == 0 {
+            return Err(ConfigError::new(
+                format!("{section}.pool_size"),
+                "must be at least 1",
+            ));
+        }
+        if self.command_timeout.get().is_zero() {
+            return Err(ConfigError::new(
+                format!("{section}.command_timeout"),
+                "must be more than 0s",
+            ));
+        }
+        Ok(())
+    }
+
+    /// How the fred connections behave with these settings.
+    fn settings(&self, broadcast_capacity: Option<usize>) -> Settings {
+        Settings {
+            reconnect_max_delay: self.reconnect_max_delay.get(),
+            command_timeout: self.command_timeout.get(),
+            broadcast_capacity,
+        }
+    }
+}
 
 /// How a plugin's Redis connections behave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +116,194 @@ pub fn builder(url: &str, settings: &Settings) -> Result<Builder, Error> {
     Ok(b)
 }
 
+/// A config error at `redis.url` for what fred or the scheme check says about it.
+fn url_error(reason: impl Into<String>) -> ConfigError {
+    ConfigError::new("redis.url", reason)
+}
+
+fn checked_builder(
+    redis: &RedisConfig,
+    cfg: &ClientConfig,
+    broadcast_capacity: Option<usize>,
+) -> Result<Builder, ConfigError> {
+    redis.check_url().map_err(url_error)?;
+    builder(&redis.url, &cfg.settings(broadcast_capacity)).map_err(|e| url_error(e.details()))
+}
+
+/// A pool of `cfg.pool_size` connections to the shared Redis (not connected yet).
+pub fn pool(
+    redis: &RedisConfig,
+    cfg: &ClientConfig,
+    broadcast_capacity: Option<usize>,
+) -> Result<Pool, ConfigError> {
+    checked_builder(redis, cfg, broadcast_capacity)?
+        .build_pool(cfg.pool_size)
+        .map_err(|e| url_error(e.details()))
+}
+
+/// One connection to the shared Redis (not connected yet), such as a subscriber.
+pub fn client(
+    redis: &RedisConfig,
+    cfg: &ClientConfig,
+    broadcast_capacity: Option<usize>,
+) -> Result<Client, ConfigError> {
+    checked_builder(redis, cfg, broadcast_capacity)?
+        .build()
+        .map_err(|e| url_error(e.details()))
+}
+
+/// Whether a fred error is a timeout (as opposed to the connection being down, or Redis
+/// refusing the command).
+pub fn is_timeout(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::Timeout)
+}
+
+/// Whether a fred error says Redis answered and refused (ACL rights, wrong type, a script
+/// error) rather than being unreachable.
+pub fn is_refusal(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Auth | ErrorKind::InvalidCommand | ErrorKind::InvalidArgument
+    ) || {
+        let d = e.details();
+        d.starts_with("NOPERM") || d.starts_with("WRONGTYPE") || d.starts_with("ERR")
+    }
+}
+
+/// Whether each connection of a pool is up, from fred's reconnect and error events.
+pub struct PoolWatch {
+    pool: Pool,
+    up: Box<[AtomicBool]>,
+}
+
+impl std::fmt::Debug for PoolWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolWatch")
+            .field("up", &self.up.len())
+            .finish()
+    }
+}
+
+impl PoolWatch {
+    /// Watches `pool`'s connections (all down until their first connect).
+    pub fn new(pool: Pool) -> Arc<Self> {
+        let n = pool.clients().len();
+        Arc::new(PoolWatch {
+            pool,
+            up: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Whether connection `i` is up: connected since its last (re)connect, no error since.
+    pub fn client_up(&self, i: usize) -> bool {
+        self.up.get(i).is_some_and(|u| u.load(Ordering::SeqCst))
+            && self
+                .pool
+                .clients()
+                .get(i)
+                .is_some_and(ClientLike::is_connected)
+    }
+
+    /// Whether any connection is up.
+    pub fn any_up(&self) -> bool {
+        (0..self.up.len()).any(|i| self.client_up(i))
+    }
+
+    /// Whether every connection is up.
+    pub fn all_up(&self) -> bool {
+        (0..self.up.len()).all(|i| self.client_up(i))
+    }
+
+    /// Starts one task per connection that keeps its flag; `on_up(i)` runs after each
+    /// (re)connect of connection `i`, before its flag turns up.
+    pub fn spawn(
+        self: &Arc<Self>,
+        on_up: impl Fn(usize) + Send + Sync + 'static,
+    ) -> Vec<JoinHandle<()>> {
+        let on_up = Arc::new(on_up);
+        self.pool
+            .clients()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let me = self.clone();
+                let on_up = on_up.clone();
+                let mut reconnects = c.reconnect_rx();
+                let mut errors = c.error_rx();
+                tokio::spawn(async move {
+                    let Some(flag) = me.up.get(i) else { return };
+                    loop {
+                        tokio::select! {
+                            r = reconnects.recv() => match r {
+                                Ok(_) | Err(RecvError::Lagged(_)) => {
+                                    on_up(i);
+                                    flag.store(true, Ordering::SeqCst);
+                                }
+                                Err(RecvError::Closed) => break,
+                            },
+                            r = errors.recv() => match r {
+                                Ok(_) | Err(RecvError::Lagged(_)) => flag.store(false, Ordering::SeqCst),
+                                Err(RecvError::Closed) => break,
+                            },
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+/// Logs a plugin's Redis health once per change: "unreachable" when it goes, "reachable"
+/// when it comes back. Starts as down, so the first healthy report is logged.
+#[derive(Debug)]
+pub struct Health {
+    plugin: &'static str,
+    node: String,
+    reported_down: AtomicBool,
+    up_note: &'static str,
+    down_note: &'static str,
+}
+
+impl Health {
+    /// Health for `plugin` (`room broker`) on node `node`; the notes say what the node does
+    /// while Redis is up and while it is down.
+    pub fn new(
+        plugin: &'static str,
+        node: impl Into<String>,
+        up_note: &'static str,
+        down_note: &'static str,
+    ) -> Self {
+        Health {
+            plugin,
+            node: node.into(),
+            reported_down: AtomicBool::new(true),
+            up_note,
+            down_note,
+        }
+    }
+
+    /// Reports the current health; logs only a change.
+    pub fn report(&self, healthy: bool, why: &str) {
+        if healthy {
+            if self.reported_down.swap(false, Ordering::SeqCst) {
+                tracing::info!(node = %self.node, "{}: Redis reachable; {}", self.plugin, self.up_note);
+            }
+        } else if !self.reported_down.swap(true, Ordering::SeqCst) {
+            tracing::warn!(node = %self.node, reason = why, "{}: Redis unreachable; {}", self.plugin, self.down_note);
+        }
+    }
+
+    /// Whether the last report was "down".
+    pub fn is_down(&self) -> bool {
+        self.reported_down.load(Ordering::SeqCst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,8 +332,42 @@ mod tests {
 
     #[test]
     fn a_url_that_does_not_parse_is_an_error() {
-        // The scheme is checked before, with the config (`RedisConfig::check_url`).
         assert!(builder("not a url", &settings()).is_err());
         assert!(builder("redis://", &settings()).is_err());
+        let bad = RedisConfig {
+            url: "localhost:6379".into(),
+            ..RedisConfig::default()
+        };
+        let e = pool(&bad, &ClientConfig::default(), None).expect_err("no scheme");
+        assert!(e.to_string().starts_with("redis.url: "), "{e}");
+    }
+
+    #[test]
+    fn settings_are_checked_and_name_their_key() {
+        let c = ClientConfig {
+            pool_size: 0,
+            ..ClientConfig::default()
+        };
+        assert!(
+            c.validate("broker.redis")
+                .expect_err("no pool")
+                .to_string()
+                .starts_with("broker.redis.pool_size:")
+        );
+        let c = ClientConfig {
+            command_timeout: Dur::secs(0),
+            ..ClientConfig::default()
+        };
+        assert!(
+            c.validate("presence.redis")
+                .expect_err("no time")
+                .to_string()
+                .starts_with("presence.redis.command_timeout:")
+        );
+        ClientConfig::default()
+            .validate("x")
+            .expect("the defaults are valid");
+        let err = serde_json::from_str::<ClientConfig>(r#"{"pool_sise": 3}"#).expect_err("typo");
+        assert!(err.to_string().contains("unknown field"), "{err}");
     }
 }
