@@ -3,34 +3,25 @@
 //!
 //! Run by hand: `cargo bench --bench gateway` (results in `target/criterion`).
 //!
-//! The gateway is wired as `Node::build` wires it (JWT auth, memory presence, memory broker,
-//! the conversation, typing and session event sets, no hooks) with one transport, a counting
-//! one: it keeps its own room member lists, as the Socket.IO transport mirrors joins into
-//! socketioxide's rooms, and "sends" by counting bytes per recipient. So the fan-out figures
-//! cover the core's share (route, validate, hooks, encode once, broker, hub, one pass over
-//! the members) and not socketioxide's framing or the kernel's send, which the load
-//! benchmark (`benches/run.sh`) measures.
+//! The node is built as `Node::build` builds it (JWT auth, memory presence, memory broker,
+//! the conversation, typing and session event sets, no hooks), with the Socket.IO and native
+//! transports turned off and one transport injected with `Node::builder`: a counting one,
+//! whose `deliver` walks the recipients the core's rooms hand it and "sends" by counting
+//! bytes per recipient. So the fan-out figures cover the core's share (route, validate,
+//! hooks, encode once, broker, rooms, one pass over the members) and not socketioxide's
+//! framing or the kernel's send, which the load benchmark (`benches/run.sh`) measures.
 
-use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use switchboard::auth_jwt::{JwtAuthenticator, JwtConfig};
-use switchboard::broker_memory::MemoryBroker;
-use switchboard::events_conversation::ConversationEvents;
-use switchboard::events_session::SessionEvents;
-use switchboard::events_typing::TypingEvents;
-use switchboard::presence_memory::MemoryPresence;
-use switchboard::runtime::Parts;
 use switchboard::{
-    CloseReason, ConnId, Connection, Delivery, Gateway, Identity, LoadedConfig, LocalHub, Metrics,
-    Publish, Room, Session, Transport, async_trait,
+    CloseReason, ConnId, Connection, Delivery, Gateway, GatewayHandle, Identity, LoadedConfig,
+    Node, Publish, Recipients, Room, Session, Transport, async_trait,
 };
 
 const CONFIG: &str = r#"
@@ -38,6 +29,10 @@ const CONFIG: &str = r#"
 secret = "bench-secret-0123456789-abcdefghijklmn"
 [api]
 keys = ["k"]
+[transports.socketio]
+enabled = false
+[transports.websocket]
+enabled = false
 [limits]
 events_per_second = 1000000000
 burst = 1000000000
@@ -46,9 +41,8 @@ max_connections_per_user = 0
 "#;
 
 /// A transport that counts what it would send, per recipient.
-#[derive(Default)]
 struct Counting {
-    rooms: Mutex<HashMap<Room, Vec<ConnId>>>,
+    gateway: GatewayHandle,
     deliveries: AtomicU64,
     bytes: AtomicU64,
 }
@@ -58,21 +52,14 @@ impl Transport for Counting {
     fn name(&self) -> &str {
         "counting"
     }
-    fn router(&self, _gateway: Gateway) -> axum::Router {
+    fn router(&self) -> axum::Router {
         axum::Router::new()
     }
-    async fn deliver(&self, d: &Delivery) {
-        let rooms = self.rooms.lock();
-        let Some(room) = &d.room else { return };
-        let Some(members) = rooms.get(room) else {
-            return;
-        };
+    fn deliver(&self, d: &Delivery, to: Recipients<'_>) {
         let mut n = 0u64;
-        for id in members {
-            if d.except.as_ref() != Some(id) {
-                n += 1;
-                black_box(d.payload.get());
-            }
+        for conn in to.iter() {
+            n += 1;
+            black_box((conn.id(), d.payload.get()));
         }
         self.deliveries.fetch_add(n, Ordering::Relaxed);
         self.bytes
@@ -84,7 +71,6 @@ impl Transport for Counting {
 /// A socket of the counting transport.
 struct Member {
     id: ConnId,
-    transport: Arc<Counting>,
 }
 
 impl Connection for Member {
@@ -94,48 +80,28 @@ impl Connection for Member {
     fn send(&self, event: &str, payload: &RawValue) {
         black_box((event, payload.get()));
     }
-    fn join(&self, room: &Room) {
-        self.transport
-            .rooms
-            .lock()
-            .entry(room.clone())
-            .or_default()
-            .push(self.id.clone());
-    }
-    fn leave(&self, room: &Room) {
-        if let Some(m) = self.transport.rooms.lock().get_mut(room) {
-            m.retain(|id| *id != self.id);
-        }
-    }
     fn close(&self, _reason: CloseReason) {}
 }
 
-fn gateway() -> (Gateway, Arc<Counting>) {
+fn gateway(rt: &tokio::runtime::Runtime) -> (Gateway, Arc<Counting>) {
     let loaded = LoadedConfig::from_toml_str(CONFIG).expect("bench config");
-    let jwt = JwtConfig {
-        secret: Some("bench-secret-0123456789-abcdefghijklmn".into()),
-        ..JwtConfig::default()
-    };
-    let counting = Arc::new(Counting::default());
-    let hub = LocalHub::new(vec![counting.clone() as Arc<dyn Transport>]);
-    let metrics = Metrics::new();
-    let gw = Gateway::new(Parts {
-        config: Arc::new(loaded.config.clone()),
-        auth: Arc::new(JwtAuthenticator::new(&jwt, false).expect("jwt")),
-        presence: Arc::new(MemoryPresence::new()),
-        broker: Arc::new(MemoryBroker::new(hub.clone())),
-        handlers: vec![
-            Arc::new(ConversationEvents),
-            Arc::new(TypingEvents),
-            Arc::new(SessionEvents),
-        ],
-        hooks: Vec::new(),
-        hub,
-        metrics: metrics.clone(),
-        access: switchboard::access::RoomAccess::new(loaded.config.rooms.clone(), metrics)
-            .expect("rooms"),
-    });
-    (gw, counting)
+    let slot: Arc<OnceLock<Arc<Counting>>> = Arc::default();
+    let built = slot.clone();
+    let node = Node::builder(loaded)
+        .transport(move |gateway| {
+            let t = Arc::new(Counting {
+                gateway,
+                deliveries: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
+            });
+            let _ = built.set(t.clone());
+            t
+        })
+        .build()
+        .expect("bench node");
+    let gw = node.gateway().clone();
+    rt.block_on(gw.start());
+    (gw, slot.get().cloned().expect("the counting transport"))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -146,24 +112,24 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Connects `n` sockets (user `u{i}`) and joins them to `conversation:{conversation}`.
-async fn members(
-    gw: &Gateway,
-    t: &Arc<Counting>,
-    n: usize,
-    conversation: &str,
-) -> Vec<Arc<Session>> {
+async fn members(gw: &Gateway, t: &Counting, n: usize, conversation: &str) -> Vec<Arc<Session>> {
     let join =
         serde_json::value::to_raw_value(&json!({ "conversationId": conversation })).expect("json");
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let conn = Arc::new(Member {
             id: ConnId::new(format!("s{i}")),
-            transport: t.clone(),
         });
         let s = gw
-            .connect(conn, Identity::anonymous_user(format!("u{i}")))
+            .connect_via(
+                t.gateway.transport(),
+                conn,
+                Identity::anonymous_user(format!("u{i}")),
+            )
             .await;
-        let ack = gw.inbound(&s, "conversation:join", 64, Some(&join)).await;
+        let ack = gw
+            .inbound(&s, s.ticket(), "conversation:join", 64, Some(&join))
+            .await;
         assert_eq!(ack["success"], json!(true), "join: {ack}");
         out.push(s);
     }
@@ -184,7 +150,7 @@ fn message(i: u64) -> Value {
 
 fn inbound(c: &mut Criterion) {
     let rt = runtime();
-    let (gw, t) = gateway();
+    let (gw, t) = gateway(&rt);
     let sessions = rt.block_on(members(&gw, &t, 2, "42"));
     let sender = &sessions[0];
     let cases: [(&str, &str, &str); 4] = [
@@ -211,7 +177,10 @@ fn inbound(c: &mut Criterion) {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        black_box(gw.inbound(sender, event, size, Some(&raw)).await);
+                        black_box(
+                            gw.inbound(sender, sender.ticket(), event, size, Some(&raw))
+                                .await,
+                        );
                     }
                     start.elapsed()
                 })
@@ -241,7 +210,7 @@ fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("gateway/publish_fanout");
     g.measurement_time(Duration::from_secs(4));
     for n in [1usize, 100, 10_000] {
-        let (gw, t) = gateway();
+        let (gw, t) = gateway(&rt);
         let _sessions = rt.block_on(members(&gw, &t, n, "42"));
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {

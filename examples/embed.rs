@@ -29,6 +29,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // ANCHOR: publish
     let node = Node::build(LoadedConfig::from_toml_str(CONFIG)?)?;
     let gateway = node.gateway().clone();
+    // `serve` starts the gateway too; starting it here first lets us publish at once.
+    gateway.start().await;
     let listener = tokio::net::TcpListener::bind(gateway.config().server.listen).await?;
     tokio::spawn(node.serve(listener, std::future::pending()));
 

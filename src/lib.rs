@@ -10,6 +10,7 @@
 //! use switchboard::{LoadedConfig, Node, Publish};
 //! let node = Node::build(LoadedConfig::from_toml_str("[auth.jwt]\nsecret = \"a-long-random-secret-of-32-bytes!\"")?)?;
 //! let publisher = node.gateway().clone();
+//! publisher.start().await; // `serve` starts it too; started here, it can publish at once
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! tokio::spawn(node.serve(listener, std::future::pending()));
 //! publisher
@@ -24,17 +25,8 @@
 
 pub use switchboard_core::*;
 
-// Name every built-in plugin crate so the linker keeps its registration.
-pub use switchboard_auth_jwt as auth_jwt;
-pub use switchboard_broker_memory as broker_memory;
-pub use switchboard_broker_redis as broker_redis;
-pub use switchboard_events_conversation as events_conversation;
-pub use switchboard_events_session as events_session;
-pub use switchboard_events_typing as events_typing;
-pub use switchboard_hooks_lua as hooks_lua;
-pub use switchboard_presence_memory as presence_memory;
-pub use switchboard_presence_redis as presence_redis;
-pub use switchboard_transport_socketio as transport_socketio;
-pub use switchboard_transport_websocket as transport_websocket;
+// Every built-in plugin crate, named so the linker keeps its registration (`build.rs`
+// writes one `pub use switchboard_x as x;` per `switchboard-*` dependency).
+include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
 pub mod run;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use switchboard::{CloseReason, ConnId, Connection, Identity, LoadedConfig, Node, Room};
+use switchboard::{CloseReason, ConnId, Connection, Identity, LoadedConfig, Node};
 
 /// What the gateway did to a connection, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,8 +55,6 @@ impl Connection for Recorder {
             .lock()
             .push((Instant::now(), Seen::Event(event.to_owned(), v)));
     }
-    fn join(&self, _room: &Room) {}
-    fn leave(&self, _room: &Room) {}
     fn close(&self, reason: CloseReason) {
         self.seen
             .lock()
@@ -108,6 +106,7 @@ async fn wait_until(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
 async fn expiring_then_closed_at_exp_and_a_refresh_moves_both() {
     let node = node("0s");
     let gw = node.gateway().clone();
+    gw.start().await;
     let exp = now() + 2;
 
     // Expires in about 2 s: the notice is due at once (notice 1 s ahead, rounded to seconds).
@@ -121,6 +120,7 @@ async fn expiring_then_closed_at_exp_and_a_refresh_moves_both() {
     let ack = gw
         .inbound(
             &refreshed_session,
+            refreshed_session.ticket(),
             "auth:refresh",
             req.get().len(),
             Some(&req),
@@ -178,6 +178,7 @@ async fn expiring_then_closed_at_exp_and_a_refresh_moves_both() {
 async fn a_token_accepted_within_the_leeway_lives_until_the_leeway_ends() {
     let node = node("60s");
     let gw = node.gateway().clone();
+    gw.start().await;
     // Expired 10 s ago: accepted with a 60 s leeway, so closed 50 s from now, not at once.
     let late = Recorder::new("late");
     let session = gw.connect(late.clone(), expiring("d", now() - 10)).await;

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use proptest::prelude::*;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
-use switchboard::{CloseReason, ConnId, Connection, Identity, LoadedConfig, Node, Room, Session};
+use switchboard::{CloseReason, ConnId, Connection, Identity, LoadedConfig, Node, Session};
 use tower::ServiceExt;
 
 /// A connection that records what the gateway sends to it.
@@ -28,8 +28,6 @@ impl Connection for Recorder {
         let v = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
         self.sent.lock().push((event.to_owned(), v));
     }
-    fn join(&self, _room: &Room) {}
-    fn leave(&self, _room: &Room) {}
     fn close(&self, _reason: CloseReason) {}
 }
 
@@ -122,11 +120,12 @@ proptest! {
         rt.block_on(async {
             let node = node();
             let gw = node.gateway().clone();
+            gw.start().await;
             let rec = Arc::new(Recorder { id: ConnId::new("s1"), sent: Mutex::default() });
             let session: Arc<Session> = gw.connect(rec.clone(), Identity::anonymous_user("u1")).await;
             let packet = serde_json::to_string(&json!([event, payload])).expect("json");
             let raw = serde_json::value::to_raw_value(&payload).expect("raw");
-            let ack = gw.inbound(&session, &event, packet.len(), Some(&raw)).await;
+            let ack = gw.inbound(&session, session.ticket(), &event, packet.len(), Some(&raw)).await;
             check_ack(&ack, &rec.sent.lock())?;
             gw.disconnect(&session).await;
             Ok::<(), TestCaseError>(())
@@ -139,10 +138,11 @@ proptest! {
         rt.block_on(async {
             let node = node();
             let gw = node.gateway().clone();
+            gw.start().await;
             let rec = Arc::new(Recorder { id: ConnId::new("s2"), sent: Mutex::default() });
             let session = gw.connect(rec.clone(), Identity::anonymous_user("u2")).await;
             let ack = match RawValue::from_string(text.clone()) {
-                Ok(raw) => gw.inbound(&session, "conversation:join", text.len(), Some(&raw)).await,
+                Ok(raw) => gw.inbound(&session, session.ticket(), "conversation:join", text.len(), Some(&raw)).await,
                 Err(e) => gw.inbound_malformed(&session, &e.to_string()),
             };
             check_ack(&ack, &rec.sent.lock())?;
@@ -169,6 +169,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         rt.block_on(async {
             let node = node();
+            node.gateway().start().await;
             let app = node.router();
             let mut req = Request::post("/api/v1/emit").header("authorization", "Bearer k");
             if !content_type.is_empty() {

@@ -177,7 +177,10 @@ async fn emit(
             gw.metrics().error("api_invalid");
             Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg))
         }
-        Err(PublishError::Backend(msg)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg)),
+        Err(e @ PublishError::Broker(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
     }
 }
 

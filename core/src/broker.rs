@@ -1,4 +1,11 @@
-//! Rooms: the [`RoomBroker`] trait, the shared [`Delivery`] and the node-local [`LocalHub`].
+//! Carrying events between nodes: the [`RoomBroker`] trait, the shared [`Delivery`] and the
+//! [`Inbox`] through which a broker hands deliveries back to the core.
+//!
+//! A broker is pub/sub and nothing more. The core's rooms component
+//! ([`crate::rooms`]) owns who is in which room; it calls [`RoomBroker::subscribe`] when a
+//! room gains its first local member and [`RoomBroker::unsubscribe`] when it loses its last,
+//! and the broker hands every delivery of a subscribed room, and every namespace-wide one, to
+//! the node's [`Inbox`], which delivers to the local members. A broker never knows a socket.
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,7 +14,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::transport::Transport;
+use crate::error::{Cause, Classify};
 
 /// A connection's id, unique on its node and carried in cluster messages.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -84,45 +91,90 @@ impl Delivery {
     }
 }
 
-/// Hands a delivery to every transport of this node, which frames it for its local sockets.
-#[derive(Clone, Default)]
-pub struct LocalHub {
-    transports: Arc<[Arc<dyn Transport>]>,
+/// Where a broker hands deliveries: the node's own local delivery, run by the core.
+///
+/// Calling [`Inbox::deliver`] writes the event to this node's members of its room (or, for a
+/// namespace-wide delivery, every local socket) before it returns, so a broker that calls it
+/// from one task delivers in the order it calls it.
+#[derive(Clone)]
+pub struct Inbox {
+    sink: Arc<dyn Fn(&Delivery) + Send + Sync>,
 }
 
-impl LocalHub {
-    /// A hub over this node's transports.
-    pub fn new(transports: Vec<Arc<dyn Transport>>) -> Self {
-        LocalHub {
-            transports: transports.into(),
+impl Inbox {
+    /// An inbox that runs `sink` for each delivery (the core's own, or a test's recorder).
+    pub fn from_fn(sink: impl Fn(&Delivery) + Send + Sync + 'static) -> Self {
+        Inbox {
+            sink: Arc::new(sink),
         }
     }
 
     /// Delivers to this node's members of the delivery's room.
-    pub async fn deliver(&self, delivery: &Delivery) {
-        for t in self.transports.iter() {
-            t.deliver(delivery).await;
+    pub fn deliver(&self, delivery: &Delivery) {
+        (self.sink)(delivery);
+    }
+}
+
+impl fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Inbox")
+    }
+}
+
+/// Why a broker call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The backend that links the nodes cannot be reached (connection down, refused).
+    #[error("{backend} unreachable: {reason}")]
+    Unavailable {
+        /// The backend (`Redis`).
+        backend: &'static str,
+        /// What went wrong, as the client library says it.
+        reason: String,
+    },
+    /// A command to the backend took longer than its timeout.
+    #[error("{backend} did not answer {command} within {after_ms} ms")]
+    Timeout {
+        /// The backend (`Redis`).
+        backend: &'static str,
+        /// The command that timed out.
+        command: &'static str,
+        /// The timeout, in milliseconds.
+        after_ms: u64,
+    },
+    /// The backend answered with an error that retrying will not fix (missing ACL rights,
+    /// a key of the wrong type).
+    #[error("{backend} refused {command}: {reason}")]
+    Refused {
+        /// The backend (`Redis`).
+        backend: &'static str,
+        /// The command it refused.
+        command: &'static str,
+        /// Its answer.
+        reason: String,
+    },
+    /// A delivery could not be encoded for the wire.
+    #[error("cannot encode the delivery: {0}")]
+    Encode(String),
+}
+
+impl Classify for BrokerError {
+    fn cause(&self) -> Cause {
+        match self {
+            BrokerError::Unavailable { .. }
+            | BrokerError::Timeout { .. }
+            | BrokerError::Refused { .. } => Cause::Backend,
+            BrokerError::Encode(_) => Cause::Internal,
         }
     }
-
-    /// This node's transports.
-    pub fn transports(&self) -> &[Arc<dyn Transport>] {
-        &self.transports
+    fn retryable(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::Unavailable { .. } | BrokerError::Timeout { .. }
+        )
     }
 }
-
-impl fmt::Debug for LocalHub {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.transports.iter().map(|t| t.name()))
-            .finish()
-    }
-}
-
-/// A failure of the broker's backend (Redis); local delivery still happened where possible.
-#[derive(Debug, thiserror::Error)]
-#[error("room broker: {0}")]
-pub struct BrokerError(pub String);
 
 /// How far a publish reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,26 +186,31 @@ pub enum Reach {
 }
 
 // ANCHOR: room_broker
-/// Routes published events to the members of a room, on this node and (clustered) others.
+/// Carries published events to every node that has members of their room: pub/sub.
 ///
-/// The runtime calls `join`/`leave` as sockets enter and leave rooms, so a clustered broker
-/// knows which rooms have local members; transports keep their own member lists for fan-out.
+/// The core tells the broker which rooms this node needs ([`subscribe`](Self::subscribe) on
+/// a room's first local member, [`unsubscribe`](Self::unsubscribe) after its last) and hands
+/// it every publish; the broker hands each delivery of a subscribed room, and every
+/// namespace-wide delivery (`room: None`), to the [`Inbox`] of every node — this node's
+/// included — once. How it reaches this node's inbox is the broker's choice: back through
+/// its own subscription (so every node sees a room's events in one order), or directly.
 #[async_trait]
 pub trait RoomBroker: Send + Sync + 'static {
-    /// A local connection joined `room`. Returns once the join is effective cluster-wide.
-    async fn join(&self, room: &Room, conn: &ConnId) -> Result<(), BrokerError>;
+    /// Starts background work (connections, the subscription reader); deliveries go to
+    /// `inbox`. Called once, inside the runtime, before any other call.
+    async fn start(&self, inbox: Inbox) -> Result<(), BrokerError>;
 
-    /// A local connection left `room` (or disconnected).
-    async fn leave(&self, room: &Room, conn: &ConnId) -> Result<(), BrokerError>;
+    /// This node has members of `room` now. Returns once deliveries published anywhere in the
+    /// cluster after it returns reach this node's inbox. While the backend is away it may
+    /// return `Ok` and subscribe once the backend is back.
+    async fn subscribe(&self, room: &Room) -> Result<(), BrokerError>;
 
-    /// Delivers to every member of the delivery's room, on every node, once each; says
-    /// whether it reached the other nodes or only this node's members.
+    /// This node has no members of `room` any more.
+    async fn unsubscribe(&self, room: &Room) -> Result<(), BrokerError>;
+
+    /// Hands `delivery` to the inbox of every node subscribed to its room, this node's
+    /// included, once each; says whether it reached other nodes or only this one.
     async fn publish(&self, delivery: Arc<Delivery>) -> Result<Reach, BrokerError>;
-
-    /// Starts background work (connections, subscriptions); called once, inside the runtime.
-    async fn start(&self) -> Result<(), BrokerError> {
-        Ok(())
-    }
 
     /// Whether the backend answers (for `/readyz`).
     async fn ready(&self) -> bool {
@@ -164,3 +221,44 @@ pub trait RoomBroker: Send + Sync + 'static {
     async fn shutdown(&self) {}
 }
 // ANCHOR_END: room_broker
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_errors_say_who_and_whether_to_retry() {
+        let down = BrokerError::Unavailable {
+            backend: "Redis",
+            reason: "connection refused".into(),
+        };
+        assert_eq!(
+            (down.cause(), down.retryable()),
+            (Cause::Backend, true),
+            "{down}"
+        );
+        let noperm = BrokerError::Refused {
+            backend: "Redis",
+            command: "PUBLISH",
+            reason: "NOPERM".into(),
+        };
+        assert_eq!(
+            (noperm.cause(), noperm.retryable()),
+            (Cause::Backend, false)
+        );
+        assert_eq!(
+            BrokerError::Encode("x".into()).cause(),
+            Cause::Internal,
+            "an encoding failure is ours"
+        );
+        let slow = BrokerError::Timeout {
+            backend: "Redis",
+            command: "SUBSCRIBE",
+            after_ms: 2000,
+        };
+        assert_eq!(
+            slow.to_string(),
+            "Redis did not answer SUBSCRIBE within 2000 ms"
+        );
+    }
+}

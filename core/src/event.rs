@@ -1,12 +1,47 @@
-//! Event handlers: the [`EventHandler`] trait, its errors and the payload validation helpers.
+//! Event sets: what a plugin declares (each inbound event with its payload type and handler,
+//! each outbound event with its payload type and room rule, its room kinds), the context a
+//! handler gets, its errors and the payload validation helpers.
+//!
+//! An [`EventSet`] is data: the core dispatches from it, answers events nobody declared,
+//! refuses at start-up an event two sets declare, and later work (docs, schemas) reads it.
+//!
+//! ```
+//! use serde::Deserialize;
+//! use switchboard_core::config::LimitsConfig;
+//! use switchboard_core::event::{EventSet, Outcome, Validate, check_id};
+//! use switchboard_core::{EventError, Room};
+//!
+//! #[derive(Deserialize)]
+//! #[serde(rename_all = "camelCase")]
+//! struct Closed { poll_id: String }
+//!
+//! impl Validate for Closed {
+//!     fn validate(&self, event: &str, limits: &LimitsConfig) -> Result<(), EventError> {
+//!         check_id(event, "pollId", &self.poll_id, limits)
+//!     }
+//! }
+//!
+//! let set = EventSet::new("polls")
+//!     .rooms("poll", "pollId")                       // poll:join / poll:leave
+//!     .emits("poll:closed", "poll:{pollId}", |c: &Closed| Room::from(format!("poll:{}", c.poll_id)));
+//! assert_eq!(set.inbound().map(|e| e.name()).collect::<Vec<_>>(), ["poll:join", "poll:leave"]);
+//! ```
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use crate::auth::Identity;
 use crate::broker::Room;
-use crate::config::LimitsConfig;
-use crate::runtime::InboundCtx;
+use crate::config::{ConfigError, ConfigIssue, LimitsConfig};
+use crate::session::{Session, Ticket};
 
 /// What kind of failure an event met; each kind is counted in `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,6 +110,10 @@ impl EventError {
         };
         EventError::new(ErrorKind::InvalidPayload, message)
     }
+    /// The answer to an event nobody declared.
+    pub fn unknown(event: &str) -> Self {
+        EventError::new(ErrorKind::UnknownEvent, format!("Unknown event: {event}"))
+    }
 }
 
 /// What an inbound event produced for the socket that sent it.
@@ -83,7 +122,7 @@ pub enum Outcome {
     /// Send `event` with `data` to the sender, and ack with the same `data`.
     Reply {
         /// The reply event's name (`conversation:joined`).
-        event: &'static str,
+        event: Cow<'static, str>,
         /// Its payload.
         data: Value,
     },
@@ -91,46 +130,546 @@ pub enum Outcome {
     Done,
 }
 
-// ANCHOR: event_handler
-/// Owns a set of events: handles the client's ones, validates and routes the server's ones.
-///
-/// Built-ins: `conversation`, `typing`, `session`.
-#[async_trait]
-pub trait EventHandler: Send + Sync + 'static {
-    /// Client → server events this handler takes.
-    fn inbound_events(&self) -> &[&'static str] {
-        &[]
-    }
-
-    /// Server → client events this handler validates and routes when published.
-    fn outbound_events(&self) -> &[&'static str] {
-        &[]
-    }
-
-    /// Handles one client event, already size-, rate- and depth-checked.
-    async fn handle(
-        &self,
-        ctx: &InboundCtx<'_>,
-        event: &str,
-        payload: Value,
-    ) -> Result<Outcome, EventError> {
-        let _ = (ctx, payload);
-        Err(EventError::new(
-            ErrorKind::UnknownEvent,
-            format!("Unknown event: {event}"),
-        ))
-    }
-
-    /// Validates a published event's data and derives its room.
-    fn route(&self, event: &str, data: &Value, limits: &LimitsConfig) -> Result<Room, EventError> {
-        let _ = (data, limits);
-        Err(EventError::new(
-            ErrorKind::UnknownEvent,
-            format!("Unknown event: {event}"),
-        ))
+impl Outcome {
+    /// A reply `event` with `data`.
+    pub fn reply(event: impl Into<Cow<'static, str>>, data: Value) -> Self {
+        Outcome::Reply {
+            event: event.into(),
+            data,
+        }
     }
 }
+
+/// A handler's result, boxed.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Outcome, EventError>> + Send>>;
+type InboundFn = Arc<dyn Fn(InboundCtx, Value) -> HandlerFuture + Send + Sync>;
+type RouteFn = Arc<dyn Fn(&Value, &LimitsConfig) -> Result<Room, EventError> + Send + Sync>;
+
+/// An event's payload, as declared: its Rust type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payload {
+    /// The Rust type that validates it (`MessageReceived`), or a description for payloads
+    /// the core builds itself (room kinds).
+    pub type_name: &'static str,
+}
+
+impl Payload {
+    fn of<P>() -> Self {
+        let full = std::any::type_name::<P>();
+        Payload {
+            type_name: full.rsplit("::").next().unwrap_or(full),
+        }
+    }
+}
+
+/// A client → server event a set declares.
+#[derive(Clone)]
+pub struct InboundEvent {
+    name: Cow<'static, str>,
+    payload: Payload,
+    reply: Option<Cow<'static, str>>,
+    handler: InboundFn,
+}
+
+impl InboundEvent {
+    /// The event name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Its payload.
+    pub fn payload(&self) -> Payload {
+        self.payload
+    }
+    /// The event the sender gets back, when the set declared one.
+    pub fn reply(&self) -> Option<&str> {
+        self.reply.as_deref()
+    }
+    pub(crate) fn call(&self, ctx: InboundCtx, payload: Value) -> HandlerFuture {
+        (self.handler)(ctx, payload)
+    }
+}
+
+impl std::fmt::Debug for InboundEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundEvent")
+            .field("name", &self.name)
+            .field("payload", &self.payload)
+            .finish()
+    }
+}
+
+/// A server → client event a set declares: a backend publishes it, the set validates it and
+/// derives its room.
+#[derive(Clone)]
+pub struct OutboundEvent {
+    name: Cow<'static, str>,
+    payload: Payload,
+    room: &'static str,
+    kept: bool,
+    route: RouteFn,
+}
+
+impl OutboundEvent {
+    /// The event name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Its payload.
+    pub fn payload(&self) -> Payload {
+        self.payload
+    }
+    /// The room rule, as documentation (`conversation:{conversationId}`).
+    pub fn room_rule(&self) -> &'static str {
+        self.room
+    }
+    /// Whether the event belongs in a room's history (typing indicators do not).
+    pub fn kept(&self) -> bool {
+        self.kept
+    }
+    /// Validates `data` and derives the room.
+    pub fn route(&self, data: &Value, limits: &LimitsConfig) -> Result<Room, EventError> {
+        (self.route)(data, limits)
+    }
+}
+
+impl std::fmt::Debug for OutboundEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundEvent")
+            .field("name", &self.name)
+            .field("room", &self.room)
+            .finish()
+    }
+}
+
+/// A kind of room a set owns: `conversation` rooms are `conversation:{id}`, joined with
+/// `conversation:join {conversationId}` and answered with `conversation:joined`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomKind {
+    /// The kind (`conversation`): the rooms' prefix without the colon.
+    pub kind: &'static str,
+    /// The payload field holding the id (`conversationId`).
+    pub id_field: &'static str,
+}
+
+impl RoomKind {
+    /// The room of `id`: `{kind}:{id}`.
+    pub fn room(&self, id: &str) -> Room {
+        Room::from(format!("{}:{id}", self.kind))
+    }
+    /// The id of `room` when it is of this kind.
+    pub fn id_of<'r>(&self, room: &'r str) -> Option<&'r str> {
+        room.strip_prefix(self.kind)?.strip_prefix(':')
+    }
+    /// The reply to a join of room `id` (`{conversationId, success: true}`), as the event
+    /// name and payload.
+    pub fn joined(&self, id: &str) -> (String, Value) {
+        (
+            format!("{}:joined", self.kind),
+            json!({ self.id_field: id, "success": true }),
+        )
+    }
+    /// The reply to a leave of room `id`.
+    pub fn left(&self, id: &str) -> (String, Value) {
+        (
+            format!("{}:left", self.kind),
+            json!({ self.id_field: id, "success": true }),
+        )
+    }
+}
+
+// ANCHOR: event_handler
+/// A plugin that owns a set of events: it declares them, the core dispatches them.
+///
+/// Built-ins: `conversation`, `typing`, `session`. An [`EventSet`] is itself an
+/// `EventHandler`, so a factory usually returns `Arc::new(set)`.
+pub trait EventHandler: Send + Sync + 'static {
+    /// The events this plugin declares: client events with their payload types and
+    /// handlers, server events with their payload types and rooms, kinds of room.
+    fn event_set(&self) -> EventSet;
+}
 // ANCHOR_END: event_handler
+
+impl EventHandler for EventSet {
+    fn event_set(&self) -> EventSet {
+        self.clone()
+    }
+}
+
+/// The events one plugin declares.
+#[derive(Clone, Debug)]
+pub struct EventSet {
+    name: String,
+    inbound: Vec<InboundEvent>,
+    outbound: Vec<OutboundEvent>,
+    rooms: Vec<RoomKind>,
+}
+
+impl EventSet {
+    /// An empty set; `name` is the plugin's (`conversation`), used in start-up errors.
+    pub fn new(name: impl Into<String>) -> Self {
+        EventSet {
+            name: name.into(),
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+            rooms: Vec::new(),
+        }
+    }
+
+    /// The set's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Declares a client → server event: its payload is parsed and validated as `P` (an
+    /// `error` naming the field otherwise), then `handler` runs.
+    pub fn on<P, F, Fut>(mut self, event: &'static str, handler: F) -> Self
+    where
+        P: Validate + Send + 'static,
+        F: Fn(InboundCtx, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Outcome, EventError>> + Send + 'static,
+    {
+        let f: InboundFn = Arc::new(move |ctx: InboundCtx, payload: Value| {
+            match P::parse(event, &payload, ctx.limits()) {
+                Ok(p) => Box::pin(handler(ctx, p)),
+                Err(e) => Box::pin(std::future::ready(Err(e))),
+            }
+        });
+        self.inbound.push(InboundEvent {
+            name: Cow::Borrowed(event),
+            payload: Payload::of::<P>(),
+            reply: None,
+            handler: f,
+        });
+        self
+    }
+
+    /// Declares a server → client event a backend may publish: `data` is validated as `P`
+    /// and `route` derives its room; `rule` says which room, for docs (`poll:{pollId}`).
+    pub fn emits<P>(self, event: &'static str, rule: &'static str, route: fn(&P) -> Room) -> Self
+    where
+        P: Validate + 'static,
+    {
+        self.outbound_event::<P>(event, rule, route, true)
+    }
+
+    /// Like [`EventSet::emits`], for an event that is never kept in a room's history
+    /// (typing indicators).
+    pub fn emits_transient<P>(
+        self,
+        event: &'static str,
+        rule: &'static str,
+        route: fn(&P) -> Room,
+    ) -> Self
+    where
+        P: Validate + 'static,
+    {
+        self.outbound_event::<P>(event, rule, route, false)
+    }
+
+    fn outbound_event<P>(
+        mut self,
+        event: &'static str,
+        rule: &'static str,
+        route: fn(&P) -> Room,
+        kept: bool,
+    ) -> Self
+    where
+        P: Validate + 'static,
+    {
+        let f: RouteFn = Arc::new(move |data: &Value, limits: &LimitsConfig| {
+            P::parse(event, data, limits).map(|p| route(&p))
+        });
+        self.outbound.push(OutboundEvent {
+            name: Cow::Borrowed(event),
+            payload: Payload::of::<P>(),
+            room: rule,
+            kept,
+            route: f,
+        });
+        self
+    }
+
+    /// Declares a kind of room: `{kind}:join` and `{kind}:leave` with `{<id_field>}` join and
+    /// leave `{kind}:{id}` (through the room policy and `authorize` hooks) and answer
+    /// `{kind}:joined` / `{kind}:left` `{<id_field>, success: true}`.
+    pub fn rooms(mut self, kind: &'static str, id_field: &'static str) -> Self {
+        let rk = RoomKind { kind, id_field };
+        for joining in [true, false] {
+            let rk2 = rk.clone();
+            let verb = if joining { "join" } else { "leave" };
+            let name: Cow<'static, str> = Cow::Owned(format!("{kind}:{verb}"));
+            let event = name.to_string();
+            let f: InboundFn = Arc::new(move |ctx: InboundCtx, payload: Value| {
+                let rk = rk2.clone();
+                let id = parse_id(&event, rk.id_field, &payload, ctx.limits());
+                Box::pin(async move {
+                    let id = id?;
+                    let room = rk.room(&id);
+                    let (reply, data) = if joining {
+                        ctx.join(room).await?;
+                        rk.joined(&id)
+                    } else {
+                        ctx.leave(room).await?;
+                        rk.left(&id)
+                    };
+                    Ok(Outcome::reply(reply, data))
+                })
+            });
+            self.inbound.push(InboundEvent {
+                name,
+                payload: Payload {
+                    type_name: id_field,
+                },
+                reply: Some(Cow::Owned(format!(
+                    "{kind}:{}",
+                    if joining { "joined" } else { "left" }
+                ))),
+                handler: f,
+            });
+        }
+        self.rooms.push(rk);
+        self
+    }
+
+    /// Declares an inbound event with a handler that takes the payload as JSON, unparsed.
+    pub fn on_value<F, Fut>(mut self, event: &'static str, handler: F) -> Self
+    where
+        F: Fn(InboundCtx, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Outcome, EventError>> + Send + 'static,
+    {
+        self.inbound.push(InboundEvent {
+            name: Cow::Borrowed(event),
+            payload: Payload { type_name: "Value" },
+            reply: None,
+            handler: Arc::new(move |ctx, v| Box::pin(handler(ctx, v))),
+        });
+        self
+    }
+
+    /// Names the reply event of the inbound event declared last (for docs and schemas).
+    pub fn replying(mut self, reply: &'static str) -> Self {
+        if let Some(last) = self.inbound.last_mut() {
+            last.reply = Some(Cow::Borrowed(reply));
+        }
+        self
+    }
+
+    /// The client → server events, in declaration order.
+    pub fn inbound(&self) -> impl Iterator<Item = &InboundEvent> {
+        self.inbound.iter()
+    }
+
+    /// The server → client events a backend may publish.
+    pub fn outbound(&self) -> impl Iterator<Item = &OutboundEvent> {
+        self.outbound.iter()
+    }
+
+    /// The room kinds.
+    pub fn room_kinds(&self) -> &[RoomKind] {
+        &self.rooms
+    }
+}
+
+/// Every declared event of a node, by name: what the core dispatches from.
+#[derive(Debug, Default)]
+pub struct EventTable {
+    inbound: HashMap<String, (String, InboundEvent)>,
+    outbound: HashMap<String, (String, OutboundEvent)>,
+    rooms: Vec<(String, RoomKind)>,
+}
+
+impl EventTable {
+    /// Indexes `sets`; an event or room kind two sets declare is an error naming both.
+    pub fn build(sets: &[EventSet]) -> Result<Self, ConfigError> {
+        let mut table = EventTable::default();
+        let mut issues = Vec::new();
+        let mut clash = |what: &str, name: &str, first: &str, second: &str| {
+            issues.push(ConfigIssue {
+                key: "events.plugins".to_owned(),
+                reason: format!(
+                    "{what} `{name}` is declared by both `{first}` and `{second}`; enable one of them"
+                ),
+                origin: None,
+            });
+        };
+        for set in sets {
+            for e in &set.inbound {
+                match table.inbound.get(e.name()) {
+                    Some((owner, _)) => clash("client event", e.name(), owner, &set.name),
+                    None => {
+                        table
+                            .inbound
+                            .insert(e.name().to_owned(), (set.name.clone(), e.clone()));
+                    }
+                }
+            }
+            for e in &set.outbound {
+                match table.outbound.get(e.name()) {
+                    Some((owner, _)) => clash("server event", e.name(), owner, &set.name),
+                    None => {
+                        table
+                            .outbound
+                            .insert(e.name().to_owned(), (set.name.clone(), e.clone()));
+                    }
+                }
+            }
+            for rk in &set.rooms {
+                match table.rooms.iter().find(|(_, k)| k.kind == rk.kind) {
+                    Some((owner, _)) => {
+                        let owner = owner.clone();
+                        clash("room kind", rk.kind, &owner, &set.name);
+                    }
+                    None => table.rooms.push((set.name.clone(), rk.clone())),
+                }
+            }
+        }
+        if issues.is_empty() {
+            Ok(table)
+        } else {
+            Err(ConfigError { issues })
+        }
+    }
+
+    /// The declaration of client event `name`.
+    pub fn inbound(&self, name: &str) -> Option<&InboundEvent> {
+        self.inbound.get(name).map(|(_, e)| e)
+    }
+
+    /// The declaration of server event `name`.
+    pub fn outbound(&self, name: &str) -> Option<&OutboundEvent> {
+        self.outbound.get(name).map(|(_, e)| e)
+    }
+
+    /// The room kind `room` belongs to, if a set declared it.
+    pub fn room_kind(&self, room: &str) -> Option<&RoomKind> {
+        self.rooms
+            .iter()
+            .map(|(_, k)| k)
+            .find(|k| k.id_of(room).is_some())
+    }
+}
+
+/// Reads the id field of a room kind's join or leave, with the same messages as
+/// [`parse_payload`] gives for a struct with that one field.
+fn parse_id(
+    event: &str,
+    field: &str,
+    payload: &Value,
+    limits: &LimitsConfig,
+) -> Result<String, EventError> {
+    let Some(obj) = payload.as_object() else {
+        return Err(EventError::invalid(
+            event,
+            "",
+            format!("expected an object, got {}", json_type(payload)),
+        ));
+    };
+    let Some(v) = obj.get(field) else {
+        return Err(EventError::invalid(event, field, "is required"));
+    };
+    let id =
+        String::deserialize(v).map_err(|e| EventError::invalid(event, field, e.to_string()))?;
+    check_id(event, field, &id, limits)?;
+    Ok(id)
+}
+
+/// What the core does for a handler: the operations behind [`InboundCtx`].
+#[async_trait]
+pub(crate) trait Core: Send + Sync {
+    fn limits(&self) -> &LimitsConfig;
+    async fn join(
+        &self,
+        session: &Arc<Session>,
+        ticket: &Ticket,
+        room: Room,
+    ) -> Result<(), EventError>;
+    async fn leave(
+        &self,
+        session: &Arc<Session>,
+        ticket: &Ticket,
+        room: Room,
+    ) -> Result<(), EventError>;
+    async fn publish(
+        &self,
+        session: &Arc<Session>,
+        room: Room,
+        event: &str,
+        data: Value,
+        except_sender: bool,
+    ) -> Result<bool, EventError>;
+    async fn refresh(&self, session: &Arc<Session>, token: &str)
+    -> Result<Option<u64>, EventError>;
+}
+
+/// What a handler can do while handling one client event.
+pub struct InboundCtx {
+    core: Arc<dyn Core>,
+    session: Arc<Session>,
+    ticket: Ticket,
+}
+
+impl std::fmt::Debug for InboundCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundCtx")
+            .field("session", &self.session)
+            .finish()
+    }
+}
+
+impl InboundCtx {
+    pub(crate) fn new(core: Arc<dyn Core>, session: Arc<Session>, ticket: Ticket) -> Self {
+        InboundCtx {
+            core,
+            session,
+            ticket,
+        }
+    }
+    /// The sender's identity.
+    pub fn identity(&self) -> Arc<Identity> {
+        self.session.identity()
+    }
+    /// The sender's socket.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+    /// The configured limits.
+    pub fn limits(&self) -> &LimitsConfig {
+        self.core.limits()
+    }
+
+    /// Joins `room` if the room policy and the hooks allow it; effective cluster-wide when
+    /// this returns. After the socket's earlier events' joins and leaves; joining a room the
+    /// socket is in does nothing.
+    pub async fn join(&self, room: Room) -> Result<(), EventError> {
+        self.core.join(&self.session, &self.ticket, room).await
+    }
+
+    /// Leaves `room` (nothing when not in it), after the socket's earlier joins and leaves.
+    pub async fn leave(&self, room: Room) -> Result<(), EventError> {
+        self.core.leave(&self.session, &self.ticket, room).await
+    }
+
+    /// Publishes to `room` through the outbound pipeline (hooks once, encode once, broker).
+    ///
+    /// With `except_sender`, the sending socket does not receive it. Returns `false` if a
+    /// hook dropped it.
+    pub async fn publish(
+        &self,
+        room: Room,
+        event: &str,
+        data: Value,
+        except_sender: bool,
+    ) -> Result<bool, EventError> {
+        self.core
+            .publish(&self.session, room, event, data, except_sender)
+            .await
+    }
+
+    /// Replaces the socket's token with `token` (same `sub`); returns its new expiry.
+    pub async fn refresh_token(&self, token: &str) -> Result<Option<u64>, EventError> {
+        self.core.refresh(&self.session, token).await
+    }
+}
 
 /// Deserializes `payload` into `T`; an error names the field (`conversationId: is required`).
 pub fn parse_payload<T: DeserializeOwned>(event: &str, payload: &Value) -> Result<T, EventError> {
@@ -251,7 +790,6 @@ pub fn check_enum(
 mod tests {
     use super::*;
     use serde::Deserialize;
-    use serde_json::json;
 
     #[derive(Deserialize, Debug)]
     #[serde(rename_all = "camelCase")]
@@ -276,6 +814,50 @@ mod tests {
             "Invalid payload for conversation:join: expected an object, got a string"
         );
         assert!(parse_payload::<Join>("c", &json!({"conversationId": "1", "extra": 1})).is_ok());
+    }
+
+    #[test]
+    fn room_kind_ids_read_like_a_one_field_struct() {
+        let l = LimitsConfig::default();
+        let ours = |p: Value| parse_id("conversation:join", "conversationId", &p, &l);
+        let serde = |p: Value| parse_payload::<Join>("conversation:join", &p);
+        for p in [
+            json!({}),
+            json!({"conversationId": 5}),
+            json!({"conversationId": null}),
+            json!({"conversationId": 1.5}),
+            json!({"conversationId": [1]}),
+            json!({"conversationId": {"a": 1}}),
+            json!({"conversationId": true}),
+            json!("x"),
+            json!(null),
+        ] {
+            assert_eq!(
+                ours(p.clone()).expect_err("invalid").message,
+                serde(p.clone()).expect_err("invalid").message,
+                "{p}"
+            );
+        }
+        assert_eq!(ours(json!({"conversationId": "42"})).expect("valid"), "42");
+        assert!(ours(json!({"conversationId": ""})).is_err());
+    }
+
+    #[test]
+    fn room_kinds_name_rooms_and_replies() {
+        let rk = RoomKind {
+            kind: "conversation",
+            id_field: "conversationId",
+        };
+        assert_eq!(&*rk.room("42"), "conversation:42");
+        assert_eq!(rk.id_of("conversation:42"), Some("42"));
+        assert_eq!(rk.id_of("conversations:42"), None);
+        assert_eq!(
+            rk.joined("42"),
+            (
+                "conversation:joined".to_owned(),
+                json!({"conversationId": "42", "success": true})
+            )
+        );
     }
 
     #[test]

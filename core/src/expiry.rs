@@ -16,7 +16,8 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::runtime::{Session, iso8601_secs, unix_now};
+use crate::clock::{iso8601_secs, unix_now};
+use crate::session::Session;
 use crate::transport::CloseReason;
 
 /// Where a session's deadline sits in the map: when (unix seconds), then a unique number.

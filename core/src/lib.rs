@@ -1,5 +1,5 @@
-//! Switchboard's core: the plugin traits, the registry, the config model, the runtime that
-//! runs the event pipeline, and the HTTP API.
+//! Switchboard's core: the plugin traits, the registry, the config model, the rooms
+//! component, the runtime that runs the event pipeline, and the HTTP API.
 //!
 //! Plugins depend on this crate alone and register with [`register_plugin!`].
 
@@ -7,32 +7,41 @@ pub mod access;
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod config;
+pub mod error;
 pub mod event;
 mod expiry;
 pub mod hooks;
+mod limits;
 pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod presence;
+mod refresh;
 pub mod registry;
+mod rooms;
 pub mod runtime;
+pub mod session;
 pub mod transport;
 pub mod units;
 
 pub use async_trait::async_trait;
 pub use auth::{AuthError, Authenticator, Handshake, Identity, TokenSource};
-pub use broker::{BrokerError, ConnId, Delivery, LocalHub, Reach, Room, RoomBroker};
+pub use broker::{BrokerError, ConnId, Delivery, Inbox, Reach, Room, RoomBroker};
 pub use config::{Config, ConfigError, LoadedConfig, Overrides};
-pub use event::{ErrorKind, EventError, EventHandler, Outcome};
+pub use error::{Cause, Classify};
+pub use event::{ErrorKind, EventError, EventHandler, EventSet, InboundCtx, Outcome, Validate};
 pub use hooks::{Direction, HookCtx, Hooks, Source, Verdict};
 pub use metrics::Metrics;
 pub use net::PeerSocket;
-pub use node::Node;
+pub use node::{Node, NodeBuilder};
 pub use presence::{PresenceChange, PresenceError, PresenceEvents, PresenceStore};
+pub use refresh::AUTH_REFRESH;
 pub use registry::{BoxError, Factory, Plugin, PluginContext, PluginKind};
-pub use runtime::{Gateway, InboundCtx, Publish, PublishError, Published, Session};
-pub use transport::{CloseReason, Connection, Transport};
+pub use runtime::{Gateway, GatewayHandle, Publish, PublishError, Published};
+pub use session::{Session, Ticket};
+pub use transport::{CloseReason, Connection, Recipients, Transport, TransportId};
 pub use units::{Dur, Size};
 
 #[doc(hidden)]

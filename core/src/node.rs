@@ -1,5 +1,11 @@
-//! A node: builds every configured plugin into a [`Gateway`] and serves it on one port.
+//! A node: every configured plugin, built into a [`Gateway`] and served on one port.
+//!
+//! [`Node::build`] builds a node from its config alone, picking plugins from the registry.
+//! [`Node::builder`] does the same but lets code put its own parts in: an authenticator,
+//! presence store or broker replaces the configured one, event sets, hooks and transports
+//! are added to the configured ones. Tests and embedders inject fakes this way.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -10,18 +16,21 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::broker::LocalHub;
+use crate::auth::Authenticator;
+use crate::broker::RoomBroker;
 use crate::config::{ConfigError, ConfigIssue, LoadedConfig, Sections, redact};
+use crate::event::{EventHandler, EventSet, EventTable};
+use crate::hooks::Hooks;
 use crate::metrics::Metrics;
 use crate::net::{PeerSocket, SharedListener};
-use crate::registry::{self, Factory, PluginContext, PluginKind};
-use crate::runtime::{Gateway, Parts};
+use crate::presence::PresenceStore;
+use crate::registry::{self, BoxError, Factory, PluginContext, PluginKind};
+use crate::runtime::{Gateway, GatewayHandle, Parts, TransportBuild};
 use crate::transport::Transport;
 
 /// A fully wired node, ready to serve.
 pub struct Node {
     gateway: Gateway,
-    transports: Vec<Arc<dyn Transport>>,
     effective: serde_json::Value,
     loaded: LoadedConfig,
 }
@@ -34,115 +43,280 @@ impl std::fmt::Debug for Node {
     }
 }
 
-impl Node {
-    /// Builds every configured plugin; reports every config problem at once.
-    pub fn build(loaded: LoadedConfig) -> Result<Node, ConfigError> {
+/// Builds a transport from the gateway handle it is given.
+type TransportFn = Box<dyn FnOnce(GatewayHandle) -> Arc<dyn Transport>>;
+
+/// Puts a node together from its config and, optionally, parts made in code.
+pub struct NodeBuilder {
+    loaded: LoadedConfig,
+    auth: Option<Arc<dyn Authenticator>>,
+    presence: Option<Arc<dyn PresenceStore>>,
+    broker: Option<Arc<dyn RoomBroker>>,
+    event_sets: Vec<EventSet>,
+    hooks: Vec<Arc<dyn Hooks>>,
+    transports: Vec<TransportFn>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("event_sets", &self.event_sets.len())
+            .field("transports", &self.transports.len())
+            .finish()
+    }
+}
+
+impl NodeBuilder {
+    /// Uses `auth` instead of the configured authenticator (`auth.plugin`).
+    pub fn authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Uses `presence` instead of the configured store (`presence.plugin`).
+    pub fn presence(mut self, presence: Arc<dyn PresenceStore>) -> Self {
+        self.presence = Some(presence);
+        self
+    }
+
+    /// Uses `broker` instead of the configured broker (`broker.plugin`).
+    pub fn broker(mut self, broker: Arc<dyn RoomBroker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Adds an event set after the configured ones (`events.plugins`).
+    pub fn event_set(mut self, set: impl EventHandler) -> Self {
+        self.event_sets.push(set.event_set());
+        self
+    }
+
+    /// Adds hooks after the configured ones.
+    pub fn hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
+        self.hooks.push(hooks);
+        self
+    }
+
+    /// Adds a transport after the configured ones; `build` gets its gateway handle.
+    pub fn transport(
+        mut self,
+        build: impl FnOnce(GatewayHandle) -> Arc<dyn Transport> + 'static,
+    ) -> Self {
+        self.transports.push(Box::new(build));
+        self
+    }
+
+    /// Builds every part; reports every config problem at once.
+    pub fn build(self) -> Result<Node, ConfigError> {
+        let NodeBuilder {
+            loaded,
+            auth,
+            presence,
+            broker,
+            event_sets,
+            hooks: extra_hooks,
+            transports: extra_transports,
+        } = self;
         let mut issues: Vec<ConfigIssue> = Vec::new();
         check_sections(&loaded, &mut issues);
         let effective = Mutex::new(BTreeMap::new());
         let metrics = Metrics::new();
-        let mut collect = |e: ConfigError| issues.extend(e.issues);
-
-        // Transports first: the broker delivers through them.
-        let empty_hub = LocalHub::default();
-        let mut transports = Vec::new();
-        for p in registry::plugins() {
-            if let Factory::Transport(f) = p.factory {
-                let ctx =
-                    PluginContext::new(&loaded, p.section(), &effective, &metrics, &empty_hub);
-                match f(&ctx) {
-                    Ok(Some(t)) => transports.push(t),
-                    Ok(None) => {}
-                    Err(e) => collect(plugin_error(&p.section(), e)),
+        let node_id = registry::random_id();
+        let c = &loaded.config;
+        let ctx_for =
+            |section: String| PluginContext::new(&loaded, section, &effective, &metrics, &node_id);
+        // Builds the registry plugin named at `key` with `make`, which gets its context.
+        let built = |kind: PluginKind, name: &str, key: &str, issues: &mut Vec<ConfigIssue>| {
+            match registry::find(kind, name, key) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    issues.extend(e.issues);
+                    None
                 }
             }
-        }
-        let hub = LocalHub::new(transports.clone());
-        let ctx_for =
-            |section: String| PluginContext::new(&loaded, section, &effective, &metrics, &hub);
-        let c = &loaded.config;
+        };
 
         let auth =
-            pick(PluginKind::Auth, &c.auth.plugin, "auth.plugin").and_then(|p| match p.factory {
-                Factory::Auth(f) => {
-                    f(&ctx_for(p.section())).map_err(|e| plugin_error(&p.section(), e))
-                }
-                _ => unreachable_kind(),
-            });
-        let presence =
-            pick(PluginKind::Presence, &c.presence.plugin, "presence.plugin").and_then(|p| match p
-                .factory
-            {
-                Factory::Presence(f) => {
-                    f(&ctx_for(p.section())).map_err(|e| plugin_error(&p.section(), e))
-                }
-                _ => unreachable_kind(),
-            });
-        let broker = pick(PluginKind::Broker, &c.broker.plugin, "broker.plugin").and_then(|p| {
-            match p.factory {
-                Factory::Broker(f) => {
-                    f(&ctx_for(p.section())).map_err(|e| plugin_error(&p.section(), e))
-                }
-                _ => unreachable_kind(),
-            }
-        });
-        let mut handlers = Vec::new();
+            match auth {
+                Some(a) => Some(a),
+                None => built(PluginKind::Auth, &c.auth.plugin, "auth.plugin", &mut issues)
+                    .and_then(|p| match p.factory {
+                        Factory::Auth(f) => run(p, ctx_for(p.section()), f, &mut issues),
+                        _ => wrong_kind(&mut issues),
+                    }),
+            };
+        let presence = match presence {
+            Some(s) => Some(s),
+            None => built(
+                PluginKind::Presence,
+                &c.presence.plugin,
+                "presence.plugin",
+                &mut issues,
+            )
+            .and_then(|p| match p.factory {
+                Factory::Presence(f) => run(p, ctx_for(p.section()), f, &mut issues),
+                _ => wrong_kind(&mut issues),
+            }),
+        };
+        let broker = match broker {
+            Some(b) => Some(b),
+            None => built(
+                PluginKind::Broker,
+                &c.broker.plugin,
+                "broker.plugin",
+                &mut issues,
+            )
+            .and_then(|p| match p.factory {
+                Factory::Broker(f) => run(p, ctx_for(p.section()), f, &mut issues),
+                _ => wrong_kind(&mut issues),
+            }),
+        };
+        let mut sets = vec![crate::refresh::events()];
         for (i, name) in c.events.plugins.iter().enumerate() {
-            let built = pick(PluginKind::Events, name, &format!("events.plugins[{i}]")).and_then(
-                |p| match p.factory {
-                    Factory::Events(f) => {
-                        f(&ctx_for(p.section())).map_err(|e| plugin_error(&p.section(), e))
-                    }
-                    _ => unreachable_kind(),
-                },
-            );
-            match built {
-                Ok(h) => handlers.push(h),
-                Err(e) => collect(e),
-            }
+            let key = format!("events.plugins[{i}]");
+            let set =
+                built(PluginKind::Events, name, &key, &mut issues).and_then(|p| match p.factory {
+                    Factory::Events(f) => run(p, ctx_for(p.section()), f, &mut issues),
+                    _ => wrong_kind(&mut issues),
+                });
+            sets.extend(set.map(|h| h.event_set()));
         }
+        sets.extend(event_sets);
+        let events = match EventTable::build(&sets) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                issues.extend(e.issues);
+                None
+            }
+        };
         let mut hooks = Vec::new();
         for p in registry::plugins() {
             if let Factory::Hooks(f) = p.factory {
-                match f(&ctx_for(p.section())) {
-                    Ok(Some(h)) => hooks.push(h),
-                    Ok(None) => {}
-                    Err(e) => collect(plugin_error(&p.section(), e)),
-                }
+                hooks.extend(run(p, ctx_for(p.section()), f, &mut issues).flatten());
             }
         }
-        let (auth, presence, broker) = match (auth, presence, broker) {
-            (Ok(a), Ok(p), Ok(b)) if issues.is_empty() => (a, p, b),
-            (a, p, b) => {
-                for r in [a.err(), p.err(), b.err()].into_iter().flatten() {
-                    issues.extend(r.issues);
-                }
-                return Err(ConfigError { issues });
+        hooks.extend(extra_hooks);
+        let access = match crate::access::RoomAccess::new(c.rooms.clone(), metrics.clone()) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                issues.extend(e.issues);
+                None
             }
         };
-        let access = crate::access::RoomAccess::new(c.rooms.clone(), metrics.clone())?;
+        let (Some(auth), Some(presence), Some(broker), Some(events), Some(access)) =
+            (auth, presence, broker, events, access)
+        else {
+            return Err(ConfigError { issues });
+        };
+        if !issues.is_empty() {
+            return Err(ConfigError { issues });
+        }
+
+        // Transports last: each is built with the handle of the gateway it serves.
+        let transport_issues = RefCell::new(Vec::new());
+        let mut builds: Vec<TransportBuild<'_>> = Vec::new();
+        for p in registry::plugins() {
+            if let Factory::Transport(f) = p.factory {
+                let ctx = ctx_for(p.section());
+                let issues = &transport_issues;
+                builds.push(Box::new(move |handle: GatewayHandle| {
+                    let ctx = ctx.with_gateway(handle);
+                    run(p, ctx, f, &mut issues.borrow_mut()).flatten()
+                }));
+            }
+        }
+        for t in extra_transports {
+            builds.push(Box::new(move |handle: GatewayHandle| Some(t(handle))));
+        }
+        let gateway = Gateway::assemble(
+            Parts {
+                config: Arc::new(loaded.config.clone()),
+                node_id: Arc::from(node_id.as_str()),
+                auth,
+                presence,
+                broker,
+                events,
+                hooks,
+                metrics: metrics.clone(),
+                access,
+            },
+            builds,
+        );
+        let transport_issues = transport_issues.into_inner();
+        if !transport_issues.is_empty() {
+            return Err(ConfigError {
+                issues: transport_issues,
+            });
+        }
         let mut eff = serde_json::to_value(&loaded.config).unwrap_or_default();
         for (path, value) in effective.into_inner() {
             set_path(&mut eff, &path, value);
         }
         redact(&mut eff);
-        let gateway = Gateway::new(Parts {
-            config: Arc::new(loaded.config.clone()),
-            auth,
-            presence,
-            broker,
-            handlers,
-            hooks,
-            hub,
-            metrics,
-            access,
-        });
         Ok(Node {
             gateway,
-            transports,
             effective: eff,
             loaded,
         })
+    }
+}
+
+/// Runs a registry plugin's factory; a failure, or a plugin that reads its section without
+/// declaring its config type, is a config issue.
+fn run<T>(
+    p: &'static registry::Plugin,
+    ctx: PluginContext<'_>,
+    f: registry::FactoryFn<T>,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<T> {
+    let result = f(&ctx);
+    if ctx.read_own_section() && p.defaults.is_none() {
+        issues.push(ConfigIssue {
+            key: p.section(),
+            reason: format!(
+                "the {} plugin `{}` reads this section but does not declare its config type \
+                 (its registration needs `.with_config(config_defaults::<ItsConfig>)`)",
+                p.kind().describe(),
+                p.name
+            ),
+            origin: None,
+        });
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            issues.extend(plugin_error(&p.section(), e).issues);
+            None
+        }
+    }
+}
+
+fn wrong_kind<T>(issues: &mut Vec<ConfigIssue>) -> Option<T> {
+    issues.push(ConfigIssue {
+        key: String::new(),
+        reason: "internal error: plugin registered under the wrong kind".to_owned(),
+        origin: None,
+    });
+    None
+}
+
+impl Node {
+    /// Builds every configured plugin; reports every config problem at once.
+    pub fn build(loaded: LoadedConfig) -> Result<Node, ConfigError> {
+        Node::builder(loaded).build()
+    }
+
+    /// A builder that starts from `loaded` and takes parts made in code.
+    pub fn builder(loaded: LoadedConfig) -> NodeBuilder {
+        NodeBuilder {
+            loaded,
+            auth: None,
+            presence: None,
+            broker: None,
+            event_sets: Vec::new(),
+            hooks: Vec::new(),
+            transports: Vec::new(),
+        }
     }
 
     /// The gateway, through which Rust code publishes.
@@ -167,11 +341,12 @@ impl Node {
     /// connection), and serve a [`crate::net::SharedListener`] with
     /// `into_make_service_with_connect_info::<PeerSocket>()` to keep the native transport's
     /// direct writes; without a [`PeerSocket`] it queues every frame for the socket's task.
+    /// Every call serves the same transports.
     pub fn router(&self) -> Router {
         let cfg = self.gateway.config();
         let mut app = crate::api::router(self.gateway.clone());
-        for t in &self.transports {
-            app = app.merge(t.router(self.gateway.clone()));
+        for t in self.gateway.transports() {
+            app = app.merge(t.router());
         }
         if let Some(dir) = &cfg.server.static_dir {
             app = app.fallback_service(tower_http::services::ServeDir::new(dir));
@@ -194,7 +369,6 @@ impl Node {
             .with_state(())
             .into_make_service_with_connect_info::<PeerSocket>();
         let listener = SharedListener::new(listener);
-        let transports = self.transports.clone();
         let grace = self.gateway.config().server.shutdown_timeout.get();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -203,9 +377,7 @@ impl Node {
         let server = tokio::spawn(async move { server.await });
         shutdown.await;
         tracing::info!("shutting down: closing sockets");
-        for t in &transports {
-            t.shutdown().await;
-        }
+        self.gateway.close_transports().await;
         let _ = stop_tx.send(());
         match tokio::time::timeout(grace, server).await {
             Ok(Ok(result)) => result?,
@@ -217,18 +389,7 @@ impl Node {
     }
 }
 
-fn unreachable_kind<T>() -> Result<T, ConfigError> {
-    Err(ConfigError::new(
-        "",
-        "internal error: plugin registered under the wrong kind",
-    ))
-}
-
-fn pick(kind: PluginKind, name: &str, key: &str) -> Result<&'static registry::Plugin, ConfigError> {
-    registry::find(kind, name, key)
-}
-
-fn plugin_error(section: &str, e: registry::BoxError) -> ConfigError {
+fn plugin_error(section: &str, e: BoxError) -> ConfigError {
     match e.downcast::<ConfigError>() {
         Ok(c) => *c,
         Err(other) => ConfigError::new(section, other.to_string()),

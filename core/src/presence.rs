@@ -4,11 +4,48 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::broker::ConnId;
+use crate::error::{Cause, Classify};
 
-/// A presence failure (the backend did not answer).
-#[derive(Debug, thiserror::Error)]
-#[error("presence store: {0}")]
-pub struct PresenceError(pub String);
+/// Why a presence call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PresenceError {
+    /// The backend that holds presence cannot be reached (or this node has not
+    /// re-registered its connections there yet).
+    #[error("presence store: {backend} unreachable: {reason}")]
+    Unavailable {
+        /// The backend (`Redis`).
+        backend: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A command to the backend took longer than its timeout.
+    #[error("presence store: {backend} did not answer within {after_ms} ms")]
+    Timeout {
+        /// The backend (`Redis`).
+        backend: &'static str,
+        /// The timeout, in milliseconds.
+        after_ms: u64,
+    },
+    /// The backend answered with an error that retrying will not fix, or with an answer the
+    /// store cannot read.
+    #[error("presence store: {backend} refused the call: {reason}")]
+    Refused {
+        /// The backend (`Redis`).
+        backend: &'static str,
+        /// Its answer.
+        reason: String,
+    },
+}
+
+impl Classify for PresenceError {
+    fn cause(&self) -> Cause {
+        Cause::Backend
+    }
+    fn retryable(&self) -> bool {
+        !matches!(self, PresenceError::Refused { .. })
+    }
+}
 
 /// A change the store found by itself (a dead node swept, a connection registered late),
 /// which the runtime announces.

@@ -1,5 +1,6 @@
 //! The plugin registry: compile-time registrations collected with `inventory`.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -9,12 +10,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::auth::Authenticator;
-use crate::broker::{LocalHub, RoomBroker};
+use crate::broker::RoomBroker;
 use crate::config::{Config, ConfigError, LoadedConfig};
 use crate::event::EventHandler;
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
 use crate::presence::PresenceStore;
+use crate::runtime::GatewayHandle;
 use crate::transport::Transport;
 
 /// A boxed error from a plugin factory.
@@ -31,7 +33,7 @@ pub enum PluginKind {
     Presence,
     /// Room brokers (`broker.plugin`).
     Broker,
-    /// Event handlers (`events.plugins`).
+    /// Event sets (`events.plugins`).
     Events,
     /// Hooks (`hooks.<name>`).
     Hooks,
@@ -67,7 +69,7 @@ impl PluginKind {
             PluginKind::Auth => "authenticator",
             PluginKind::Presence => "presence store",
             PluginKind::Broker => "room broker",
-            PluginKind::Events => "event handler",
+            PluginKind::Events => "event set",
             PluginKind::Hooks => "hooks",
         }
     }
@@ -79,7 +81,8 @@ pub type FactoryFn<T> = fn(&PluginContext<'_>) -> Result<T, BoxError>;
 /// Builds a plugin from its context; each variant is one kind.
 #[derive(Clone, Copy)]
 pub enum Factory {
-    /// A transport; `None` when its section disables it.
+    /// A transport, built with its [`PluginContext::gateway`] handle; `None` when its
+    /// section disables it.
     Transport(FactoryFn<Option<Arc<dyn Transport>>>),
     /// An authenticator.
     Auth(FactoryFn<Arc<dyn Authenticator>>),
@@ -87,7 +90,7 @@ pub enum Factory {
     Presence(FactoryFn<Arc<dyn PresenceStore>>),
     /// A room broker.
     Broker(FactoryFn<Arc<dyn RoomBroker>>),
-    /// An event handler.
+    /// An event set's plugin.
     Events(FactoryFn<Arc<dyn EventHandler>>),
     /// Hooks; `None` when its section configures nothing to run.
     Hooks(FactoryFn<Option<Arc<dyn Hooks>>>),
@@ -254,31 +257,43 @@ pub fn random_id() -> String {
     format!("{a:016x}{b:016x}")
 }
 
-/// What a factory gets: its config section, the whole config, metrics and the local hub.
+/// What a factory gets: its config section, the whole config, metrics, the node's id and,
+/// for transports, the gateway handle.
 pub struct PluginContext<'a> {
     loaded: &'a LoadedConfig,
     section: String,
     effective: &'a Mutex<BTreeMap<String, serde_json::Value>>,
     metrics: &'a Metrics,
-    hub: &'a LocalHub,
+    node_id: &'a str,
+    gateway: GatewayHandle,
+    read_section: Cell<bool>,
 }
 
 impl<'a> PluginContext<'a> {
-    /// A context for the plugin whose section is `section`.
+    /// A context for the plugin whose section is `section` (the node builds these; a
+    /// plugin's own tests may too).
     pub fn new(
         loaded: &'a LoadedConfig,
         section: String,
         effective: &'a Mutex<BTreeMap<String, serde_json::Value>>,
         metrics: &'a Metrics,
-        hub: &'a LocalHub,
+        node_id: &'a str,
     ) -> Self {
         PluginContext {
             loaded,
             section,
             effective,
             metrics,
-            hub,
+            node_id,
+            gateway: GatewayHandle::detached(),
+            read_section: Cell::new(false),
         }
+    }
+
+    /// The same context, with the gateway handle a transport is built with.
+    pub(crate) fn with_gateway(mut self, gateway: GatewayHandle) -> Self {
+        self.gateway = gateway;
+        self
     }
 
     /// The core config.
@@ -293,10 +308,19 @@ impl<'a> PluginContext<'a> {
 
     /// Deserializes the plugin's own section; absent keys take `T`'s defaults.
     ///
-    /// Give `T` `#[serde(deny_unknown_fields, default)]`; errors name the full key path.
+    /// Give `T` `#[serde(deny_unknown_fields, default)]`; errors name the full key path. A
+    /// plugin that reads its section must declare the type with [`Plugin::with_config`], so
+    /// `switchboard check` and the config reference list its keys: the node refuses to start
+    /// otherwise.
     pub fn section<T: DeserializeOwned + Serialize>(&self) -> Result<T, ConfigError> {
+        self.read_section.set(true);
         let path = self.section.clone();
         self.extract(&path)
+    }
+
+    /// Whether the factory read its own section.
+    pub(crate) fn read_own_section(&self) -> bool {
+        self.read_section.get()
     }
 
     /// Deserializes any section (`redis`), recording it for `switchboard check`.
@@ -318,9 +342,15 @@ impl<'a> PluginContext<'a> {
         self.metrics
     }
 
-    /// This node's transports, for brokers that deliver locally.
-    pub fn hub(&self) -> &LocalHub {
-        self.hub
+    /// This node's id: the one the broker, presence and logs use.
+    pub fn node_id(&self) -> &str {
+        self.node_id
+    }
+
+    /// The gateway, for a transport to call into (auth, events, presence). Other plugins get
+    /// a handle that never reaches a gateway.
+    pub fn gateway(&self) -> GatewayHandle {
+        self.gateway.clone()
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
-use switchboard::{CloseReason, ConnId, Connection, Gateway, Identity, LoadedConfig, Node, Room};
+use switchboard::{CloseReason, ConnId, Connection, Gateway, Identity, LoadedConfig, Node};
 
 struct Sink(ConnId);
 
@@ -15,8 +15,6 @@ impl Connection for Sink {
         &self.0
     }
     fn send(&self, _event: &str, _payload: &RawValue) {}
-    fn join(&self, _room: &Room) {}
-    fn leave(&self, _room: &Room) {}
     fn close(&self, _reason: CloseReason) {}
 }
 
@@ -27,6 +25,7 @@ fn gateway() -> &'static (tokio::runtime::Runtime, Gateway) {
         let config = "[auth.jwt]\nsecret = \"fuzz-secret-0123456789-abcdefghijklmnop\"\n[limits]\nevents_per_second = 1000000000\nburst = 1000000000\n";
         let node = rt.block_on(async { Node::build(LoadedConfig::from_toml_str(config).expect("config")).expect("node") });
         let gw = node.gateway().clone();
+        rt.block_on(gw.start());
         (rt, gw)
     })
 }
@@ -40,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         match serde_json::from_str::<Vec<&RawValue>>(text) {
             Ok(parts) => {
                 let event = parts.first().and_then(|e| serde_json::from_str::<String>(e.get()).ok()).unwrap_or_default();
-                let _ = gw.inbound(&session, &event, text.len(), parts.get(1).copied()).await;
+                let _ = gw.inbound(&session, session.ticket(), &event, text.len(), parts.get(1).copied()).await;
             }
             Err(e) => {
                 let _ = gw.inbound_malformed(&session, &e.to_string());

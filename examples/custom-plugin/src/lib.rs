@@ -22,12 +22,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use switchboard_core::config::LimitsConfig;
 use switchboard_core::event::{Validate, check_id};
 use switchboard_core::{
-    BoxError, ErrorKind, EventError, EventHandler, Factory, InboundCtx, Outcome, Plugin,
-    PluginContext, Room, async_trait, register_plugin,
+    BoxError, ErrorKind, EventError, EventHandler, EventSet, Factory, InboundCtx, Outcome, Plugin,
+    PluginContext, Room, register_plugin,
 };
 
 /// The plugin's name: the word used in `events.plugins` and its section `events.polls`.
@@ -57,20 +56,6 @@ impl Default for PollsConfig {
 // ANCHOR_END: config
 
 // ANCHOR: payloads
-/// `{pollId}`: the payload of `poll:join` and `poll:leave`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PollRef {
-    /// The poll.
-    pub poll_id: String,
-}
-
-impl Validate for PollRef {
-    fn validate(&self, event: &str, limits: &LimitsConfig) -> Result<(), EventError> {
-        check_id(event, "pollId", &self.poll_id, limits)
-    }
-}
-
 /// `{pollId, option}`: what a client sends with `poll:vote`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -129,125 +114,69 @@ impl Validate for Closed {
 }
 // ANCHOR_END: payloads
 
-/// The poll event set.
-#[derive(Debug, Default)]
-pub struct PollEvents {
-    cfg: PollsConfig,
+/// Checks what the config adds to [`Vote::validate`]: the option's length.
+fn check_option(cfg: &PollsConfig, event: &str, option: &str) -> Result<(), EventError> {
+    if option.chars().count() > cfg.max_option_chars {
+        return Err(EventError::invalid(
+            event,
+            "option",
+            format!("must be at most {} characters", cfg.max_option_chars),
+        ));
+    }
+    Ok(())
 }
 
-impl PollEvents {
-    /// An event set with `cfg`.
-    pub fn new(cfg: PollsConfig) -> Self {
-        PollEvents { cfg }
+// ANCHOR: vote
+/// `poll:vote`: check the option against the config, check membership, publish
+/// `poll:voted` to the room.
+async fn vote(cfg: Arc<PollsConfig>, ctx: InboundCtx, vote: Vote) -> Result<Outcome, EventError> {
+    check_option(&cfg, "poll:vote", &vote.option)?;
+    let room = room(&vote.poll_id);
+    if !ctx.session().in_room(&room) {
+        return Err(EventError::new(
+            ErrorKind::Unauthorized,
+            format!("Join {room} before sending poll:vote"),
+        ));
     }
-
-    /// Checks what the config adds to [`Vote::validate`]: the option's length.
-    fn check_option(&self, event: &str, option: &str) -> Result<(), EventError> {
-        if option.chars().count() > self.cfg.max_option_chars {
-            return Err(EventError::invalid(
-                event,
-                "option",
-                format!("must be at most {} characters", self.cfg.max_option_chars),
-            ));
-        }
-        Ok(())
-    }
-
-    // ANCHOR: vote
-    /// `poll:vote`: validate, check membership, publish `poll:voted` to the room.
-    async fn vote(
-        &self,
-        ctx: &InboundCtx<'_>,
-        event: &str,
-        payload: &Value,
-    ) -> Result<Outcome, EventError> {
-        let vote = Vote::parse(event, payload, ctx.limits())?;
-        self.check_option(event, &vote.option)?;
-        let room = room(&vote.poll_id);
-        if !ctx.session().rooms().contains(&room) {
-            return Err(EventError::new(
-                ErrorKind::Unauthorized,
-                format!("Join {room} before sending {event}"),
-            ));
-        }
-        let voted = Voted {
-            poll_id: vote.poll_id,
-            option: vote.option,
-            user_id: ctx.identity().user_id.clone(),
-        };
-        let data = serde_json::to_value(&voted)
-            .map_err(|e| EventError::new(ErrorKind::InvalidPayload, e.to_string()))?;
-        // Through the outbound pipeline: `on_outbound` hooks once, encoded once, the broker
-        // delivers to every member on every node. `false`: the voter gets it too.
-        if ctx.publish(room, "poll:voted", data, false).await? {
-            Ok(Outcome::Done)
-        } else {
-            Err(EventError::new(
-                ErrorKind::Hook,
-                format!("{event}: the vote was dropped by a hook"),
-            ))
-        }
-    }
-    // ANCHOR_END: vote
-}
-
-// ANCHOR: handler
-#[async_trait]
-impl EventHandler for PollEvents {
-    fn inbound_events(&self) -> &[&'static str] {
-        &["poll:join", "poll:leave", "poll:vote"]
-    }
-
-    fn outbound_events(&self) -> &[&'static str] {
-        &["poll:voted", "poll:closed"]
-    }
-
-    async fn handle(
-        &self,
-        ctx: &InboundCtx<'_>,
-        event: &str,
-        payload: Value,
-    ) -> Result<Outcome, EventError> {
-        let (reply, joining) = match event {
-            "poll:vote" => return self.vote(ctx, event, &payload).await,
-            "poll:join" => ("poll:joined", true),
-            "poll:leave" => ("poll:left", false),
-            other => {
-                return Err(EventError::new(
-                    ErrorKind::UnknownEvent,
-                    format!("Unknown event: {other}"),
-                ));
-            }
-        };
-        let req = PollRef::parse(event, &payload, ctx.limits())?;
-        if joining {
-            // Room policy (`rooms.*`) and `authorize` hooks run inside `join`.
-            ctx.join(room(&req.poll_id)).await?;
-        } else {
-            ctx.leave(room(&req.poll_id)).await?;
-        }
-        let data = json!({ "pollId": req.poll_id, "success": true });
-        Ok(Outcome::Reply { event: reply, data })
-    }
-
-    fn route(&self, event: &str, data: &Value, limits: &LimitsConfig) -> Result<Room, EventError> {
-        let poll_id = match event {
-            "poll:voted" => Voted::parse(event, data, limits)?.poll_id,
-            "poll:closed" => Closed::parse(event, data, limits)?.poll_id,
-            other => {
-                return Err(EventError::new(
-                    ErrorKind::UnknownEvent,
-                    format!("Unknown event: {other}"),
-                ));
-            }
-        };
-        Ok(room(&poll_id))
+    let voted = Voted {
+        poll_id: vote.poll_id,
+        option: vote.option,
+        user_id: ctx.identity().user_id.clone(),
+    };
+    let data = serde_json::to_value(&voted)
+        .map_err(|e| EventError::new(ErrorKind::InvalidPayload, e.to_string()))?;
+    // Through the outbound pipeline: `on_outbound` hooks once, encoded once, the broker
+    // delivers to every member on every node. `false`: the voter gets it too.
+    if ctx.publish(room, "poll:voted", data, false).await? {
+        Ok(Outcome::Done)
+    } else {
+        Err(EventError::new(
+            ErrorKind::Hook,
+            "poll:vote: the vote was dropped by a hook",
+        ))
     }
 }
-// ANCHOR_END: handler
+// ANCHOR_END: vote
+
+// ANCHOR: set
+/// The poll event set, as `cfg` configures it: the `poll` room kind (`poll:join`,
+/// `poll:leave`, answered with `poll:joined`/`poll:left`), `poll:vote`, and the two events
+/// published into `poll:{pollId}`.
+pub fn events(cfg: PollsConfig) -> EventSet {
+    let cfg = Arc::new(cfg);
+    EventSet::new(NAME)
+        // Room policy (`rooms.*`) and `authorize` hooks run on every join.
+        .rooms("poll", "pollId")
+        .on("poll:vote", move |ctx, v: Vote| vote(cfg.clone(), ctx, v))
+        .emits("poll:voted", "poll:{pollId}", |v: &Voted| room(&v.poll_id))
+        .emits("poll:closed", "poll:{pollId}", |c: &Closed| {
+            room(&c.poll_id)
+        })
+}
+// ANCHOR_END: set
 
 // ANCHOR: register
-/// Builds the handler from its section, `events.polls` (absent keys take their defaults).
+/// Builds the set from its section, `events.polls` (absent keys take their defaults).
 fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn EventHandler>, BoxError> {
     let cfg: PollsConfig = ctx.section()?;
     if cfg.max_option_chars == 0 {
@@ -256,48 +185,55 @@ fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn EventHandler>, BoxError> {
             "must be at least 1",
         )));
     }
-    Ok(Arc::new(PollEvents::new(cfg)))
+    Ok(Arc::new(events(cfg)))
 }
 
-register_plugin!(Plugin::new(
-    NAME,
-    "poll:join/leave/vote; routes poll:voted and poll:closed to poll:{id}",
-    Factory::Events(build)
-));
+register_plugin!(
+    Plugin::new(
+        NAME,
+        "poll:join/leave/vote; routes poll:voted and poll:closed to poll:{id}",
+        Factory::Events(build)
+    )
+    // Declares the section's type, so `switchboard check` and the config reference list
+    // `events.polls.*` (a plugin that reads its section without it is refused at start-up).
+    .with_config(switchboard_core::registry::config_defaults::<PollsConfig>)
+);
 // ANCHOR_END: register
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     fn limits() -> LimitsConfig {
         LimitsConfig::default()
     }
 
+    fn route(event: &str, data: &Value) -> Result<Room, EventError> {
+        let set = events(PollsConfig::default());
+        match set.outbound().find(|e| e.name() == event) {
+            Some(decl) => decl.route(data, &limits()),
+            None => Err(EventError::unknown(event)),
+        }
+    }
+
     #[test]
     fn backend_events_route_to_the_poll_room() {
-        let h = PollEvents::default();
         let closed = json!({"pollId": "lunch", "results": {"pizza": 3, "sushi": 1}});
         assert_eq!(
-            &*h.route("poll:closed", &closed, &limits()).expect("valid"),
+            &*route("poll:closed", &closed).expect("valid"),
             "poll:lunch"
         );
         let voted = json!({"pollId": "lunch", "option": "pizza", "userId": "alice"});
-        assert_eq!(
-            &*h.route("poll:voted", &voted, &limits()).expect("valid"),
-            "poll:lunch"
-        );
+        assert_eq!(&*route("poll:voted", &voted).expect("valid"), "poll:lunch");
         let empty = json!({"pollId": "lunch", "results": {}});
-        assert!(h.route("poll:closed", &empty, &limits()).is_ok());
+        assert!(route("poll:closed", &empty).is_ok());
     }
 
     #[test]
     fn invalid_backend_data_names_the_field() {
-        let h = PollEvents::default();
         let negative = json!({"pollId": "lunch", "results": {"pizza": -1}});
-        let e = h
-            .route("poll:closed", &negative, &limits())
-            .expect_err("a negative count");
+        let e = route("poll:closed", &negative).expect_err("a negative count");
         assert_eq!(e.kind, ErrorKind::InvalidPayload);
         assert!(
             e.message
@@ -305,35 +241,19 @@ mod tests {
             "{}",
             e.message
         );
-        let e = h
-            .route("poll:closed", &json!({"pollId": "lunch"}), &limits())
-            .expect_err("no results");
+        let e = route("poll:closed", &json!({"pollId": "lunch"})).expect_err("no results");
         assert_eq!(
             e.message,
             "Invalid payload for poll:closed: results: is required"
         );
-        let e = h
-            .route(
-                "poll:closed",
-                &json!({"pollId": "", "results": {}}),
-                &limits(),
-            )
-            .expect_err("empty id");
+        let e = route("poll:closed", &json!({"pollId": "", "results": {}})).expect_err("empty id");
         assert_eq!(
             e.message,
             "Invalid payload for poll:closed: pollId: must be a non-empty string"
         );
-        let e = h
-            .route(
-                "poll:voted",
-                &json!({"pollId": "p", "option": "x"}),
-                &limits(),
-            )
-            .expect_err("no userId");
+        let e = route("poll:voted", &json!({"pollId": "p", "option": "x"})).expect_err("no userId");
         assert!(e.message.ends_with("userId: is required"), "{}", e.message);
-        let e = h
-            .route("poll:opened", &json!({"pollId": "p"}), &limits())
-            .expect_err("not ours");
+        let e = route("poll:opened", &json!({"pollId": "p"})).expect_err("not ours");
         assert_eq!(e.kind, ErrorKind::UnknownEvent);
     }
 
@@ -365,11 +285,11 @@ mod tests {
 
     #[test]
     fn the_config_bounds_the_option() {
-        let h = PollEvents::new(PollsConfig {
+        let cfg = PollsConfig {
             max_option_chars: 3,
-        });
-        assert!(h.check_option("poll:vote", "yés").is_ok());
-        let e = h.check_option("poll:vote", "nope").expect_err("too long");
+        };
+        assert!(check_option(&cfg, "poll:vote", "yés").is_ok());
+        let e = check_option(&cfg, "poll:vote", "nope").expect_err("too long");
         assert_eq!(
             e.message,
             "Invalid payload for poll:vote: option: must be at most 3 characters"
@@ -377,9 +297,12 @@ mod tests {
     }
 
     #[test]
-    fn the_handler_declares_its_events() {
-        let h = PollEvents::default();
-        assert_eq!(h.inbound_events(), ["poll:join", "poll:leave", "poll:vote"]);
-        assert_eq!(h.outbound_events(), ["poll:voted", "poll:closed"]);
+    fn the_set_declares_its_events() {
+        let set = events(PollsConfig::default());
+        let inbound: Vec<&str> = set.inbound().map(|e| e.name()).collect();
+        assert_eq!(inbound, ["poll:join", "poll:leave", "poll:vote"]);
+        let outbound: Vec<&str> = set.outbound().map(|e| e.name()).collect();
+        assert_eq!(outbound, ["poll:voted", "poll:closed"]);
+        assert_eq!(set.room_kinds()[0].kind, "poll");
     }
 }

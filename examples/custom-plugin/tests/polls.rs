@@ -1,35 +1,31 @@
 //! The `polls` plugin inside a real node: a `Node` built from TOML with the plugin enabled,
-//! driven in-process through its `Gateway` by recording connections.
+//! driven in-process by a recording transport that the test injects with
+//! [`Node::builder`].
 //!
 //! Run: `cargo test -p switchboard-example-polls`
 //!
-//! Room deliveries go broker → transports → sockets, so this test registers a small
-//! `recorder` transport of its own (enabled by its config section) whose sockets record
-//! every event they are sent.
+//! Room deliveries go broker → the core's rooms → each transport's recipients; the recording
+//! transport's sockets keep every event they are sent.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use switchboard::registry::{self, PluginKind};
 use switchboard::{
-    BoxError, CloseReason, ConnId, Connection, Delivery, Factory, Gateway, Identity, LoadedConfig,
-    Node, Plugin, PluginContext, Publish, PublishError, Room, Session, Transport, async_trait,
-    register_plugin,
+    CloseReason, ConnId, Connection, Gateway, GatewayHandle, Identity, LoadedConfig, Node, Publish,
+    PublishError, Session, Transport, async_trait,
 };
 use switchboard_example_polls as polls;
 use tower::ServiceExt;
 
-/// A socket that records what it is sent and mirrors its rooms.
+/// A socket that records what it is sent.
 struct Recorder {
     id: ConnId,
-    rooms: Mutex<BTreeSet<Room>>,
     sent: Mutex<Vec<(String, Value)>>,
 }
 
@@ -56,19 +52,13 @@ impl Connection for Recorder {
         let v = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
         self.sent.lock().push((event.to_owned(), v));
     }
-    fn join(&self, room: &Room) {
-        self.rooms.lock().insert(room.clone());
-    }
-    fn leave(&self, room: &Room) {
-        self.rooms.lock().remove(room);
-    }
     fn close(&self, _reason: CloseReason) {}
 }
 
-/// A transport whose sockets are [`Recorder`]s; deliveries fan out as a real transport's do.
-#[derive(Default)]
+/// A transport whose sockets are [`Recorder`]s. It keeps no rooms: the core hands each
+/// delivery with its recipients, and the default `deliver` sends to each of them.
 struct RecordingTransport {
-    sockets: Mutex<Vec<Arc<Recorder>>>,
+    gateway: GatewayHandle,
 }
 
 #[async_trait]
@@ -76,53 +66,30 @@ impl Transport for RecordingTransport {
     fn name(&self) -> &str {
         "recorder"
     }
-    fn router(&self, _gateway: Gateway) -> axum::Router {
+    fn router(&self) -> axum::Router {
         axum::Router::new()
-    }
-    async fn deliver(&self, delivery: &Delivery) {
-        let sockets = self.sockets.lock().clone();
-        for s in sockets {
-            let in_room = match &delivery.room {
-                Some(room) => s.rooms.lock().contains(room),
-                None => true,
-            };
-            if in_room && delivery.except.as_ref() != Some(&s.id) {
-                s.send(&delivery.event, &delivery.payload);
-            }
-        }
     }
     async fn shutdown(&self) {}
 }
 
-/// `transports.recorder.name`: which test's node this is; no name, no transport.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RecorderConfig {
-    name: String,
-}
-
-/// Each test's transport, by the name its config gave it (tests run in parallel).
-static TRANSPORTS: StdMutex<BTreeMap<String, Arc<RecordingTransport>>> =
-    StdMutex::new(BTreeMap::new());
-
-fn build_recorder(ctx: &PluginContext<'_>) -> Result<Option<Arc<dyn Transport>>, BoxError> {
-    let cfg: RecorderConfig = ctx.section()?;
-    if cfg.name.is_empty() {
-        return Ok(None);
+impl RecordingTransport {
+    /// Connects a recording socket for `user`, as a transport does after its handshake.
+    async fn connect(&self, user: &str) -> (Arc<Recorder>, Arc<Session>) {
+        let rec = Arc::new(Recorder {
+            id: ConnId::new(format!("sock-{user}")),
+            sent: Mutex::default(),
+        });
+        let gw = self.gateway.get().expect("the node is up");
+        let session = gw
+            .connect_via(
+                self.gateway.transport(),
+                rec.clone(),
+                Identity::anonymous_user(user),
+            )
+            .await;
+        (rec, session)
     }
-    let t = Arc::new(RecordingTransport::default());
-    TRANSPORTS
-        .lock()
-        .map_err(|_| "poisoned")?
-        .insert(cfg.name, t.clone());
-    Ok(Some(t))
 }
-
-register_plugin!(Plugin::new(
-    "recorder",
-    "Test transport: sockets that record what they are sent",
-    Factory::Transport(build_recorder)
-));
 
 /// A node with the built-ins and `polls`, and its recording transport.
 struct TestNode {
@@ -131,7 +98,7 @@ struct TestNode {
 }
 
 impl TestNode {
-    fn new(name: &str, extra: &str) -> TestNode {
+    async fn new(extra: &str) -> TestNode {
         let toml = format!(
             r#"
 [auth.jwt]
@@ -140,16 +107,22 @@ secret = "polls-test-secret-0123456789-abcdefgh"
 keys = ["k"]
 [events]
 plugins = ["conversation", "typing", "session", "polls"]
-[transports.recorder]
-name = "{name}"
 {extra}
 "#
         );
-        let node = Node::build(LoadedConfig::from_toml_str(&toml).expect("config")).expect("node");
-        let transport = TRANSPORTS
-            .lock()
-            .expect("lock")
-            .get(name)
+        let slot: Arc<OnceLock<Arc<RecordingTransport>>> = Arc::default();
+        let built = slot.clone();
+        let node = Node::builder(LoadedConfig::from_toml_str(&toml).expect("config"))
+            .transport(move |gateway| {
+                let t = Arc::new(RecordingTransport { gateway });
+                let _ = built.set(t.clone());
+                t
+            })
+            .build()
+            .expect("node");
+        node.gateway().start().await;
+        let transport = slot
+            .get()
             .cloned()
             .expect("the recorder transport was built");
         TestNode { node, transport }
@@ -160,17 +133,7 @@ name = "{name}"
     }
 
     async fn connect(&self, user: &str) -> (Arc<Recorder>, Arc<Session>) {
-        let rec = Arc::new(Recorder {
-            id: ConnId::new(format!("sock-{user}")),
-            rooms: Mutex::default(),
-            sent: Mutex::default(),
-        });
-        self.transport.sockets.lock().push(rec.clone());
-        let session = self
-            .gateway()
-            .connect(rec.clone(), Identity::anonymous_user(user))
-            .await;
-        (rec, session)
+        self.transport.connect(user).await
     }
 
     /// Sends one client event as a transport would; returns the ack.
@@ -178,7 +141,7 @@ name = "{name}"
         let raw = serde_json::value::to_raw_value(&payload).expect("raw");
         let size = json!([event, payload]).to_string().len();
         self.gateway()
-            .inbound(session, event, size, Some(&raw))
+            .inbound(session, session.ticket(), event, size, Some(&raw))
             .await
     }
 }
@@ -190,7 +153,7 @@ fn the_plugin_is_registered() {
 
 #[tokio::test]
 async fn a_vote_reaches_every_member_of_the_poll_room() {
-    let n = TestNode::new("vote", "");
+    let n = TestNode::new("").await;
     let (alice, a) = n.connect("alice").await;
     let (bob, b) = n.connect("bob").await;
     let (carol, _c) = n.connect("carol").await;
@@ -246,7 +209,7 @@ async fn a_vote_reaches_every_member_of_the_poll_room() {
 
 #[tokio::test]
 async fn a_bad_vote_gets_an_error_naming_the_field() {
-    let n = TestNode::new("bad-vote", "[events.polls]\nmax_option_chars = 8");
+    let n = TestNode::new("[events.polls]\nmax_option_chars = 8").await;
     let (alice, a) = n.connect("alice").await;
     let (bob, b) = n.connect("bob").await;
     for s in [&a, &b] {
@@ -307,7 +270,7 @@ async fn a_bad_vote_gets_an_error_naming_the_field() {
 
 #[tokio::test]
 async fn a_backend_closes_a_poll_in_its_room() {
-    let n = TestNode::new("close", "");
+    let n = TestNode::new("").await;
     let (alice, a) = n.connect("alice").await;
     let (carol, _c) = n.connect("carol").await;
     n.emit(&a, "poll:join", json!({"pollId": "lunch"})).await;
@@ -404,4 +367,36 @@ fn the_plugin_section_is_checked() {
             .any(|i| i.key == "events.polls.max_option_chars" && i.reason == "must be at least 1"),
         "{e:?}"
     );
+}
+
+#[test]
+fn the_plugin_s_section_is_in_the_config_reference() {
+    let keys = registry::all_config_keys();
+    assert_eq!(
+        keys.get("events.polls.max_option_chars"),
+        Some(&json!(64)),
+        "events.polls.* is declared with its defaults"
+    );
+}
+
+#[test]
+fn a_second_plugin_claiming_a_poll_event_is_refused_naming_both() {
+    let loaded = LoadedConfig::from_toml_str(
+        "[auth.jwt]\nsecret = \"polls-test-secret-0123456789-abcdefgh\"\n\
+         [events]\nplugins = [\"polls\"]\n",
+    )
+    .expect("config");
+    let copycat = switchboard::EventSet::new("copycat").on_value("poll:vote", |_ctx, _v| async {
+        Ok(switchboard::Outcome::Done)
+    });
+    let e = Node::builder(loaded)
+        .event_set(copycat)
+        .build()
+        .expect_err("poll:vote twice");
+    let text = e.to_string();
+    assert!(
+        text.contains("`poll:vote` is declared by both `polls` and `copycat`"),
+        "{text}"
+    );
+    assert!(text.starts_with("events.plugins:"), "{text}");
 }

@@ -1,79 +1,73 @@
 //! `broker.plugin = "memory"`: rooms within one node.
 //!
-//! Every publish goes straight to this node's transports, which fan it out to their local
-//! members with the bytes encoded once. The broker counts local members per room, which
-//! is what a clustered broker needs to know to subscribe and unsubscribe.
+//! One node is its own cluster: every publish goes straight to the node's inbox, which
+//! delivers it to the room's local members. The broker keeps the set of subscribed rooms
+//! (those with local members) only to answer what it holds.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
-use prometheus_client::metrics::gauge::Gauge;
 use switchboard_core::{
-    BoxError, BrokerError, ConnId, Delivery, Factory, LocalHub, Plugin, PluginContext, Reach, Room,
+    BoxError, BrokerError, Delivery, Factory, Inbox, Plugin, PluginContext, Reach, Room,
     RoomBroker, async_trait, register_plugin,
 };
 
 /// Rooms in one process.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct MemoryBroker {
-    hub: LocalHub,
-    rooms: Mutex<HashMap<Room, usize>>,
-    gauge: Gauge<i64, AtomicI64>,
+    inbox: OnceLock<Inbox>,
+    rooms: Mutex<HashSet<Room>>,
 }
 
 impl MemoryBroker {
-    /// A broker delivering through `hub`.
-    pub fn new(hub: LocalHub) -> Self {
-        MemoryBroker {
-            hub,
-            rooms: Mutex::new(HashMap::new()),
-            gauge: Gauge::default(),
-        }
+    /// A broker for one node.
+    pub fn new() -> Self {
+        MemoryBroker::default()
     }
 
-    /// How many local members `room` has.
-    pub fn members(&self, room: &str) -> usize {
-        self.rooms.lock().get(room).copied().unwrap_or(0)
+    /// Whether `room` is subscribed (has local members).
+    pub fn is_subscribed(&self, room: &str) -> bool {
+        self.rooms.lock().contains(room)
+    }
+
+    /// How many rooms are subscribed.
+    pub fn subscribed_rooms(&self) -> usize {
+        self.rooms.lock().len()
     }
 }
 
 #[async_trait]
 impl RoomBroker for MemoryBroker {
-    async fn join(&self, room: &Room, _conn: &ConnId) -> Result<(), BrokerError> {
-        let mut rooms = self.rooms.lock();
-        let n = rooms.entry(room.clone()).or_insert(0);
-        if *n == 0 {
-            self.gauge.inc();
-        }
-        *n += 1;
+    async fn start(&self, inbox: Inbox) -> Result<(), BrokerError> {
+        let _ = self.inbox.set(inbox);
         Ok(())
     }
 
-    async fn leave(&self, room: &Room, _conn: &ConnId) -> Result<(), BrokerError> {
-        let mut rooms = self.rooms.lock();
-        if let Some(n) = rooms.get_mut(room) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                rooms.remove(room);
-                self.gauge.dec();
-            }
-        }
+    async fn subscribe(&self, room: &Room) -> Result<(), BrokerError> {
+        self.rooms.lock().insert(room.clone());
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, room: &Room) -> Result<(), BrokerError> {
+        self.rooms.lock().remove(room);
         Ok(())
     }
 
     async fn publish(&self, delivery: Arc<Delivery>) -> Result<Reach, BrokerError> {
-        self.hub.deliver(&delivery).await;
+        let Some(inbox) = self.inbox.get() else {
+            return Err(BrokerError::Unavailable {
+                backend: "memory broker",
+                reason: "not started (Gateway::start starts it)".to_owned(),
+            });
+        };
+        inbox.deliver(&delivery);
         Ok(Reach::Cluster)
     }
 }
 
-fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn RoomBroker>, BoxError> {
-    let broker = MemoryBroker::new(ctx.hub().clone());
-    ctx.metrics()
-        .register("rooms", "Rooms with local members", broker.gauge.clone());
-    Ok(Arc::new(broker))
+fn build(_ctx: &PluginContext<'_>) -> Result<Arc<dyn RoomBroker>, BoxError> {
+    Ok(Arc::new(MemoryBroker::new()))
 }
 
 register_plugin!(Plugin::new(
@@ -85,18 +79,28 @@ register_plugin!(Plugin::new(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test]
-    async fn counts_local_members() {
-        let b = MemoryBroker::new(LocalHub::default());
-        let room: Room = Room::from("conversation:1");
-        let (x, y) = (ConnId::new("x"), ConnId::new("y"));
-        b.join(&room, &x).await.expect("join");
-        b.join(&room, &y).await.expect("join");
-        assert_eq!(b.members("conversation:1"), 2);
-        b.leave(&room, &x).await.expect("leave");
-        b.leave(&room, &y).await.expect("leave");
-        b.leave(&room, &y).await.expect("leave twice");
-        assert_eq!(b.members("conversation:1"), 0);
+    async fn publishes_reach_the_inbox_once_started() {
+        let b = MemoryBroker::new();
+        let d = Arc::new(
+            Delivery::encode("e", Some(Room::from("r")), &serde_json::json!({})).expect("encode"),
+        );
+        assert!(b.publish(d.clone()).await.is_err(), "not started");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        b.start(Inbox::from_fn(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }))
+        .await
+        .expect("start");
+        assert_eq!(b.publish(d).await.expect("publish"), Reach::Cluster);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        let room = Room::from("conversation:1");
+        b.subscribe(&room).await.expect("subscribe");
+        assert!(b.is_subscribed("conversation:1"));
+        b.unsubscribe(&room).await.expect("unsubscribe");
+        assert_eq!(b.subscribed_rooms(), 0);
     }
 }

@@ -5,11 +5,13 @@
 //! * **One channel per room, subscribed while the room has local members.** A room's
 //!   events travel on `{redis.key_prefix}room:{room}`; namespace-wide deliveries
 //!   (`user:online`/`user:offline`, `Delivery.room == None`) on
-//!   `{redis.key_prefix}broadcast`, which every node subscribes to. A node subscribes to a
-//!   room's channel when its first local socket joins (0 → 1) and unsubscribes when the
-//!   last one leaves (1 → 0), so a node only receives what it delivers. `join` returns
-//!   once Redis has processed the `SUBSCRIBE`, which makes a join effective across the
-//!   cluster when the client gets its `conversation:joined`. (fred completes a
+//!   `{redis.key_prefix}broadcast`, which every node subscribes to. The core's rooms
+//!   component calls [`RoomBroker::subscribe`] when a room gains its first local member
+//!   and [`RoomBroker::unsubscribe`] when it loses its last, so a node only receives what
+//!   it delivers; the broker keeps the set of subscribed rooms to resubscribe them after a
+//!   reconnect, and nothing else of membership. `subscribe` returns once Redis has
+//!   processed the `SUBSCRIBE`, which makes a join effective across the cluster when the
+//!   client gets its `conversation:joined`. (fred completes a
 //!   `SUBSCRIBE` as soon as it is written and drops the confirmation, so the broker
 //!   sends a `PING` on the subscriber connection right after it: Redis answers commands
 //!   of one connection in order, so the `PONG` proves the subscription is in place.
@@ -27,21 +29,21 @@
 //!   is healthy, `publish` only sends `PUBLISH`; this node's members get the event back
 //!   through its own subscription, like every other node's members. Redis orders the
 //!   messages of a channel once, so all nodes deliver a room's events in the same order,
-//!   whichever node published them; each node delivers them in arrival order from one
-//!   task. A room always publishes on the same pooled connection, so one node's publishes
+//!   whichever node published them; each node hands them to its inbox in arrival order
+//!   from one task. A room always publishes on the same pooled connection, so one node's publishes
 //!   to a room also leave in the order they were made. The message is the [`Delivery`]
 //!   serialized once per publish, wrapped in a small envelope (below).
 //! * **Exactly once.** Each node subscribes once per channel and delivers each message
 //!   once; the publisher does not deliver directly, so nobody gets a copy twice.
 //! * **When Redis is unreachable**, `ready()` is false (`/readyz` answers 503), a publish
-//!   is delivered to this node's own members at once (local delivery keeps working) and
-//!   is reported as done, and the outage is logged once, not per event. If the
+//!   is handed to this node's own inbox at once (local delivery keeps working) and is
+//!   reported as reaching this node only, and the outage is logged once, not per event. If the
 //!   publishing connection still works (only the subscriber dropped), the message is also
 //!   published, tagged with this node's id, so other nodes get it and this node skips its
 //!   own copy. The client reconnects with exponential backoff; once it is back, the
 //!   broker resubscribes the broadcast channel and every room with local members, and
-//!   only then turns ready again and goes back to delivering through Redis. Joins made
-//!   during an outage count locally and are subscribed with the rest.
+//!   only then turns ready again and goes back to delivering through Redis. Rooms
+//!   subscribed during an outage are recorded and subscribed with the rest.
 //! * **Sharded pub/sub.** `redis.sharded_pubsub = true` uses `SSUBSCRIBE`/`SPUBLISH`,
 //!   Redis Cluster's sharded pub/sub (Redis 7+), where a channel lives on the shard that
 //!   owns its slot instead of being broadcast over the cluster bus. Use a
@@ -77,15 +79,12 @@
 //! sharded_pubsub = false
 //! ```
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use fred::prelude::{
-    Client, ClientLike, Error as RedisError, ErrorKind as RedisErrorKind, EventInterface,
-    PubsubInterface,
-};
+use fred::prelude::{Client, ClientLike, Error as RedisError, EventInterface, PubsubInterface};
 use fred::types::Message;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
@@ -93,8 +92,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use switchboard_core::config::RedisConfig;
 use switchboard_core::{
-    BoxError, BrokerError, ConfigError, ConnId, Delivery, Factory, LocalHub, Plugin, PluginContext,
-    Reach, Room, RoomBroker, async_trait, register_plugin,
+    BoxError, BrokerError, ConfigError, Delivery, Factory, Inbox, Plugin, PluginContext, Reach,
+    Room, RoomBroker, async_trait, register_plugin,
 };
 use switchboard_redis_client::{ClientConfig, Health, PoolWatch};
 use tokio::sync::broadcast::error::RecvError;
@@ -104,7 +103,8 @@ use tokio::task::JoinHandle;
 /// How many channels one `SUBSCRIBE` carries when resubscribing after a reconnect.
 pub const SUBSCRIBE_BATCH: usize = 512;
 
-/// How many locks the room table is split into (joins of rooms on different locks never wait on each other).
+/// How many locks the set of subscribed rooms is split into (rooms on different locks
+/// never wait on each other).
 const LOCK_SHARDS: usize = 256;
 
 /// How often the supervisor checks the connections.
@@ -153,7 +153,7 @@ impl std::fmt::Debug for RedisBroker {
 }
 
 struct Inner {
-    hub: LocalHub,
+    inbox: OnceLock<Inbox>,
     node: String,
     sharded: bool,
     room_prefix: String,
@@ -161,10 +161,11 @@ struct Inner {
     sub: Client,
     pool: Arc<PoolWatch>,
     timeout: Duration,
-    rooms: Box<[AsyncMutex<HashMap<Room, usize>>]>,
-    /// The subscriber connection is up: joins subscribe right away.
+    /// The rooms this node has subscribed, split by lock.
+    rooms: Box<[AsyncMutex<HashSet<Room>>]>,
+    /// The subscriber connection is up: subscriptions go to Redis right away.
     sub_up: AtomicBool,
-    /// Every channel with local members is subscribed on the current connection.
+    /// Every subscribed room's channel is subscribed on the current connection.
     subscribed: AtomicBool,
     /// Asks the supervisor for a resubscription pass.
     resync: Notify,
@@ -175,27 +176,50 @@ struct Inner {
     last_decode_warning: Mutex<Option<Instant>>,
 }
 
-fn timeout_error(what: &str) -> RedisError {
-    RedisError::new(RedisErrorKind::Timeout, format!("{what} timed out"))
+/// A broker error for a failed Redis command.
+fn broker_error(command: &'static str, timeout: Duration, e: &RedisError) -> BrokerError {
+    if switchboard_redis_client::is_timeout(e) {
+        BrokerError::Timeout {
+            backend: "Redis",
+            command,
+            after_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    } else if switchboard_redis_client::is_refusal(e) {
+        BrokerError::Refused {
+            backend: "Redis",
+            command,
+            reason: e.details().to_owned(),
+        }
+    } else {
+        BrokerError::Unavailable {
+            backend: "Redis",
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn timed_out(command: &'static str, timeout: Duration) -> BrokerError {
+    BrokerError::Timeout {
+        backend: "Redis",
+        command,
+        after_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    }
 }
 
 impl RedisBroker {
-    /// A broker delivering through `hub`, for the Redis in `redis`; connects on [`RoomBroker::start`].
+    /// A broker for the Redis in `redis`, on node `node`; connects on [`RoomBroker::start`].
     pub fn new(
-        hub: LocalHub,
         redis: &RedisConfig,
         cfg: &RedisBrokerConfig,
+        node: impl Into<String>,
     ) -> Result<Self, ConfigError> {
         cfg.validate("broker.redis")?;
         let sub = switchboard_redis_client::client(redis, cfg, Some(16 * 1024))?;
         let pool = switchboard_redis_client::pool(redis, cfg, Some(64))?;
-        let rooms = (0..LOCK_SHARDS)
-            .map(|_| AsyncMutex::new(HashMap::new()))
-            .collect();
-        let node = switchboard_core::registry::random_id();
+        let node = node.into();
         Ok(RedisBroker {
             inner: Arc::new(Inner {
-                hub,
+                inbox: OnceLock::new(),
                 health: Health::new(
                     "room broker",
                     node.clone(),
@@ -209,7 +233,9 @@ impl RedisBroker {
                 sub,
                 pool: PoolWatch::new(pool),
                 timeout: cfg.command_timeout.get(),
-                rooms,
+                rooms: (0..LOCK_SHARDS)
+                    .map(|_| AsyncMutex::new(HashSet::new()))
+                    .collect(),
                 sub_up: AtomicBool::new(false),
                 subscribed: AtomicBool::new(false),
                 resync: Notify::new(),
@@ -221,30 +247,23 @@ impl RedisBroker {
         })
     }
 
-    /// This node's random id (tags the messages it already delivered itself).
+    /// The node id this broker tags the messages it already delivered itself with.
     pub fn node_id(&self) -> &str {
         &self.inner.node
     }
 
-    /// How many local members `room` has.
-    pub async fn members(&self, room: &str) -> usize {
-        let room: Room = Room::from(room);
-        self.inner
-            .shard(&room)
-            .lock()
-            .await
-            .get(&room)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// How many rooms have local members (and so a subscription while Redis is up).
-    pub async fn rooms(&self) -> usize {
+    /// How many rooms this node has subscribed.
+    pub async fn subscribed_rooms(&self) -> usize {
         let mut n = 0;
         for shard in self.inner.rooms.iter() {
             n += shard.lock().await.len();
         }
         n
+    }
+
+    /// Whether this node has `room` subscribed.
+    pub async fn is_subscribed(&self, room: &str) -> bool {
+        self.inner.shard(room).lock().await.contains(room)
     }
 
     /// The channel a room's events travel on.
@@ -262,7 +281,7 @@ impl RedisBroker {
         let reg = ctx.metrics();
         reg.register(
             "redis_broker_rooms",
-            "Rooms with local members (subscribed channels)",
+            "Rooms this node has subscribed (channels)",
             m.rooms.clone(),
         );
         reg.register(
@@ -303,8 +322,14 @@ impl Inner {
         }
     }
 
-    fn shard(&self, room: &str) -> &AsyncMutex<HashMap<Room, usize>> {
+    fn shard(&self, room: &str) -> &AsyncMutex<HashSet<Room>> {
         &self.rooms[stable_hash(room) as usize % self.rooms.len()]
+    }
+
+    fn deliver_locally(&self, d: &Delivery) {
+        if let Some(inbox) = self.inbox.get() {
+            inbox.deliver(d);
+        }
     }
 
     /// The pooled connection a channel always publishes on, and whether it is up.
@@ -318,23 +343,21 @@ impl Inner {
         self.subscribed.load(Ordering::SeqCst) && self.sub.is_connected() && self.pool.all_up()
     }
 
-    fn report(&self, healthy: bool, why: &str) {
-        self.health.report(healthy, why);
-    }
-
     fn down(&self) {
         self.sub_up.store(false, Ordering::SeqCst);
         self.subscribed.store(false, Ordering::SeqCst);
     }
 
-    async fn subscribe(&self, channels: Vec<String>) -> Result<(), RedisError> {
+    async fn subscribe_channels(&self, channels: Vec<String>) -> Result<(), BrokerError> {
         if self.sharded {
             let calls = channels.into_iter().map(|c| self.sub.ssubscribe(c));
             match tokio::time::timeout(self.timeout, futures_util::future::try_join_all(calls))
                 .await
             {
-                Ok(r) => r.map(|_| ()),
-                Err(_) => Err(timeout_error("SSUBSCRIBE")),
+                Ok(r) => r
+                    .map(|_| ())
+                    .map_err(|e| broker_error("SSUBSCRIBE", self.timeout, &e)),
+                Err(_) => Err(timed_out("SSUBSCRIBE", self.timeout)),
             }
         } else {
             // fred resolves SUBSCRIBE once it is written (its confirmation arrives out of
@@ -348,13 +371,13 @@ impl Inner {
                     .map(|_| ())
             };
             match tokio::time::timeout(self.timeout, confirmed).await {
-                Ok(r) => r,
-                Err(_) => Err(timeout_error("SUBSCRIBE")),
+                Ok(r) => r.map_err(|e| broker_error("SUBSCRIBE", self.timeout, &e)),
+                Err(_) => Err(timed_out("SUBSCRIBE", self.timeout)),
             }
         }
     }
 
-    async fn unsubscribe(&self, channel: String) -> Result<(), RedisError> {
+    async fn unsubscribe_channel(&self, channel: String) -> Result<(), BrokerError> {
         let call = async {
             if self.sharded {
                 self.sub.sunsubscribe(channel).await
@@ -363,8 +386,8 @@ impl Inner {
             }
         };
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(r) => r,
-            Err(_) => Err(timeout_error("UNSUBSCRIBE")),
+            Ok(r) => r.map_err(|e| broker_error("UNSUBSCRIBE", self.timeout, &e)),
+            Err(_) => Err(timed_out("UNSUBSCRIBE", self.timeout)),
         }
     }
 
@@ -373,7 +396,7 @@ impl Inner {
         client: &Client,
         channel: String,
         message: String,
-    ) -> Result<(), RedisError> {
+    ) -> Result<(), BrokerError> {
         let call = async {
             if self.sharded {
                 client.spublish::<i64, _, _>(channel, message).await
@@ -382,23 +405,26 @@ impl Inner {
             }
         };
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(r) => r.map(|_| ()),
-            Err(_) => Err(timeout_error("PUBLISH")),
+            Ok(r) => r
+                .map(|_| ())
+                .map_err(|e| broker_error("PUBLISH", self.timeout, &e)),
+            Err(_) => Err(timed_out("PUBLISH", self.timeout)),
         }
     }
 
-    /// Subscribes the broadcast channel and every room with local members, lock shard by lock shard.
-    async fn resubscribe(&self) -> Result<usize, RedisError> {
-        self.subscribe(vec![self.broadcast.clone()]).await?;
+    /// Subscribes the broadcast channel and every subscribed room, lock shard by lock shard.
+    async fn resubscribe(&self) -> Result<usize, BrokerError> {
+        self.subscribe_channels(vec![self.broadcast.clone()])
+            .await?;
         let mut total = 0;
         for shard in self.rooms.iter() {
             let rooms = shard.lock().await;
             if rooms.is_empty() {
                 continue;
             }
-            let channels: Vec<String> = rooms.keys().map(|r| self.room_channel(r)).collect();
+            let channels: Vec<String> = rooms.iter().map(|r| self.room_channel(r)).collect();
             for chunk in channels.chunks(SUBSCRIBE_BATCH) {
-                self.subscribe(chunk.to_vec()).await?;
+                self.subscribe_channels(chunk.to_vec()).await?;
             }
             total += channels.len();
         }
@@ -406,7 +432,7 @@ impl Inner {
     }
 
     /// Delivers one message read from the subscription.
-    async fn on_message(&self, msg: Message) {
+    fn on_message(&self, msg: Message) {
         let decoded = match msg.value.as_bytes() {
             Some(bytes) => serde_json::from_slice::<EnvelopeIn>(bytes).map_err(|e| e.to_string()),
             None => Err("not a string".to_owned()),
@@ -417,7 +443,7 @@ impl Inner {
                     return;
                 }
                 self.metrics.received.inc();
-                self.hub.deliver(&env.d).await;
+                self.deliver_locally(&env.d);
             }
             Err(e) => {
                 let mut last = self.last_decode_warning.lock();
@@ -468,7 +494,7 @@ async fn forward(
 
 async fn deliver(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Message>) {
     while let Some(msg) = rx.recv().await {
-        inner.on_message(msg).await;
+        inner.on_message(msg);
     }
 }
 
@@ -520,8 +546,8 @@ async fn supervise(
             inner.down();
             need_resubscribe = true;
         } else if need_resubscribe && awaiting_reconnect.is_none() {
-            // Set before the pass: a join that still sees `false` holds its room's lock,
-            // so the pass (which takes every lock in turn) subscribes that room after it.
+            // Set before the pass: a subscribe that still sees `false` holds its room's
+            // lock, so the pass (which takes every lock in turn) subscribes that room after it.
             inner.sub_up.store(true, Ordering::SeqCst);
             match inner.resubscribe().await {
                 Ok(n) => {
@@ -540,86 +566,18 @@ async fn supervise(
         } else {
             last_error.as_str()
         };
-        inner.report(inner.ready(), why);
+        inner.health.report(inner.ready(), why);
     }
 }
 
 #[async_trait]
 impl RoomBroker for RedisBroker {
-    async fn join(&self, room: &Room, _conn: &ConnId) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        let mut rooms = inner.shard(room).lock().await;
-        let n = rooms.entry(room.clone()).or_insert(0);
-        *n += 1;
-        if *n > 1 {
-            return Ok(());
-        }
-        inner.metrics.rooms.inc();
-        if inner.sub_up.load(Ordering::SeqCst)
-            && let Err(e) = inner.subscribe(vec![inner.room_channel(room)]).await
-        {
-            // The subscription is failing: mark it and let the supervisor resubscribe
-            // every room with local members (this one included) once Redis answers.
-            tracing::debug!(room = %room, error = %e, "room broker: SUBSCRIBE failed; will resubscribe");
-            inner.subscribed.store(false, Ordering::SeqCst);
-            inner.resync.notify_one();
-        }
-        Ok(())
-    }
-
-    async fn leave(&self, room: &Room, _conn: &ConnId) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        let mut rooms = inner.shard(room).lock().await;
-        let Some(n) = rooms.get_mut(room) else {
-            return Ok(());
-        };
-        *n = n.saturating_sub(1);
-        if *n > 0 {
-            return Ok(());
-        }
-        rooms.remove(room);
-        inner.metrics.rooms.dec();
-        if inner.sub_up.load(Ordering::SeqCst)
-            && let Err(e) = inner.unsubscribe(inner.room_channel(room)).await
-        {
-            // A failing connection is replaced, and the new one only subscribes rooms with members.
-            tracing::debug!(room = %room, error = %e, "room broker: UNSUBSCRIBE failed");
-        }
-        Ok(())
-    }
-
-    async fn publish(&self, delivery: Arc<Delivery>) -> Result<Reach, BrokerError> {
-        let inner = &self.inner;
-        let channel = inner.channel(delivery.room.as_deref());
-        let (client, client_up) = inner.publisher(&channel);
-        let through_redis = inner.subscribed.load(Ordering::SeqCst) && client_up;
-        let skip = (!through_redis).then_some(inner.node.as_str());
-        let message = serde_json::to_string(&EnvelopeOut { skip, d: &delivery })
-            .map_err(|e| BrokerError(format!("cannot encode the delivery: {e}")))?;
-        if through_redis {
-            match inner.send(client, channel, message).await {
-                Ok(()) => return Ok(Reach::Cluster),
-                Err(e) => inner.report(false, &e.to_string()),
-            }
-            inner.metrics.local_only.inc();
-            inner.hub.deliver(&delivery).await;
-            return Ok(Reach::LocalOnly);
-        }
-        inner.report(false, "not subscribed");
-        inner.metrics.local_only.inc();
-        inner.hub.deliver(&delivery).await;
-        // Other nodes may still hear Redis; this node skips its own tagged copy.
-        if client_up && inner.send(client, channel, message).await.is_ok() {
-            return Ok(Reach::Cluster);
-        }
-        Ok(Reach::LocalOnly)
-    }
-
-    async fn start(&self) -> Result<(), BrokerError> {
+    async fn start(&self, inbox: Inbox) -> Result<(), BrokerError> {
         let inner = &self.inner;
         if inner.started.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        let _ = inner.inbox.set(inbox);
         // Listen before connecting, so the first connection's event is not missed.
         let reconnects = inner.sub.reconnect_rx();
         let errors = inner.sub.error_rx();
@@ -642,9 +600,76 @@ impl RoomBroker for RedisBroker {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Err(BrokerError(
-            "Redis did not answer; delivering to this node's sockets only until it does".into(),
-        ))
+        Err(BrokerError::Unavailable {
+            backend: "Redis",
+            reason: "no answer at start-up; delivering to this node's sockets only until it does"
+                .to_owned(),
+        })
+    }
+
+    async fn subscribe(&self, room: &Room) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let mut rooms = inner.shard(room).lock().await;
+        if !rooms.insert(room.clone()) {
+            return Ok(());
+        }
+        inner.metrics.rooms.inc();
+        if inner.sub_up.load(Ordering::SeqCst)
+            && let Err(e) = inner
+                .subscribe_channels(vec![inner.room_channel(room)])
+                .await
+        {
+            // The subscription is failing: mark it and let the supervisor resubscribe
+            // every subscribed room (this one included) once Redis answers.
+            tracing::debug!(room = %room, error = %e, "room broker: SUBSCRIBE failed; will resubscribe");
+            inner.subscribed.store(false, Ordering::SeqCst);
+            inner.resync.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, room: &Room) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let mut rooms = inner.shard(room).lock().await;
+        if !rooms.remove(room) {
+            return Ok(());
+        }
+        inner.metrics.rooms.dec();
+        if inner.sub_up.load(Ordering::SeqCst)
+            && let Err(e) = inner.unsubscribe_channel(inner.room_channel(room)).await
+        {
+            // A failing connection is replaced, and the new one only subscribes the rooms
+            // in the set.
+            tracing::debug!(room = %room, error = %e, "room broker: UNSUBSCRIBE failed");
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, delivery: Arc<Delivery>) -> Result<Reach, BrokerError> {
+        let inner = &self.inner;
+        let channel = inner.channel(delivery.room.as_deref());
+        let (client, client_up) = inner.publisher(&channel);
+        let through_redis = inner.subscribed.load(Ordering::SeqCst) && client_up;
+        let skip = (!through_redis).then_some(inner.node.as_str());
+        let message = serde_json::to_string(&EnvelopeOut { skip, d: &delivery })
+            .map_err(|e| BrokerError::Encode(e.to_string()))?;
+        if through_redis {
+            match inner.send(client, channel, message).await {
+                Ok(()) => return Ok(Reach::Cluster),
+                Err(e) => inner.health.report(false, &e.to_string()),
+            }
+            inner.metrics.local_only.inc();
+            inner.deliver_locally(&delivery);
+            return Ok(Reach::LocalOnly);
+        }
+        inner.health.report(false, "not subscribed");
+        inner.metrics.local_only.inc();
+        inner.deliver_locally(&delivery);
+        // Other nodes may still hear Redis; this node skips its own tagged copy.
+        if client_up && inner.send(client, channel, message).await.is_ok() {
+            return Ok(Reach::Cluster);
+        }
+        Ok(Reach::LocalOnly)
     }
 
     async fn ready(&self) -> bool {
@@ -672,7 +697,7 @@ fn flatten<T: Send + 'static>(handle: JoinHandle<T>) -> JoinHandle<()> {
 fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn RoomBroker>, BoxError> {
     let cfg: RedisBrokerConfig = ctx.section()?;
     let redis: RedisConfig = ctx.extract("redis")?;
-    let broker = RedisBroker::new(ctx.hub().clone(), &redis, &cfg)?;
+    let broker = RedisBroker::new(&redis, &cfg, ctx.node_id())?;
     broker.register_metrics(ctx);
     Ok(Arc::new(broker))
 }
@@ -689,12 +714,13 @@ register_plugin!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_core::{ConnId, Dur};
 
     #[test]
     fn config_defaults() {
         let c = RedisBrokerConfig::default();
         assert_eq!(c.pool_size, 2);
-        assert_eq!(c.command_timeout, switchboard_core::Dur::secs(2));
+        assert_eq!(c.command_timeout, Dur::secs(2));
     }
 
     #[test]
@@ -723,13 +749,12 @@ mod tests {
 
     #[test]
     fn urls_need_a_redis_scheme() {
-        let hub = LocalHub::default();
         let redis = RedisConfig {
             url: "localhost:6379".into(),
             ..RedisConfig::default()
         };
         let err =
-            RedisBroker::new(hub, &redis, &RedisBrokerConfig::default()).expect_err("bad url");
+            RedisBroker::new(&redis, &RedisBrokerConfig::default(), "n").expect_err("bad url");
         assert!(err.to_string().starts_with("redis.url:"), "{err}");
     }
 

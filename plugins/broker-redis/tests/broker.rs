@@ -1,5 +1,5 @@
-//! The Redis broker against a real `redis-server`: two brokers with their own local hubs
-//! stand for two nodes sharing one Redis.
+//! The Redis broker against a real `redis-server`: two brokers with their own recording
+//! inboxes stand for two nodes sharing one Redis.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +9,10 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use switchboard_broker_redis::{RedisBroker, RedisBrokerConfig};
 use switchboard_core::config::RedisConfig;
-use switchboard_core::{
-    ConnId, Delivery, Gateway, LocalHub, Reach, Room, RoomBroker, Transport, async_trait,
-};
+use switchboard_core::{Delivery, Inbox, Reach, Room, RoomBroker};
 use switchboard_testkit::{RedisServer, eventually};
 
-/// A transport that records every delivery its node hands it.
+/// What a node's inbox was handed, in order.
 #[derive(Default)]
 struct Recorder {
     seen: Mutex<Vec<(String, Option<String>, Value)>>,
@@ -35,25 +33,17 @@ impl Recorder {
     fn len(&self) -> usize {
         self.seen.lock().len()
     }
-}
-
-#[async_trait]
-impl Transport for Recorder {
-    fn name(&self) -> &str {
-        "recorder"
+    fn inbox(self: &Arc<Self>) -> Inbox {
+        let me = self.clone();
+        Inbox::from_fn(move |d: &Delivery| {
+            let payload: Value = serde_json::from_str(d.payload.get()).expect("payload is JSON");
+            me.seen.lock().push((
+                d.event.to_string(),
+                d.room.as_deref().map(str::to_owned),
+                payload,
+            ));
+        })
     }
-    fn router(&self, _gateway: Gateway) -> axum::Router {
-        axum::Router::new()
-    }
-    async fn deliver(&self, d: &Delivery) {
-        let payload: Value = serde_json::from_str(d.payload.get()).expect("payload is JSON");
-        self.seen.lock().push((
-            d.event.to_string(),
-            d.room.as_deref().map(str::to_owned),
-            payload,
-        ));
-    }
-    async fn shutdown(&self) {}
 }
 
 struct TestNode {
@@ -76,11 +66,17 @@ fn fast() -> RedisBrokerConfig {
     }
 }
 
+fn broker(redis: &RedisConfig) -> RedisBroker {
+    RedisBroker::new(redis, &fast(), switchboard_core::registry::random_id()).expect("broker")
+}
+
 async fn node(redis: &RedisConfig) -> TestNode {
     let rec = Arc::new(Recorder::default());
-    let hub = LocalHub::new(vec![rec.clone() as Arc<dyn Transport>]);
-    let broker = RedisBroker::new(hub, redis, &fast()).expect("broker");
-    broker.start().await.expect("broker starts with Redis up");
+    let broker = broker(redis);
+    broker
+        .start(rec.inbox())
+        .await
+        .expect("broker starts with Redis up");
     assert!(broker.ready().await);
     TestNode { broker, rec }
 }
@@ -123,9 +119,9 @@ async fn events_cross_nodes_exactly_once() {
     let cfg = redis_config(&server, false);
     let (a, b) = (node(&cfg).await, node(&cfg).await);
     b.broker
-        .join(&room("conversation:1"), &ConnId::new("b1"))
+        .subscribe(&room("conversation:1"))
         .await
-        .expect("join");
+        .expect("subscribe");
 
     publish(&a, Some("conversation:1"), json!({"n": 1})).await;
     assert!(eventually(Duration::from_secs(5), || async { b.rec.len() == 1 }).await);
@@ -163,9 +159,9 @@ async fn sharded_pubsub_crosses_nodes() {
     let cfg = redis_config(&server, true);
     let (a, b) = (node(&cfg).await, node(&cfg).await);
     b.broker
-        .join(&room("session:9"), &ConnId::new("b1"))
+        .subscribe(&room("session:9"))
         .await
-        .expect("join");
+        .expect("subscribe");
     publish(&a, Some("session:9"), json!({"s": 1})).await;
     publish(&a, None, json!({"s": 2})).await;
     assert!(eventually(Duration::from_secs(5), || async { b.rec.len() == 2 }).await);
@@ -175,16 +171,13 @@ async fn sharded_pubsub_crosses_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_join_is_effective_when_it_returns() {
+async fn a_subscription_is_effective_when_it_returns() {
     let server = RedisServer::start();
     let cfg = redis_config(&server, false);
     let (a, b) = (node(&cfg).await, node(&cfg).await);
     for i in 0..30 {
         let r = format!("conversation:j{i}");
-        a.broker
-            .join(&room(&r), &ConnId::new("a1"))
-            .await
-            .expect("join");
+        a.broker.subscribe(&room(&r)).await.expect("subscribe");
         publish(&b, Some(&r), json!({"i": i})).await;
     }
     let ok = eventually(Duration::from_secs(5), || async { a.rec.len() == 30 }).await;
@@ -203,8 +196,8 @@ async fn concurrent_publishers_on_two_nodes_see_one_order() {
     let cfg = redis_config(&server, false);
     let (a, b) = (Arc::new(node(&cfg).await), Arc::new(node(&cfg).await));
     let r = room("conversation:order");
-    a.broker.join(&r, &ConnId::new("a1")).await.expect("join");
-    b.broker.join(&r, &ConnId::new("b1")).await.expect("join");
+    a.broker.subscribe(&r).await.expect("subscribe");
+    b.broker.subscribe(&r).await.expect("subscribe");
     const N: usize = 300;
     let mut tasks = Vec::new();
     for (name, n) in [("a", a.clone()), ("b", b.clone())] {
@@ -256,36 +249,37 @@ async fn concurrent_publishers_on_two_nodes_see_one_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_last_leave_unsubscribes() {
+async fn unsubscribe_ends_the_subscription() {
     let server = RedisServer::start();
     let cfg = redis_config(&server, false);
     let (a, b) = (node(&cfg).await, node(&cfg).await);
     let r = room("conversation:2");
     let channel = b.broker.room_channel("conversation:2");
-    b.broker.join(&r, &ConnId::new("b1")).await.expect("join");
-    b.broker.join(&r, &ConnId::new("b2")).await.expect("join");
+    b.broker.subscribe(&r).await.expect("subscribe");
+    b.broker
+        .subscribe(&r)
+        .await
+        .expect("subscribing again does nothing");
     assert_eq!(
         numsub(&server, &channel).await,
         1,
-        "one subscription per node, not per member"
+        "one subscription per node"
     );
-    b.broker.leave(&r, &ConnId::new("b1")).await.expect("leave");
-    assert_eq!(numsub(&server, &channel).await, 1);
-    assert_eq!(b.broker.members("conversation:2").await, 1);
-    b.broker.leave(&r, &ConnId::new("b2")).await.expect("leave");
+    assert!(b.broker.is_subscribed("conversation:2").await);
+    b.broker.unsubscribe(&r).await.expect("unsubscribe");
     assert!(
         eventually(Duration::from_secs(5), || async {
             numsub(&server, &channel).await == 0
         })
         .await,
-        "unsubscribed after the last leave"
+        "unsubscribed"
     );
-    assert_eq!(b.broker.rooms().await, 0);
+    assert_eq!(b.broker.subscribed_rooms().await, 0);
     publish(&a, Some("conversation:2"), json!({"late": true})).await;
     settle().await;
     assert!(
         b.rec.payloads("conversation:2").is_empty(),
-        "a node without members gets nothing"
+        "a node that unsubscribed gets nothing"
     );
 }
 
@@ -295,8 +289,8 @@ async fn redis_outage_delivers_locally_then_resubscribes() {
     let cfg = redis_config(&server, false);
     let (a, b) = (node(&cfg).await, node(&cfg).await);
     let r = room("conversation:3");
-    a.broker.join(&r, &ConnId::new("a1")).await.expect("join");
-    b.broker.join(&r, &ConnId::new("b1")).await.expect("join");
+    a.broker.subscribe(&r).await.expect("subscribe");
+    b.broker.subscribe(&r).await.expect("subscribe");
 
     server.stop();
     assert!(
@@ -321,11 +315,11 @@ async fn redis_outage_delivers_locally_then_resubscribes() {
         vec![json!({"during": 1})],
         "local delivery keeps working"
     );
-    // A join during the outage counts locally and is subscribed once Redis is back.
+    // A room subscribed during the outage is recorded and subscribed once Redis is back.
     b.broker
-        .join(&room("conversation:4"), &ConnId::new("b1"))
+        .subscribe(&room("conversation:4"))
         .await
-        .expect("join while down");
+        .expect("subscribe while down");
 
     server.restart();
     assert!(
@@ -373,17 +367,16 @@ async fn starts_without_redis_and_catches_up() {
     let cfg = redis_config(&server, false);
     server.stop();
     let rec = Arc::new(Recorder::default());
-    let hub = LocalHub::new(vec![rec.clone() as Arc<dyn Transport>]);
-    let broker = RedisBroker::new(hub, &cfg, &fast()).expect("broker");
+    let broker = broker(&cfg);
     assert!(
-        broker.start().await.is_err(),
+        broker.start(rec.inbox()).await.is_err(),
         "start reports that Redis did not answer"
     );
     assert!(!broker.ready().await);
     broker
-        .join(&room("conversation:5"), &ConnId::new("x"))
+        .subscribe(&room("conversation:5"))
         .await
-        .expect("join");
+        .expect("subscribe");
     let d = Delivery::encode("e", Some(room("conversation:5")), &json!(1)).expect("encode");
     assert_eq!(
         broker.publish(Arc::new(d)).await.expect("local publish"),
@@ -422,11 +415,11 @@ async fn thousands_of_rooms_are_resubscribed_in_batches_after_a_restart() {
     const ROOMS: usize = 3000;
     for i in 0..ROOMS {
         b.broker
-            .join(&room(&format!("conversation:m{i}")), &ConnId::new("b1"))
+            .subscribe(&room(&format!("conversation:m{i}")))
             .await
-            .expect("join");
+            .expect("subscribe");
     }
-    assert_eq!(b.broker.rooms().await, ROOMS);
+    assert_eq!(b.broker.subscribed_rooms().await, ROOMS);
     assert_eq!(channel_count(&server, "t:room:*").await, ROOMS);
 
     server.restart();

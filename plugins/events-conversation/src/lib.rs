@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use switchboard_core::config::LimitsConfig;
 use switchboard_core::event::{Validate, check_enum, check_id};
 use switchboard_core::{
-    BoxError, ErrorKind, EventError, EventHandler, Factory, InboundCtx, Outcome, Plugin,
-    PluginContext, Room, async_trait, register_plugin,
+    BoxError, EventError, EventHandler, EventSet, Factory, Plugin, PluginContext, Room,
+    register_plugin,
 };
 
 /// The room of a conversation: `conversation:{id}`.
@@ -86,64 +86,27 @@ impl Validate for MessageStatus {
     }
 }
 
-/// The conversation event set.
-#[derive(Debug, Default)]
-pub struct ConversationEvents;
-
-#[async_trait]
-impl EventHandler for ConversationEvents {
-    fn inbound_events(&self) -> &[&'static str] {
-        &["conversation:join", "conversation:leave"]
-    }
-
-    fn outbound_events(&self) -> &[&'static str] {
-        &["message:received", "message:status"]
-    }
-
-    async fn handle(
-        &self,
-        ctx: &InboundCtx<'_>,
-        event: &str,
-        payload: Value,
-    ) -> Result<Outcome, EventError> {
-        let req = ConversationRef::parse(event, &payload, ctx.limits())?;
-        let data = json!({ "conversationId": req.conversation_id, "success": true });
-        let reply = match event {
-            "conversation:join" => {
-                ctx.join(room(&req.conversation_id)).await?;
-                "conversation:joined"
-            }
-            "conversation:leave" => {
-                ctx.leave(room(&req.conversation_id)).await?;
-                "conversation:left"
-            }
-            other => {
-                return Err(EventError::new(
-                    ErrorKind::UnknownEvent,
-                    format!("Unknown event: {other}"),
-                ));
-            }
-        };
-        Ok(Outcome::Reply { event: reply, data })
-    }
-
-    fn route(&self, event: &str, data: &Value, limits: &LimitsConfig) -> Result<Room, EventError> {
-        let id = match event {
-            "message:received" => MessageReceived::parse(event, data, limits)?.conversation_id,
-            "message:status" => MessageStatus::parse(event, data, limits)?.conversation_id,
-            other => {
-                return Err(EventError::new(
-                    ErrorKind::UnknownEvent,
-                    format!("Unknown event: {other}"),
-                ));
-            }
-        };
-        Ok(room(&id))
-    }
+// ANCHOR: set
+/// The conversation event set: `conversation:join`/`leave` (the `conversation` room kind)
+/// and the two message events a backend publishes into `conversation:{conversationId}`.
+pub fn events() -> EventSet {
+    EventSet::new("conversation")
+        .rooms("conversation", "conversationId")
+        .emits(
+            "message:received",
+            "conversation:{conversationId}",
+            |m: &MessageReceived| room(&m.conversation_id),
+        )
+        .emits(
+            "message:status",
+            "conversation:{conversationId}",
+            |m: &MessageStatus| room(&m.conversation_id),
+        )
 }
+// ANCHOR_END: set
 
 fn build(_ctx: &PluginContext<'_>) -> Result<Arc<dyn EventHandler>, BoxError> {
-    Ok(Arc::new(ConversationEvents))
+    Ok(Arc::new(events()))
 }
 
 register_plugin!(Plugin::new(
@@ -155,37 +118,52 @@ register_plugin!(Plugin::new(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn limits() -> LimitsConfig {
         LimitsConfig::default()
     }
 
+    fn route(event: &str, data: &Value, limits: &LimitsConfig) -> Result<Room, EventError> {
+        let set = events();
+        let decl = set
+            .outbound()
+            .find(|e| e.name() == event)
+            .expect("a declared event");
+        decl.route(data, limits)
+    }
+
+    #[test]
+    fn the_set_declares_its_events() {
+        let set = events();
+        let inbound: Vec<&str> = set.inbound().map(|e| e.name()).collect();
+        assert_eq!(inbound, ["conversation:join", "conversation:leave"]);
+        let outbound: Vec<&str> = set.outbound().map(|e| e.name()).collect();
+        assert_eq!(outbound, ["message:received", "message:status"]);
+        assert!(set.outbound().all(|e| e.kept()));
+    }
+
     #[test]
     fn message_events_route_to_the_conversation_room() {
-        let h = ConversationEvents;
         let msg = json!({
             "conversationId": "42", "messageId": "m1", "senderId": "u1", "type": "text",
             "content": {"body": "hi"}, "status": "sent", "timestamp": "2026-01-01T00:00:00Z"
         });
         assert_eq!(
-            &*h.route("message:received", &msg, &limits()).expect("valid"),
+            &*route("message:received", &msg, &limits()).expect("valid"),
             "conversation:42"
         );
         let status = json!({"conversationId": "42", "messageId": "m1", "status": "read"});
         assert_eq!(
-            &*h.route("message:status", &status, &limits())
-                .expect("valid"),
+            &*route("message:status", &status, &limits()).expect("valid"),
             "conversation:42"
         );
     }
 
     #[test]
     fn invalid_data_names_the_field() {
-        let h = ConversationEvents;
         let bad = json!({"conversationId": "42", "messageId": "m1", "status": "lost"});
-        let e = h
-            .route("message:status", &bad, &limits())
-            .expect_err("bad status");
+        let e = route("message:status", &bad, &limits()).expect_err("bad status");
         assert!(
             e.message
                 .contains("status: must be one of sent, delivered, read"),
@@ -193,13 +171,10 @@ mod tests {
             e.message
         );
         let missing = json!({"conversationId": "42", "messageId": "m1", "senderId": "u1", "type": "text", "status": "sent", "timestamp": "t"});
-        let e = h
-            .route("message:received", &missing, &limits())
-            .expect_err("no content");
+        let e = route("message:received", &missing, &limits()).expect_err("no content");
         assert!(e.message.contains("content: is required"), "{}", e.message);
-        let e = h
-            .route("message:received", &json!({"conversationId": 1}), &limits())
-            .expect_err("type");
+        let e =
+            route("message:received", &json!({"conversationId": 1}), &limits()).expect_err("type");
         assert!(e.message.contains("conversationId"), "{}", e.message);
     }
 }

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use switchboard_core::config::LimitsConfig;
 use switchboard_core::event::{Validate, check_enum, check_id};
 use switchboard_core::{
-    BoxError, ErrorKind, EventError, EventHandler, Factory, InboundCtx, Outcome, Plugin,
-    PluginContext, Room, async_trait, register_plugin,
+    BoxError, EventError, EventHandler, EventSet, Factory, Plugin, PluginContext, Room,
+    register_plugin,
 };
 
 /// The room of a session: `session:{id}`.
@@ -149,71 +149,30 @@ impl Validate for Completed {
     }
 }
 
-/// The session event set.
-#[derive(Debug, Default)]
-pub struct SessionEvents;
-
-#[async_trait]
-impl EventHandler for SessionEvents {
-    fn inbound_events(&self) -> &[&'static str] {
-        &["session:join", "session:leave"]
-    }
-
-    fn outbound_events(&self) -> &[&'static str] {
-        &[
-            "session:message-sent",
-            "session:node-executed",
-            "session:status-changed",
-            "session:completed",
-        ]
-    }
-
-    async fn handle(
-        &self,
-        ctx: &InboundCtx<'_>,
-        event: &str,
-        payload: Value,
-    ) -> Result<Outcome, EventError> {
-        let req = SessionRef::parse(event, &payload, ctx.limits())?;
-        let data = json!({ "sessionId": req.session_id, "success": true });
-        let reply = match event {
-            "session:join" => {
-                ctx.join(room(&req.session_id)).await?;
-                "session:joined"
-            }
-            "session:leave" => {
-                ctx.leave(room(&req.session_id)).await?;
-                "session:left"
-            }
-            other => {
-                return Err(EventError::new(
-                    ErrorKind::UnknownEvent,
-                    format!("Unknown event: {other}"),
-                ));
-            }
-        };
-        Ok(Outcome::Reply { event: reply, data })
-    }
-
-    fn route(&self, event: &str, data: &Value, limits: &LimitsConfig) -> Result<Room, EventError> {
-        let id = match event {
-            "session:message-sent" => SessionMessageSent::parse(event, data, limits)?.session_id,
-            "session:node-executed" => NodeExecuted::parse(event, data, limits)?.session_id,
-            "session:status-changed" => StatusChanged::parse(event, data, limits)?.session_id,
-            "session:completed" => Completed::parse(event, data, limits)?.session_id,
-            other => {
-                return Err(EventError::new(
-                    ErrorKind::UnknownEvent,
-                    format!("Unknown event: {other}"),
-                ));
-            }
-        };
-        Ok(room(&id))
-    }
+// ANCHOR: set
+/// The session event set: `session:join`/`leave` (the `session` room kind) and the four
+/// `session:*` events a backend publishes into `session:{sessionId}`.
+pub fn events() -> EventSet {
+    const RULE: &str = "session:{sessionId}";
+    EventSet::new("session")
+        .rooms("session", "sessionId")
+        .emits("session:message-sent", RULE, |e: &SessionMessageSent| {
+            room(&e.session_id)
+        })
+        .emits("session:node-executed", RULE, |e: &NodeExecuted| {
+            room(&e.session_id)
+        })
+        .emits("session:status-changed", RULE, |e: &StatusChanged| {
+            room(&e.session_id)
+        })
+        .emits("session:completed", RULE, |e: &Completed| {
+            room(&e.session_id)
+        })
 }
+// ANCHOR_END: set
 
 fn build(_ctx: &PluginContext<'_>) -> Result<Arc<dyn EventHandler>, BoxError> {
-    Ok(Arc::new(SessionEvents))
+    Ok(Arc::new(events()))
 }
 
 register_plugin!(Plugin::new(
@@ -225,11 +184,24 @@ register_plugin!(Plugin::new(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    struct Set(EventSet);
+    impl Set {
+        fn route(&self, event: &str, data: &Value, l: &LimitsConfig) -> Result<Room, EventError> {
+            let decl = self
+                .0
+                .outbound()
+                .find(|e| e.name() == event)
+                .expect("a declared event");
+            decl.route(data, l)
+        }
+    }
 
     #[test]
     fn session_events_route_and_validate() {
         let l = LimitsConfig::default();
-        let h = SessionEvents;
+        let h = Set(events());
         let ok =
             json!({"sessionId": "s1", "newStatus": "running", "updatedAt": "2026-01-01T00:00:00Z"});
         assert_eq!(

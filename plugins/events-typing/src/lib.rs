@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use switchboard_core::config::LimitsConfig;
 use switchboard_core::event::{Validate, check_id};
 use switchboard_core::{
-    BoxError, ErrorKind, EventError, EventHandler, Factory, InboundCtx, Outcome, Plugin,
-    PluginContext, Room, async_trait, register_plugin,
+    BoxError, ErrorKind, EventError, EventHandler, EventSet, Factory, InboundCtx, Outcome, Plugin,
+    PluginContext, Room, register_plugin,
 };
 
 /// `{conversationId}`: what a client sends with `typing:start`/`typing:stop`.
@@ -40,81 +40,74 @@ pub struct TypingIndicator {
 impl Validate for TypingIndicator {
     fn validate(&self, event: &str, limits: &LimitsConfig) -> Result<(), EventError> {
         check_id(event, "conversationId", &self.conversation_id, limits)?;
-        check_id(event, "userId", &self.user_id, limits)
-    }
-}
-
-/// The typing event set.
-#[derive(Debug, Default)]
-pub struct TypingEvents;
-
-fn room(conversation_id: &str) -> Room {
-    Room::from(format!("conversation:{conversation_id}"))
-}
-
-fn is_typing(event: &str) -> Result<bool, EventError> {
-    match event {
-        "typing:start" => Ok(true),
-        "typing:stop" => Ok(false),
-        other => Err(EventError::new(
-            ErrorKind::UnknownEvent,
-            format!("Unknown event: {other}"),
-        )),
-    }
-}
-
-// ANCHOR: handler
-#[async_trait]
-impl EventHandler for TypingEvents {
-    fn inbound_events(&self) -> &[&'static str] {
-        &["typing:start", "typing:stop"]
-    }
-
-    fn outbound_events(&self) -> &[&'static str] {
-        &["typing:start", "typing:stop"]
-    }
-
-    async fn handle(
-        &self,
-        ctx: &InboundCtx<'_>,
-        event: &str,
-        payload: Value,
-    ) -> Result<Outcome, EventError> {
-        let typing = is_typing(event)?;
-        let req = TypingRequest::parse(event, &payload, ctx.limits())?;
-        let room = room(&req.conversation_id);
-        if !ctx.session().rooms().contains(&room) {
-            return Err(EventError::new(
-                ErrorKind::Unauthorized,
-                format!("Join {room} before sending {event}"),
-            ));
-        }
-        let data = json!({
-            "conversationId": req.conversation_id,
-            "userId": ctx.identity().user_id,
-            "isTyping": typing,
-        });
-        ctx.publish(room, event, data, true).await?;
-        Ok(Outcome::Done)
-    }
-
-    fn route(&self, event: &str, data: &Value, limits: &LimitsConfig) -> Result<Room, EventError> {
-        let typing = is_typing(event)?;
-        let ind = TypingIndicator::parse(event, data, limits)?;
-        if ind.is_typing != typing {
+        check_id(event, "userId", &self.user_id, limits)?;
+        let typing = event == START;
+        if self.is_typing != typing {
             return Err(EventError::invalid(
                 event,
                 "isTyping",
                 format!("must be {typing} for {event}"),
             ));
         }
-        Ok(room(&ind.conversation_id))
+        Ok(())
     }
+}
+
+fn room(conversation_id: &str) -> Room {
+    Room::from(format!("conversation:{conversation_id}"))
+}
+
+// ANCHOR: handler
+/// `typing:start`/`typing:stop` from a socket: the conversation's other members get
+/// `{conversationId, userId, isTyping}`; the sender must be in the conversation.
+async fn relay(
+    ctx: InboundCtx,
+    req: TypingRequest,
+    event: &'static str,
+) -> Result<Outcome, EventError> {
+    let room = room(&req.conversation_id);
+    if !ctx.session().in_room(&room) {
+        return Err(EventError::new(
+            ErrorKind::Unauthorized,
+            format!("Join {room} before sending {event}"),
+        ));
+    }
+    let data = json!({
+        "conversationId": req.conversation_id,
+        "userId": ctx.identity().user_id,
+        "isTyping": event == START,
+    });
+    // Through the outbound pipeline, to every member but the sender.
+    ctx.publish(room, event, data, true).await?;
+    Ok(Outcome::Done)
 }
 // ANCHOR_END: handler
 
+const START: &str = "typing:start";
+const STOP: &str = "typing:stop";
+
+// ANCHOR: set
+/// The typing event set: a socket's `typing:start`/`typing:stop`, relayed; a backend may
+/// publish the same events (a bot typing). Typing indicators are never kept in history.
+pub fn events() -> EventSet {
+    EventSet::new("typing")
+        .on(START, |ctx, req: TypingRequest| relay(ctx, req, START))
+        .on(STOP, |ctx, req: TypingRequest| relay(ctx, req, STOP))
+        .emits_transient(
+            START,
+            "conversation:{conversationId}",
+            |t: &TypingIndicator| room(&t.conversation_id),
+        )
+        .emits_transient(
+            STOP,
+            "conversation:{conversationId}",
+            |t: &TypingIndicator| room(&t.conversation_id),
+        )
+}
+// ANCHOR_END: set
+
 fn build(_ctx: &PluginContext<'_>) -> Result<Arc<dyn EventHandler>, BoxError> {
-    Ok(Arc::new(TypingEvents))
+    Ok(Arc::new(events()))
 }
 
 // ANCHOR: register
@@ -129,17 +122,31 @@ register_plugin!(Plugin::new(
 mod tests {
     use super::*;
 
+    fn route(event: &str, data: &serde_json::Value) -> Result<Room, EventError> {
+        let set = events();
+        let decl = set
+            .outbound()
+            .find(|e| e.name() == event)
+            .expect("a declared event");
+        decl.route(data, &LimitsConfig::default())
+    }
+
     #[test]
     fn published_indicators_are_checked() {
-        let l = LimitsConfig::default();
         let ok = json!({"conversationId": "7", "userId": "bot", "isTyping": true});
         assert_eq!(
-            &*TypingEvents.route("typing:start", &ok, &l).expect("valid"),
+            &*route("typing:start", &ok).expect("valid"),
             "conversation:7"
         );
-        let e = TypingEvents
-            .route("typing:stop", &ok, &l)
-            .expect_err("mismatch");
+        let e = route("typing:stop", &ok).expect_err("mismatch");
         assert!(e.message.contains("isTyping"), "{}", e.message);
+    }
+
+    #[test]
+    fn typing_is_never_kept() {
+        let set = events();
+        assert!(set.outbound().all(|e| !e.kept()));
+        let inbound: Vec<&str> = set.inbound().map(|e| e.name()).collect();
+        assert_eq!(inbound, ["typing:start", "typing:stop"]);
     }
 }

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use support::{Scripts, api_ctx, config, hooks, sample};
 use switchboard_core::registry::{self, PluginKind};
-use switchboard_core::{Factory, Hooks, LoadedConfig, LocalHub, Metrics, PluginContext, Verdict};
+use switchboard_core::{Factory, Hooks, LoadedConfig, Metrics, PluginContext, Verdict};
 use switchboard_hooks_lua::{LuaConfig, LuaHooks};
 
 fn tag(h: &LuaHooks) -> serde_json::Value {
@@ -74,12 +74,11 @@ fn factory(toml: &str) -> Result<Option<Arc<dyn Hooks>>, String> {
     let loaded = LoadedConfig::from_toml_str(toml).map_err(|e| e.to_string())?;
     let effective = Mutex::new(Default::default());
     let metrics = Metrics::new();
-    let hub = LocalHub::default();
     let plugin = registry::find(PluginKind::Hooks, "lua", "hooks").map_err(|e| e.to_string())?;
     let Factory::Hooks(build) = plugin.factory else {
         return Err("not a hooks plugin".into());
     };
-    let ctx = PluginContext::new(&loaded, plugin.section(), &effective, &metrics, &hub);
+    let ctx = PluginContext::new(&loaded, plugin.section(), &effective, &metrics, "node");
     // The core reports a plugin's `ConfigError` with its own key; anything else under the
     // section name. Insist on the former.
     build(&ctx).map_err(

@@ -74,9 +74,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fred::prelude::{
-    Client, ClientLike, Error as RedisError, ErrorKind as RedisErrorKind, SetsInterface, Value,
-};
+use fred::prelude::{Client, ClientLike, Error as RedisError, SetsInterface, Value};
 use fred::types::scripts::Script;
 use parking_lot::Mutex;
 use switchboard_core::config::RedisConfig;
@@ -201,12 +199,34 @@ struct Local {
     owed: bool,
 }
 
-fn backend(e: impl std::fmt::Display) -> PresenceError {
-    PresenceError(format!("Redis: {e}"))
+fn backend(timeout: Duration, e: &RedisError) -> PresenceError {
+    if switchboard_redis_client::is_timeout(e) {
+        timed_out(timeout)
+    } else if switchboard_redis_client::is_refusal(e) {
+        PresenceError::Refused {
+            backend: "Redis",
+            reason: e.details().to_owned(),
+        }
+    } else {
+        PresenceError::Unavailable {
+            backend: "Redis",
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn timed_out(timeout: Duration) -> PresenceError {
+    PresenceError::Timeout {
+        backend: "Redis",
+        after_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    }
 }
 
 fn unreachable() -> PresenceError {
-    PresenceError("Redis unreachable".to_owned())
+    PresenceError::Unavailable {
+        backend: "Redis",
+        reason: "no connection".to_owned(),
+    }
 }
 
 /// A Redis array of strings (an empty array may arrive as nil).
@@ -222,16 +242,17 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl RedisPresence {
-    /// A store for the Redis in `redis`, counting a silent node's connections for `node_ttl`;
-    /// connects on [`PresenceStore::start`].
+    /// A store for the Redis in `redis`, on node `node`, counting a silent node's connections
+    /// for `node_ttl`; connects on [`PresenceStore::start`].
     pub fn new(
         redis: &RedisConfig,
         cfg: &RedisPresenceConfig,
         node_ttl: Duration,
+        node: impl Into<String>,
     ) -> Result<Self, ConfigError> {
         cfg.validate("presence.redis")?;
         let pool = switchboard_redis_client::pool(redis, cfg, None)?;
-        let node = switchboard_core::registry::random_id();
+        let node = node.into();
         Ok(RedisPresence {
             inner: Arc::new(Inner {
                 health: Health::new(
@@ -343,11 +364,8 @@ impl Inner {
         .await
         {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(backend(e)),
-            Err(_) => Err(backend(RedisError::new(
-                RedisErrorKind::Timeout,
-                "command timed out",
-            ))),
+            Ok(Err(e)) => Err(backend(self.timeout, &e)),
+            Err(_) => Err(timed_out(self.timeout)),
         }
     }
 
@@ -531,7 +549,7 @@ async fn maintain(inner: Arc<Inner>) {
         };
         match result {
             Ok(()) => inner.report(inner.ready(), ""),
-            Err(e) => inner.report(false, &e.0),
+            Err(e) => inner.report(false, &e.to_string()),
         }
     }
 }
@@ -655,8 +673,8 @@ impl PresenceStore for RedisPresence {
         )
         .await
         {
-            Ok(r) => r.map_err(backend),
-            Err(_) => Err(backend("command timed out")),
+            Ok(r) => r.map_err(|e| backend(inner.timeout, &e)),
+            Err(_) => Err(timed_out(inner.timeout)),
         }
     }
 
@@ -671,8 +689,8 @@ impl PresenceStore for RedisPresence {
         {
             Ok(r) => r
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-                .map_err(backend),
-            Err(_) => Err(backend("command timed out")),
+                .map_err(|e| backend(inner.timeout, &e)),
+            Err(_) => Err(timed_out(inner.timeout)),
         }
     }
 
@@ -717,10 +735,7 @@ impl PresenceStore for RedisPresence {
                 inner.report(true, "");
                 Ok(())
             }
-            Err(e) => Err(PresenceError(format!(
-                "{}; retrying in the background",
-                e.0
-            ))),
+            Err(e) => Err(e),
         }
     }
 
@@ -766,7 +781,12 @@ fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn PresenceStore>, BoxError> {
             "must be at least 300ms for the redis presence store",
         )));
     }
-    Ok(Arc::new(RedisPresence::new(&redis, &cfg, ttl)?))
+    Ok(Arc::new(RedisPresence::new(
+        &redis,
+        &cfg,
+        ttl,
+        ctx.node_id(),
+    )?))
 }
 
 register_plugin!(

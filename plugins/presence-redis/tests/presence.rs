@@ -42,11 +42,17 @@ fn cfg() -> RedisPresenceConfig {
 }
 
 async fn node(server: &RedisServer, ttl: Duration) -> Node {
-    let store = Arc::new(RedisPresence::new(&redis_config(server), &cfg(), ttl).expect("store"));
+    let store = Arc::new(
+        RedisPresence::new(&redis_config(server), &cfg(), ttl, random_id()).expect("store"),
+    );
     let (tx, rx) = mpsc::unbounded_channel();
     store.start(tx).await.expect("starts with Redis up");
     assert!(store.ready().await);
     Node { store, events: rx }
+}
+
+fn random_id() -> String {
+    switchboard_core::registry::random_id()
 }
 
 fn c(id: &str) -> ConnId {
@@ -295,8 +301,13 @@ async fn shutdown_withdraws_the_node() {
 async fn starts_without_redis_and_registers_later() {
     let mut server = RedisServer::start();
     server.stop();
-    let store =
-        RedisPresence::new(&redis_config(&server), &cfg(), Duration::from_secs(1)).expect("store");
+    let store = RedisPresence::new(
+        &redis_config(&server),
+        &cfg(),
+        Duration::from_secs(1),
+        random_id(),
+    )
+    .expect("store");
     let (tx, mut rx) = mpsc::unbounded_channel();
     assert!(
         store.start(tx).await.is_err(),

@@ -2,13 +2,17 @@
 //!
 //! Connections are authenticated in a connect middleware, so a refused client gets
 //! `connect_error` with the authenticator's exact message. Every event goes through the core's
-//! pipeline. Room membership is mirrored into socketioxide's rooms, so a delivery is framed
-//! once by socketioxide's local adapter and the same bytes go to every member.
+//! pipeline; the transport takes each event's [`Ticket`] as socketioxide hands it the event,
+//! before its handler task runs, so a socket's joins and leaves apply in the order it sent
+//! them. The core owns room membership and mirrors it into socketioxide's rooms
+//! ([`Connection::join`]), so a delivery is framed once by socketioxide's local adapter and
+//! the same bytes go to every member.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -18,8 +22,9 @@ use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessage};
 use socketioxide::socket::Socket;
 use switchboard_core::{
-    BoxError, CloseReason, ConnId, Connection, Delivery, Dur, Factory, Gateway, Handshake, Plugin,
-    PluginContext, Room, Session, Size, Transport, async_trait, register_plugin,
+    BoxError, CloseReason, ConnId, Connection, Delivery, Dur, Factory, GatewayHandle, Handshake,
+    Plugin, PluginContext, Recipients, Room, Session, Size, Ticket, Transport, async_trait,
+    register_plugin,
 };
 
 /// `transports.socketio.*`.
@@ -60,7 +65,8 @@ impl Default for SocketIoConfig {
 /// The Socket.IO transport.
 pub struct SocketIoTransport {
     cfg: SocketIoConfig,
-    io: OnceLock<SocketIo>,
+    io: SocketIo,
+    router: Router,
 }
 
 impl std::fmt::Debug for SocketIoTransport {
@@ -72,12 +78,28 @@ impl std::fmt::Debug for SocketIoTransport {
 }
 
 impl SocketIoTransport {
-    /// A transport with `cfg`; it serves once [`Transport::router`] is called.
-    pub fn new(cfg: SocketIoConfig) -> Self {
-        SocketIoTransport {
-            cfg,
-            io: OnceLock::new(),
-        }
+    /// A transport with `cfg` serving the gateway behind `gateway`.
+    pub fn new(cfg: SocketIoConfig, gateway: GatewayHandle, handshake_timeout: Dur) -> Self {
+        let frame = cfg.max_frame_bytes.bytes();
+        let (svc, io) = SocketIo::builder()
+            .ping_interval(cfg.ping_interval.get())
+            .ping_timeout(cfg.ping_timeout.get())
+            .connect_timeout(handshake_timeout.get())
+            .max_buffer_size(cfg.max_buffer_size)
+            .max_payload(frame as u64)
+            .ws_max_message_size(frame)
+            .ws_max_frame_size(frame)
+            .ws_read_buffer_size(cfg.ws_read_buffer_size.bytes().max(64))
+            .build_svc();
+        let middleware =
+            move |s: SocketRef, TryData(auth): TryData<Value>| admit(gateway.clone(), s, auth.ok());
+        let connected = |_: SocketRef| async {};
+        io.ns(cfg.namespace.clone(), connected.with(middleware));
+        let router = Router::new()
+            .route_service("/socket.io/", svc.clone())
+            .route_service("/socket.io", svc)
+            .layer(axum::middleware::from_fn(detach_request));
+        SocketIoTransport { cfg, io, router }
     }
 }
 
@@ -150,10 +172,15 @@ fn payload_of(raw: &str) -> Result<Option<&RawValue>, serde_json::Error> {
 /// client is told it is connected: an event sent right after `connect` always finds its
 /// handler, and the presence API counts the socket as soon as the client sees `connect`.
 async fn admit(
-    gw: Gateway,
+    handle: GatewayHandle,
     socket: SocketRef,
     auth: Option<Value>,
 ) -> Result<(), switchboard_core::AuthError> {
+    let Some(gw) = handle.get() else {
+        return Err(switchboard_core::AuthError::Refused(
+            "The server is shutting down".to_owned(),
+        ));
+    };
     let identity = {
         let parts = socket.req_parts();
         let handshake = Handshake {
@@ -167,29 +194,37 @@ async fn admit(
         id: ConnId::new(socket.id.as_str()),
         socket: socket.clone(),
     });
-    let session = gw.connect(conn, identity).await;
+    let session = gw.connect_via(handle.transport(), conn, identity).await;
     socket.extensions.insert(session);
 
-    let ev_gw = gw.clone();
+    let events = handle.clone();
     socket.on_fallback(
         move |s: SocketRef, ack: AckSender, Event(event): Event, RawPacket(raw): RawPacket| {
-            let gw = ev_gw.clone();
+            // Taken here, as socketioxide hands over the event in the order it arrived;
+            // the handler itself runs in a task of its own.
+            let session = s.extensions.get::<Arc<Session>>();
+            let ticket: Option<Ticket> = session.as_ref().map(|s| s.ticket());
+            let events = events.clone();
             async move {
-                let Some(session) = s.extensions.get::<Arc<Session>>() else {
+                let (Some(session), Some(ticket), Some(gw)) = (session, ticket, events.get())
+                else {
                     return;
                 };
                 let reply = match payload_of(&raw) {
-                    Ok(payload) => gw.inbound(&session, &event, raw.len(), payload).await,
+                    Ok(payload) => {
+                        gw.inbound(&session, ticket, &event, raw.len(), payload)
+                            .await
+                    }
                     Err(e) => gw.inbound_malformed(&session, &e.to_string()),
                 };
                 let _ = ack.send(&reply);
             }
         },
     );
-    let dc_gw = gw.clone();
+    let closed = handle.clone();
     socket.on_disconnect(move |s: SocketRef| {
-        let gw = dc_gw.clone();
-        async move { release(&gw, &s).await }
+        let closed = closed.clone();
+        async move { release(&closed, &s).await }
     });
 
     // If the connect packet cannot be sent (the client vanished mid-handshake), socketioxide
@@ -199,15 +234,17 @@ async fn admit(
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
         if !watched.connected() {
-            release(&gw, &watched).await;
+            release(&handle, &watched).await;
         }
     });
     Ok(())
 }
 
 /// Ends a socket's session once, whoever gets here first.
-async fn release(gw: &Gateway, socket: &SocketRef) {
-    if let Some(session) = socket.extensions.remove::<Arc<Session>>() {
+async fn release(handle: &GatewayHandle, socket: &SocketRef) {
+    if let Some(session) = socket.extensions.remove::<Arc<Session>>()
+        && let Some(gw) = handle.get()
+    {
         gw.disconnect(&session).await;
     }
 }
@@ -255,55 +292,37 @@ impl Transport for SocketIoTransport {
         "socketio"
     }
 
-    fn router(&self, gateway: Gateway) -> Router {
-        let c = &self.cfg;
-        let frame = c.max_frame_bytes.bytes();
-        let (svc, io) = SocketIo::builder()
-            .ping_interval(c.ping_interval.get())
-            .ping_timeout(c.ping_timeout.get())
-            .connect_timeout(gateway.config().limits.handshake_timeout.get())
-            .max_buffer_size(c.max_buffer_size)
-            .max_payload(frame as u64)
-            .ws_max_message_size(frame)
-            .ws_max_frame_size(frame)
-            .ws_read_buffer_size(c.ws_read_buffer_size.bytes().max(64))
-            .build_svc();
-        let middleware =
-            move |s: SocketRef, TryData(auth): TryData<Value>| admit(gateway.clone(), s, auth.ok());
-        let connected = |_: SocketRef| async {};
-        io.ns(self.cfg.namespace.clone(), connected.with(middleware));
-        let _ = self.io.set(io);
-        Router::new()
-            .route_service("/socket.io/", svc.clone())
-            .route_service("/socket.io", svc)
-            .layer(axum::middleware::from_fn(detach_request))
+    fn router(&self) -> Router {
+        self.router.clone()
     }
 
-    async fn deliver(&self, d: &Delivery) {
-        let Some(io) = self.io.get() else { return };
-        let Some(ns) = io.of(&self.cfg.namespace) else {
+    fn deliver(&self, d: &Delivery, to: Recipients<'_>) {
+        if to.is_empty() {
+            return;
+        }
+        let Some(ns) = self.io.of(&self.cfg.namespace) else {
             return;
         };
-        let sender = d
-            .except
-            .as_ref()
+        let sender = to
+            .except()
             .and_then(|id| id.as_str().parse().ok())
             .and_then(|sid| ns.get_socket(sid));
-        let op = match (&d.room, sender) {
+        let op = match (to.room(), sender) {
             (Some(room), Some(s)) => s.to(room.to_string()),
             (Some(room), None) => ns.to(room.to_string()),
             (None, Some(s)) => s.broadcast(),
             (None, None) => ns,
         };
-        if let Err(e) = op.emit(&*d.event, &*d.payload).await {
-            tracing::debug!(event = %d.event, error = %e, "broadcast incomplete");
+        // The local adapter broadcasts at once: its future is ready when first polled.
+        match op.emit(&*d.event, &*d.payload).now_or_never() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::debug!(event = %d.event, error = %e, "broadcast incomplete"),
+            None => tracing::warn!(event = %d.event, "broadcast did not complete at once; dropped"),
         }
     }
 
     async fn shutdown(&self) {
-        if let Some(io) = self.io.get() {
-            io.close().await;
-        }
+        self.io.close().await;
     }
 }
 
@@ -318,7 +337,12 @@ fn build(ctx: &PluginContext<'_>) -> Result<Option<Arc<dyn Transport>>, BoxError
     if !cfg.enabled {
         return Ok(None);
     }
-    Ok(Some(Arc::new(SocketIoTransport::new(cfg))))
+    let handshake = ctx.config().limits.handshake_timeout;
+    Ok(Some(Arc::new(SocketIoTransport::new(
+        cfg,
+        ctx.gateway(),
+        handshake,
+    ))))
 }
 
 register_plugin!(

@@ -1,4 +1,4 @@
-//! Per-socket handles ([`WsConn`]) and the transport's fan-out index ([`Hub`]).
+//! Per-socket handles ([`WsConn`]) and the transport's list of its sockets ([`Hub`]).
 //!
 //! A socket's outbound queue is a `VecDeque` of shared, fully framed WebSocket frames behind
 //! a mutex, with the socket task's waker beside it: a push is one short lock and at most one
@@ -18,13 +18,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::task::Waker;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use serde_json::value::RawValue;
-use switchboard_core::{CloseReason, ConnId, Connection, Delivery, PeerSocket, Room};
+use switchboard_core::{CloseReason, ConnId, Connection, PeerSocket};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Bytes;
 
@@ -84,6 +84,10 @@ impl Close {
         code: 1009,
         reason: "Message too big",
     };
+    pub(crate) const SERVER: Close = Close {
+        code: 1000,
+        reason: "Closed by the server",
+    };
     pub(crate) const SLOW_CONSUMER: Close = Close {
         code: 1013,
         reason: "Slow consumer",
@@ -107,7 +111,6 @@ struct Outbox {
 /// One native socket, as the core and the fan-out index see it.
 pub(crate) struct WsConn {
     id: ConnId,
-    me: Weak<WsConn>,
     hub: Arc<Hub>,
     outbox: Mutex<Outbox>,
     /// Pings sent since the last pong.
@@ -117,9 +120,8 @@ pub(crate) struct WsConn {
 impl WsConn {
     /// A new socket handle with a fresh id.
     pub(crate) fn new(hub: Arc<Hub>, raw: Option<PeerSocket>) -> Arc<WsConn> {
-        Arc::new_cyclic(|me| WsConn {
+        Arc::new(WsConn {
             id: next_socket_id(),
-            me: me.clone(),
             hub,
             outbox: Mutex::new(Outbox {
                 raw,
@@ -263,42 +265,21 @@ impl Connection for WsConn {
         self.push(frame::event(event, payload));
     }
 
-    fn join(&self, room: &Room) {
-        if let Some(me) = self.me.upgrade() {
-            self.hub
-                .rooms
-                .write()
-                .entry(room.clone())
-                .or_default()
-                .insert(self.id.clone(), me);
-        }
-    }
-
-    fn leave(&self, room: &Room) {
-        let mut rooms = self.hub.rooms.write();
-        if let Some(members) = rooms.get_mut(room) {
-            members.remove(&self.id);
-            if members.is_empty() {
-                rooms.remove(room);
-            }
-        }
-    }
-
     fn close(&self, reason: CloseReason) {
         self.request_close(match reason {
             CloseReason::TokenExpired => Close::TOKEN_EXPIRED,
             CloseReason::RateAbuse => Close::RATE_ABUSE,
             CloseReason::Shutdown => Close::SHUTDOWN,
+            _ => Close::SERVER,
         });
     }
 }
 
 type Members = HashMap<ConnId, Arc<WsConn>>;
 
-/// The transport's sockets and its room → members index, for fan-out.
+/// The transport's sockets, to ping them and close them at shutdown.
 pub(crate) struct Hub {
     sockets: RwLock<Members>,
-    rooms: RwLock<HashMap<Room, Members>>,
     max_queued: usize,
     ping_interval: Duration,
     pinging: AtomicBool,
@@ -311,7 +292,6 @@ impl Hub {
     pub(crate) fn new(max_queued: usize, ping_interval: Duration) -> Self {
         Hub {
             sockets: RwLock::new(HashMap::new()),
-            rooms: RwLock::new(HashMap::new()),
             max_queued: max_queued.max(1),
             ping_interval,
             pinging: AtomicBool::new(false),
@@ -351,19 +331,8 @@ impl Hub {
         self.sockets.write().insert(conn.id.clone(), conn.clone());
     }
 
-    /// Removes a socket from the index and from `rooms`.
-    pub(crate) fn remove(&self, conn: &WsConn, rooms: &[Room]) {
-        if !rooms.is_empty() {
-            let mut index = self.rooms.write();
-            for room in rooms {
-                if let Some(members) = index.get_mut(room) {
-                    members.remove(&conn.id);
-                    if members.is_empty() {
-                        index.remove(room);
-                    }
-                }
-            }
-        }
+    /// Removes a socket.
+    pub(crate) fn remove(&self, conn: &WsConn) {
         let mut sockets = self.sockets.write();
         sockets.remove(&conn.id);
         if sockets.is_empty() {
@@ -371,36 +340,10 @@ impl Hub {
         }
     }
 
-    /// Frames `d` once and hands the same buffer to every local member of its room.
-    ///
-    /// The members are copied out of the index first: a push may be a `write(2)`, and a
-    /// large room's writes should not hold up joins, leaves and connects.
-    pub(crate) fn deliver(&self, d: &Delivery) {
-        let except = d.except.as_ref();
-        let pick = |members: &Members| -> Vec<Arc<WsConn>> {
-            members
-                .iter()
-                .filter(|(id, _)| Some(*id) != except)
-                .map(|(_, conn)| conn.clone())
-                .collect()
-        };
-        let recipients = match &d.room {
-            Some(room) => self.rooms.read().get(room).map(pick).unwrap_or_default(),
-            None => pick(&self.sockets.read()),
-        };
-        if recipients.is_empty() {
-            return;
-        }
-        let frame = frame::event(&d.event, &d.payload);
-        for conn in recipients {
-            conn.push(frame.clone());
-        }
-    }
-
-    /// How many sockets are connected, and how many rooms have members.
+    /// How many sockets are connected.
     #[cfg(test)]
-    pub(crate) fn counts(&self) -> (usize, usize) {
-        (self.sockets.read().len(), self.rooms.read().len())
+    pub(crate) fn count(&self) -> usize {
+        self.sockets.read().len()
     }
 
     /// Whether the transport is shutting down (new sockets are refused).
@@ -468,7 +411,6 @@ fn push_b64(out: &mut String, mut v: u64) {
 mod tests {
     use super::*;
     use std::collections::HashSet;
-    use switchboard_core::Delivery;
 
     fn drain(c: &WsConn) -> Vec<String> {
         let mut buf = [const { Bytes::new() }; 64];
@@ -494,7 +436,9 @@ mod tests {
     }
 
     #[test]
-    fn deliveries_respect_rooms_and_except_and_share_one_buffer() {
+    fn deliveries_go_to_the_recipients_and_share_one_buffer() {
+        use switchboard_core::transport::MemberMap;
+        use switchboard_core::{Delivery, Recipients, Room, Transport};
         let hub = Arc::new(Hub::new(16, Duration::from_secs(25)));
         let (a, b, c) = (
             WsConn::new(hub.clone(), None),
@@ -504,9 +448,16 @@ mod tests {
         for conn in [&a, &b, &c] {
             hub.insert(conn);
         }
+        let t = crate::WebSocketTransport::new(
+            crate::WebSocketConfig::default(),
+            switchboard_core::GatewayHandle::detached(),
+            switchboard_core::Dur::secs(1),
+        );
         let room: Room = Arc::from("conversation:1");
-        a.join(&room);
-        b.join(&room);
+        let mut members = MemberMap::new();
+        for conn in [&a, &b] {
+            members.insert(conn.id.clone(), conn.clone() as Arc<dyn Connection>);
+        }
         let d = Delivery::encode(
             "typing:start",
             Some(room.clone()),
@@ -514,7 +465,10 @@ mod tests {
         )
         .expect("encode")
         .except(Some(a.id.clone()));
-        hub.deliver(&d);
+        t.deliver(
+            &d,
+            Recipients::new(&members, d.except.as_ref(), Some(&room)),
+        );
         assert!(drain(&a).is_empty());
         assert_eq!(
             drain(&b),
@@ -524,19 +478,16 @@ mod tests {
 
         let all = Delivery::encode("user:online", None, &serde_json::json!({"userId": "u"}))
             .expect("encode");
-        hub.deliver(&all);
+        t.deliver(&all, Recipients::new(&members, None, None));
         let (mut fa, mut fb) = ([Bytes::new()], [Bytes::new()]);
         assert_eq!((a.peek(&mut fa), b.peek(&mut fb)), (1, 1));
         assert_eq!(fa[0].as_ptr(), fb[0].as_ptr(), "one buffer, shared");
         a.consume(1);
         b.consume(1);
-        assert_eq!(drain(&c).len(), 1);
+        assert!(drain(&c).is_empty());
 
-        a.leave(&room);
-        b.leave(&room);
-        assert_eq!(hub.counts(), (3, 0));
-        hub.remove(&c, &[]);
-        assert_eq!(hub.counts(), (2, 0));
+        hub.remove(&c);
+        assert_eq!(hub.count(), 2);
     }
 
     #[test]

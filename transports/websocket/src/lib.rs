@@ -39,8 +39,8 @@
 //!   holds no allocation while it is empty (it is given back as soon as it drains).
 //! - **Encoded once.** A delivery's whole WebSocket frame — header and
 //!   `{"event":…,"data":…}` — is built once per [`Transport::deliver`] from the core's
-//!   already-serialized payload, and every member gets a reference-counted clone of the same
-//!   buffer; nothing is built when no native socket is in the room.
+//!   already-serialized payload, and every recipient gets a reference-counted clone of the
+//!   same buffer; the core calls `deliver` only when a native socket is among the recipients.
 //! - **Written where it is published.** When the node serves the connection
 //!   ([`switchboard_core::Node::serve`] puts a [`PeerSocket`] in the request), a frame for a
 //!   socket with nothing pending is written to the kernel by the publishing thread, one
@@ -50,13 +50,11 @@
 //!   of pushes costs the socket's task one wake-up. Tungstenite reads and writes only
 //!   control frames (pong replies, close), unbuffered.
 //!
-//! Rooms: the core calls [`Connection::join`](switchboard_core::Connection::join) and
-//! [`Connection::leave`](switchboard_core::Connection::leave); this transport keeps
-//! its own room → members index for fan-out, and the list of all its sockets for
-//! namespace-wide events (`user:online`, `user:offline`).
+//! Rooms belong to the core: a delivery comes with its [`Recipients`], this transport's
+//! sockets among the room's members, and the transport only frames and writes. It keeps the
+//! list of its own sockets, to ping them and to close them at shutdown.
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -71,8 +69,8 @@ use http::{HeaderMap, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use serde::{Deserialize, Serialize};
 use switchboard_core::{
-    BoxError, ConfigError, Delivery, Dur, Factory, Gateway, PeerSocket, Plugin, PluginContext,
-    Size, Transport, async_trait, register_plugin,
+    BoxError, ConfigError, Delivery, Dur, Factory, GatewayHandle, PeerSocket, Plugin,
+    PluginContext, Recipients, Size, Transport, async_trait, register_plugin,
 };
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as WsProtocol;
@@ -81,7 +79,7 @@ mod conn;
 mod frame;
 mod socket;
 
-use conn::Hub;
+use conn::{Hub, WsConn};
 use socket::{Ctx, Start};
 
 /// `transports.websocket.*`.
@@ -189,7 +187,8 @@ impl WebSocketConfig {
 pub struct WebSocketTransport {
     cfg: WebSocketConfig,
     hub: Arc<Hub>,
-    shutdown_grace: OnceLock<Duration>,
+    shutdown_grace: std::time::Duration,
+    router: Router,
 }
 
 impl std::fmt::Debug for WebSocketTransport {
@@ -201,13 +200,22 @@ impl std::fmt::Debug for WebSocketTransport {
 }
 
 impl WebSocketTransport {
-    /// A transport with `cfg` (already validated); it serves once [`Transport::router`] is called.
-    pub fn new(cfg: WebSocketConfig) -> Self {
+    /// A transport with `cfg` (already validated) serving the gateway behind `gateway`;
+    /// `shutdown_grace` bounds how long shutdown waits for sockets to close.
+    pub fn new(cfg: WebSocketConfig, gateway: GatewayHandle, shutdown_grace: Dur) -> Self {
         let hub = Arc::new(Hub::new(cfg.max_queued_frames, cfg.ping_interval.get()));
+        let ctx = Arc::new(Ctx {
+            gw: gateway,
+            hub: hub.clone(),
+            protocol: cfg.protocol(),
+            close_timeout: cfg.close_timeout.get(),
+        });
+        let router = Router::new().route(&cfg.path, get(upgrade)).with_state(ctx);
         WebSocketTransport {
             cfg,
             hub,
-            shutdown_grace: OnceLock::new(),
+            shutdown_grace: shutdown_grace.get(),
+            router,
         }
     }
 }
@@ -218,32 +226,23 @@ impl Transport for WebSocketTransport {
         "websocket"
     }
 
-    fn router(&self, gateway: Gateway) -> Router {
-        let _ = self
-            .shutdown_grace
-            .set(gateway.config().server.shutdown_timeout.get());
-        let ctx = Arc::new(Ctx {
-            gw: gateway,
-            hub: self.hub.clone(),
-            protocol: self.cfg.protocol(),
-            close_timeout: self.cfg.close_timeout.get(),
-        });
-        Router::new()
-            .route(&self.cfg.path, get(upgrade))
-            .with_state(ctx)
+    fn router(&self) -> Router {
+        self.router.clone()
     }
 
-    async fn deliver(&self, delivery: &Delivery) {
-        self.hub.deliver(delivery);
+    fn deliver(&self, delivery: &Delivery, to: Recipients<'_>) {
+        let mut recipients = to.of::<WsConn>().peekable();
+        if recipients.peek().is_none() {
+            return;
+        }
+        let frame = frame::event(&delivery.event, &delivery.payload);
+        for conn in recipients {
+            conn.push(frame.clone());
+        }
     }
 
     async fn shutdown(&self) {
-        let grace = self
-            .shutdown_grace
-            .get()
-            .copied()
-            .unwrap_or(Duration::from_secs(10));
-        self.hub.shutdown(grace).await;
+        self.hub.shutdown(self.shutdown_grace).await;
     }
 }
 
@@ -337,7 +336,12 @@ fn build(ctx: &PluginContext<'_>) -> Result<Option<Arc<dyn Transport>>, BoxError
     if !cfg.enabled {
         return Ok(None);
     }
-    Ok(Some(Arc::new(WebSocketTransport::new(cfg))))
+    let grace = ctx.config().server.shutdown_timeout;
+    Ok(Some(Arc::new(WebSocketTransport::new(
+        cfg,
+        ctx.gateway(),
+        grace,
+    ))))
 }
 
 register_plugin!(
@@ -358,7 +362,7 @@ mod tests {
         let c = WebSocketConfig::default();
         assert!(c.enabled);
         assert_eq!(c.path, "/ws");
-        assert_eq!(c.ping_interval.get(), Duration::from_secs(25));
+        assert_eq!(c.ping_interval.get(), std::time::Duration::from_secs(25));
         assert_eq!(c.max_frame_bytes.bytes(), 1 << 20);
         c.validate().expect("defaults are valid");
     }

@@ -26,7 +26,9 @@ use http::HeaderMap;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use switchboard_core::{AuthError, Gateway, Handshake, Identity, PeerSocket, Session};
+use switchboard_core::{
+    AuthError, Gateway, GatewayHandle, Handshake, Identity, PeerSocket, Session,
+};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -39,9 +41,9 @@ use crate::frame::{self, FirstFrame};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
-/// What every socket task shares: the gateway, the fan-out index and the settings.
+/// What every socket task shares: the gateway, the transport's sockets and the settings.
 pub(crate) struct Ctx {
-    pub(crate) gw: Gateway,
+    pub(crate) gw: GatewayHandle,
     pub(crate) hub: Arc<Hub>,
     pub(crate) protocol: WsProtocol,
     pub(crate) close_timeout: Duration,
@@ -71,8 +73,11 @@ struct Refusal {
 /// The WebSocket lives in a box and every phase but the loop is a boxed future, so the
 /// task's own future stays a few pointers wide for the socket's whole life.
 pub(crate) async fn serve(ctx: Arc<Ctx>, mut start: Box<Start>) {
+    let Some(gw) = ctx.gw.get() else {
+        return;
+    };
     let raw = start.raw.take();
-    let Some((mut ws, identity)) = Box::pin(open(&ctx, start)).await else {
+    let Some((mut ws, identity)) = Box::pin(open(&ctx, &gw, start)).await else {
         return;
     };
     let conn = WsConn::new(ctx.hub.clone(), raw);
@@ -81,13 +86,13 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, mut start: Box<Start>) {
         conn.socket_id().as_str(),
     ));
     ctx.hub.insert(&conn);
-    let session = Box::pin(ctx.gw.connect(conn.clone(), identity)).await;
+    let session = Box::pin(gw.connect_via(ctx.gw.transport(), conn.clone(), identity)).await;
 
-    let (close, offset) = run(&ctx, &mut ws, &conn, &session).await;
+    let (close, offset) = run(&gw, &mut ws, &conn, &session).await;
 
-    ctx.hub.remove(&conn, &session.rooms());
+    ctx.hub.remove(&conn);
     conn.finish();
-    Box::pin(ctx.gw.disconnect(&session)).await;
+    Box::pin(gw.disconnect(&session)).await;
     drop(session);
     Box::pin(finish(
         &mut ws,
@@ -100,7 +105,7 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, mut start: Box<Start>) {
 }
 
 /// Completes the upgrade and the connect handshake; a refused socket is closed here.
-async fn open(ctx: &Ctx, start: Box<Start>) -> Option<(Box<Ws>, Identity)> {
+async fn open(ctx: &Ctx, gw: &Gateway, start: Box<Start>) -> Option<(Box<Ws>, Identity)> {
     let Start {
         upgrade,
         authorization,
@@ -117,7 +122,7 @@ async fn open(ctx: &Ctx, start: Box<Start>) -> Option<(Box<Ws>, Identity)> {
     let io = TokioIo::new(upgraded);
     let mut ws =
         Box::new(WebSocketStream::from_raw_socket(io, Role::Server, Some(ctx.protocol)).await);
-    let refusal = match handshake(ctx, &mut ws, authorization, query).await {
+    let refusal = match handshake(gw, &mut ws, authorization, query).await {
         Ok(identity) if !ctx.hub.is_closing() => return Some((ws, identity)),
         Ok(_) => Refusal {
             message: None,
@@ -132,12 +137,12 @@ async fn open(ctx: &Ctx, start: Box<Start>) -> Option<(Box<Ws>, Identity)> {
 
 /// Waits for `{"op": "connect"}` and authenticates it.
 async fn handshake(
-    ctx: &Ctx,
+    gw: &Gateway,
     ws: &mut Ws,
     authorization: Option<http::HeaderValue>,
     query: Option<String>,
 ) -> Result<Identity, Refusal> {
-    let deadline = Instant::now() + ctx.gw.config().limits.handshake_timeout.get();
+    let deadline = Instant::now() + gw.config().limits.handshake_timeout.get();
     let first = loop {
         let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
             Err(_) => {
@@ -187,7 +192,7 @@ async fn handshake(
             query: None,
         },
     };
-    match ctx.gw.authenticate(&handshake).await {
+    match gw.authenticate(&handshake).await {
         Ok(identity) => Ok(identity),
         Err(e) => Err(Refusal {
             message: Some(e.to_string()),
@@ -253,7 +258,7 @@ fn poll_write_queue(
 /// The socket's life after `connected`: returns the close to send, if any, and how much of
 /// the front queued frame is already written.
 async fn run(
-    ctx: &Ctx,
+    gw: &Gateway,
     ws: &mut Ws,
     conn: &Arc<WsConn>,
     session: &Arc<Session>,
@@ -289,7 +294,7 @@ async fn run(
         .await;
         let close = match wake {
             Wake::Read(Message::Text(text)) => {
-                Box::pin(on_text(&ctx.gw, conn, session, text)).await;
+                Box::pin(on_text(gw, conn, session, text)).await;
                 continue;
             }
             Wake::Read(Message::Pong(_)) => {
@@ -314,9 +319,11 @@ async fn run(
 /// Runs one client event through the core's pipeline and queues its ack.
 async fn on_text(gw: &Gateway, conn: &WsConn, session: &Arc<Session>, text: Utf8Bytes) {
     let size = text.len();
+    // One event at a time per socket: its ticket is its turn, in the order read.
+    let ticket = session.ticket();
     match frame::decode_event(text.as_str()) {
         Ok(ev) => {
-            let ack = gw.inbound(session, &ev.event, size, ev.data).await;
+            let ack = gw.inbound(session, ticket, &ev.event, size, ev.data).await;
             if let Some(id) = ev.id {
                 conn.push(frame::ack(id, &ack));
             }

@@ -1,0 +1,191 @@
+//! The outbound path: validate and route (the declaring event set), `on_outbound` hooks once,
+//! encode once, hand to the broker, which brings it to every node's rooms.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Gateway, Inner};
+use crate::broker::{BrokerError, ConnId, Delivery, Reach, Room};
+use crate::error::{Cause, Classify};
+use crate::hooks::{Direction, HookCtx, Source, Verdict};
+use crate::metrics::EventLabels;
+
+/// A request to publish one event.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Publish {
+    /// The event name.
+    pub event: String,
+    /// Its payload.
+    pub data: Value,
+    /// An explicit room; required for events no plugin owns.
+    #[serde(default)]
+    pub room: Option<String>,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The room it went to.
+    pub room: Room,
+    /// Whether a hook dropped it.
+    pub dropped: bool,
+    /// Whether it reached only this node's members (the broker's backend was unreachable).
+    pub local_only: bool,
+}
+
+/// Why a publish failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// No plugin owns the event and no room was given.
+    #[error("Unknown event: {0}; give a \"room\" to publish an event no plugin owns")]
+    UnknownEvent(String),
+    /// The data or the room is not of the event's shape (names the field).
+    #[error("{0}")]
+    Invalid(String),
+    /// The broker did not take it.
+    #[error("{0}")]
+    Broker(#[from] BrokerError),
+}
+
+impl Classify for PublishError {
+    fn cause(&self) -> Cause {
+        match self {
+            PublishError::UnknownEvent(_) | PublishError::Invalid(_) => Cause::Client,
+            PublishError::Broker(e) => e.cause(),
+        }
+    }
+    fn retryable(&self) -> bool {
+        match self {
+            PublishError::UnknownEvent(_) | PublishError::Invalid(_) => false,
+            PublishError::Broker(e) => e.retryable(),
+        }
+    }
+}
+
+impl Gateway {
+    /// Publishes an event from a backend (HTTP API or Rust code): validate, route, hook, deliver.
+    pub async fn publish(&self, req: Publish) -> Result<Published, PublishError> {
+        let limits = &self.0.config.limits;
+        let routed = match self.0.events.outbound(&req.event) {
+            Some(decl) => Some(
+                decl.route(&req.data, limits)
+                    .map_err(|e| PublishError::Invalid(e.message))?,
+            ),
+            None => None,
+        };
+        let room: Room = match (req.room, routed) {
+            (Some(room), _) => {
+                if room.is_empty() || room.chars().count() > limits.max_id_chars + 64 {
+                    return Err(PublishError::Invalid(format!(
+                        "room: must be a non-empty string of at most {} characters",
+                        limits.max_id_chars + 64
+                    )));
+                }
+                Room::from(room)
+            }
+            (None, Some(room)) => room,
+            (None, None) => return Err(PublishError::UnknownEvent(req.event)),
+        };
+        let ctx = HookCtx {
+            direction: Direction::Outbound,
+            room: Some(&room),
+            source: Source::Api,
+            user_id: None,
+            socket_id: None,
+            claims: None,
+        };
+        let reach = self
+            .0
+            .publish_routed(&req.event, Some(room.clone()), req.data, None, &ctx)
+            .await?;
+        Ok(Published {
+            room,
+            dropped: reach.is_none(),
+            local_only: reach == Some(Reach::LocalOnly),
+        })
+    }
+
+    /// Sends `user:online`/`user:offline` to the whole namespace (except the new socket).
+    pub(crate) async fn announce(&self, event: &str, user: &str, except: Option<ConnId>) {
+        let ctx = HookCtx {
+            direction: Direction::Outbound,
+            room: None,
+            source: Source::Api,
+            user_id: Some(user),
+            socket_id: except.as_ref().map(ConnId::as_str),
+            claims: None,
+        };
+        let _ = self
+            .0
+            .publish_routed(event, None, json!({ "userId": user }), except.clone(), &ctx)
+            .await;
+    }
+
+    /// Runs the hooks in order; `None` when one dropped the event.
+    pub(crate) fn run_hooks(
+        &self,
+        event: &str,
+        payload: Value,
+        ctx: &HookCtx<'_>,
+        dir: Direction,
+    ) -> Option<Value> {
+        self.0.run_hooks(event, payload, ctx, dir)
+    }
+}
+
+impl Inner {
+    /// Runs `on_outbound` once, serializes once and hands the delivery to the broker.
+    ///
+    /// Returns how far it reached, or `None` when a hook dropped the event.
+    pub(crate) async fn publish_routed(
+        &self,
+        event: &str,
+        room: Option<Room>,
+        data: Value,
+        except: Option<ConnId>,
+        ctx: &HookCtx<'_>,
+    ) -> Result<Option<Reach>, BrokerError> {
+        let Some(data) = self.run_hooks(event, data, ctx, Direction::Outbound) else {
+            return Ok(None);
+        };
+        let delivery = Delivery::encode(event, room, &data)
+            .map_err(|e| BrokerError::Encode(e.to_string()))?
+            .except(except);
+        self.metrics
+            .events_out
+            .get_or_create(&EventLabels {
+                event: event.to_owned(),
+            })
+            .inc();
+        match self.broker.publish(Arc::new(delivery)).await {
+            Ok(reach) => Ok(Some(reach)),
+            Err(e) => {
+                self.backend_error("broker", &e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn run_hooks(
+        &self,
+        event: &str,
+        mut payload: Value,
+        ctx: &HookCtx<'_>,
+        dir: Direction,
+    ) -> Option<Value> {
+        for hook in &self.hooks {
+            let verdict = match dir {
+                Direction::Inbound => hook.on_inbound(event, payload, ctx),
+                Direction::Outbound => hook.on_outbound(event, payload, ctx),
+            };
+            match verdict {
+                Verdict::Pass(p) => payload = p,
+                Verdict::Drop => return None,
+            }
+        }
+        Some(payload)
+    }
+}
