@@ -65,3 +65,65 @@ export async function startRedis() {
   };
   return redis.start();
 }
+
+function encode(args) {
+  let out = `*${args.length}\r\n`;
+  for (const a of args) {
+    const s = String(a);
+    out += `$${Buffer.byteLength(s)}\r\n${s}\r\n`;
+  }
+  return out;
+}
+
+/** Parses one RESP2 reply from `buf` at `i`: [value, next index], or undefined if incomplete. */
+function parse(buf, i = 0) {
+  const eol = buf.indexOf('\r\n', i);
+  if (eol < 0) return undefined;
+  const type = buf[i];
+  const line = buf.slice(i + 1, eol);
+  const next = eol + 2;
+  switch (type) {
+    case '+': return [line, next];
+    case '-': return [new Error(line), next];
+    case ':': return [Number(line), next];
+    case '$': {
+      const n = Number(line);
+      if (n < 0) return [null, next];
+      if (buf.length < next + n + 2) return undefined;
+      return [buf.slice(next, next + n), next + n + 2];
+    }
+    case '*': {
+      const n = Number(line);
+      if (n < 0) return [null, next];
+      const items = [];
+      let j = next;
+      for (let k = 0; k < n; k += 1) {
+        const r = parse(buf, j);
+        if (!r) return undefined;
+        items.push(r[0]);
+        j = r[1];
+      }
+      return [items, j];
+    }
+    default: throw new Error(`unexpected RESP reply: ${buf}`);
+  }
+}
+
+/** Runs one command against the Redis on `port` (127.0.0.1) and resolves with its reply. */
+export function redisCommand(port, ...args) {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    let buf = '';
+    s.setEncoding('utf8');
+    s.once('error', reject);
+    s.on('data', (d) => {
+      buf += d;
+      const r = parse(buf);
+      if (!r) return;
+      s.destroy();
+      if (r[0] instanceof Error) reject(r[0]);
+      else resolve(r[0]);
+    });
+    s.once('connect', () => s.write(encode(args)));
+  });
+}

@@ -444,3 +444,25 @@ async fn thousands_of_rooms_are_resubscribed_in_batches_after_a_restart() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_unsubscribed_still_publishes_to_the_others() {
+    for sharded in [false, true] {
+        let server = RedisServer::start();
+        let cfg = redis_config(&server, sharded);
+        let (a, b) = (node(&cfg).await, node(&cfg).await);
+        let r = room("conversation:u");
+        b.broker.subscribe(&r).await.expect("subscribe");
+        a.broker.subscribe(&r).await.expect("subscribe");
+        a.broker.unsubscribe(&r).await.expect("unsubscribe");
+        publish(&a, Some("conversation:u"), json!({"n": 1})).await;
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                b.rec.payloads("conversation:u").len() == 1
+            })
+            .await,
+            "sharded {sharded}: b gets what a published after a unsubscribed"
+        );
+        assert!(a.rec.payloads("conversation:u").is_empty());
+    }
+}
