@@ -11,12 +11,14 @@ pub mod config;
 pub mod event;
 mod expiry;
 pub mod hooks;
+pub mod listen;
 pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod presence;
 pub mod registry;
 pub mod runtime;
+pub mod tls;
 pub mod transport;
 pub mod units;
 
