@@ -186,6 +186,7 @@ impl Tls {
             let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut last_failure: Option<String> = None;
             loop {
                 #[cfg(unix)]
                 let hup_recv = async {
@@ -202,14 +203,20 @@ impl Tls {
                 };
                 match self.reload() {
                     Reload::Unchanged => {}
-                    Reload::Reloaded => tracing::info!(
-                        cert_file = %self.cert_file.display(),
-                        by,
-                        "TLS certificate reloaded: new connections get it"
-                    ),
+                    Reload::Reloaded => {
+                        last_failure = None;
+                        tracing::info!(
+                            cert_file = %self.cert_file.display(),
+                            by,
+                            "TLS certificate reloaded: new connections get it"
+                        );
+                    }
+                    // A file that stays unreadable fails every check: say so once.
+                    Reload::Failed(reason) if last_failure.as_ref() == Some(&reason) => {}
                     Reload::Failed(reason) => {
                         metrics.error("tls_reload");
                         tracing::warn!(%reason, by, "TLS certificate not reloaded; still serving the previous one");
+                        last_failure = Some(reason);
                     }
                 }
             }
