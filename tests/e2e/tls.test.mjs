@@ -107,6 +107,13 @@ describe('https and wss on the public listener', () => {
     });
   }
 
+  it('socket.io-client\'s default (polling, then the upgrade to WebSocket) works over TLS', async () => {
+    const socket = await connect(server, { token: user('upgrade').token, transports: ['polling', 'websocket'] });
+    await eventually(() => socket.io.engine.transport.name === 'websocket', 5000);
+    const conversationId = uid('c');
+    await joinConversation(socket, conversationId);
+  });
+
   it('the native protocol over wss: connects, joins, receives what the API publishes', async () => {
     const u = user('native-tls');
     const c = await connectNative(server, { token: u.token });
