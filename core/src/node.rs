@@ -169,7 +169,8 @@ impl Node {
     /// `.with_state(())` once first (axum otherwise rebuilds the route table per
     /// connection), and serve a [`crate::net::SharedListener`] with
     /// `into_make_service_with_connect_info::<PeerSocket>()` to keep the native transport's
-    /// direct writes; without a [`PeerSocket`](crate::net::PeerSocket) it queues every frame for the socket's task.
+    /// direct writes; without a [`PeerSocket`](crate::net::PeerSocket) it queues every
+    /// frame for the socket's task.
     pub fn router(&self) -> Router {
         let cfg = self.gateway.config();
         let mut app = if cfg.server.internal_listen.is_some() {
