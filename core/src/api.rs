@@ -60,14 +60,16 @@ pub fn router(gw: Gateway) -> Router {
         ))
         .layer(DefaultBodyLimit::max(body_limit));
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { (StatusCode::OK, axum::Json(json!({"status": "ok"}))) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api)
         .with_state(gw)
+}
+
+/// `GET /healthz`: the process is up (served on every listener).
+pub(crate) async fn healthz() -> Response {
+    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -62,6 +62,10 @@ pub struct ServerConfig {
     pub static_dir: Option<PathBuf>,
     /// How long shutdown waits for connections to close.
     pub shutdown_timeout: Dur,
+    /// TLS on `server.listen`: the certificate chain and key files.
+    pub tls: crate::tls::TlsConfig,
+    /// A second address that alone serves the API, metrics, readiness and the admin page.
+    pub internal_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +75,8 @@ impl Default for ServerConfig {
             cors_origins: vec!["http://localhost:3000".to_owned()],
             static_dir: None,
             shutdown_timeout: Dur::secs(10),
+            tls: crate::tls::TlsConfig::default(),
+            internal_listen: None,
         }
     }
 }

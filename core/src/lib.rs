@@ -14,6 +14,7 @@ pub mod event;
 mod expiry;
 pub mod hooks;
 mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod net;
 pub mod node;
@@ -23,6 +24,7 @@ pub mod registry;
 mod rooms;
 pub mod runtime;
 pub mod session;
+pub mod tls;
 pub mod transport;
 pub mod units;
 

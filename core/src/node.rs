@@ -22,7 +22,6 @@ use crate::config::{ConfigError, ConfigIssue, LoadedConfig, Sections, redact};
 use crate::event::{EventHandler, EventSet, EventTable};
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
-use crate::net::{PeerSocket, SharedListener};
 use crate::presence::PresenceStore;
 use crate::registry::{self, BoxError, Factory, PluginContext, PluginKind};
 use crate::runtime::{Gateway, GatewayHandle, Parts, TransportBuild};
@@ -119,6 +118,7 @@ impl NodeBuilder {
         } = self;
         let mut issues: Vec<ConfigIssue> = Vec::new();
         check_sections(&loaded, &mut issues);
+        crate::listen::check(&loaded.config, &mut issues);
         let effective = Mutex::new(BTreeMap::new());
         let metrics = Metrics::new();
         let node_id = registry::random_id();
@@ -336,15 +336,22 @@ impl Node {
 
     /// The axum app: every transport, the HTTP API, static files and CORS.
     ///
+    /// With `server.internal_listen` set, the operator routes are not in it (see
+    /// [`Node::internal_router`]); the public app answers them with a JSON 404.
+    ///
     /// [`Node::serve`] is the way to serve it. Served some other way, call
     /// `.with_state(())` once first (axum otherwise rebuilds the route table per
     /// connection), and serve a [`crate::net::SharedListener`] with
     /// `into_make_service_with_connect_info::<PeerSocket>()` to keep the native transport's
-    /// direct writes; without a [`PeerSocket`] it queues every frame for the socket's task.
-    /// Every call serves the same transports.
+    /// direct writes; without a [`PeerSocket`](crate::net::PeerSocket) it queues every
+    /// frame for the socket's task. Every call serves the same transports.
     pub fn router(&self) -> Router {
         let cfg = self.gateway.config();
-        let mut app = crate::api::router(self.gateway.clone());
+        let mut app = if cfg.server.internal_listen.is_some() {
+            crate::listen::public_stand_in()
+        } else {
+            self.operator_routes()
+        };
         for t in self.gateway.transports() {
             app = app.merge(t.router());
         }
@@ -354,36 +361,44 @@ impl Node {
         app.layer(cors_layer(&cfg.server.cors_origins))
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then closes every socket cleanly.
+    /// The internal listener's app when `server.internal_listen` is set: the operator
+    /// routes and `/healthz`.
+    pub fn internal_router(&self) -> Option<Router> {
+        let cfg = self.gateway.config();
+        cfg.server.internal_listen?;
+        Some(
+            self.operator_routes()
+                .layer(cors_layer(&cfg.server.cors_origins)),
+        )
+    }
+
+    /// The routes for operators and backends (`/api/*`, `/metrics`, `/readyz`, `/admin/`;
+    /// see [`crate::listen::INTERNAL_ONLY`]) and `/healthz`.
+    fn operator_routes(&self) -> Router {
+        crate::api::router(self.gateway.clone())
+    }
+
+    /// Serves on `listener` (https and wss with `server.tls.*`) and on
+    /// `server.internal_listen` when set, until `shutdown` resolves; then closes every
+    /// socket cleanly and stops both listeners.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let cfg = self.gateway.config();
+        let listeners = crate::listen::Listeners::prepare(listener, cfg).await?;
         self.gateway.start().await;
-        // Turn every route into a service once: served as a plain `Router`, axum rebuilds
-        // the whole route table (each route's CORS layer included) for every connection.
-        // Each request carries a handle to its connection's socket (see `crate::net`).
-        let app = self
-            .router()
-            .with_state(())
-            .into_make_service_with_connect_info::<PeerSocket>();
-        let listener = SharedListener::new(listener);
-        let grace = self.gateway.config().server.shutdown_timeout.get();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        });
-        let server = tokio::spawn(async move { server.await });
+        let serving = listeners.serve(
+            self.router(),
+            self.internal_router(),
+            cfg,
+            self.gateway.metrics(),
+        )?;
         shutdown.await;
         tracing::info!("shutting down: closing sockets");
         self.gateway.close_transports().await;
-        let _ = stop_tx.send(());
-        match tokio::time::timeout(grace, server).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(join)) => tracing::warn!(error = %join, "server task failed"),
-            Err(_) => tracing::warn!("connections still open after {grace:?}; exiting anyway"),
-        }
+        serving.stop(cfg.server.shutdown_timeout.get()).await?;
         self.gateway.shutdown().await;
         Ok(())
     }

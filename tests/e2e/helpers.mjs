@@ -127,14 +127,16 @@ export function runCli(args, { env = {}, cwd, timeout = 15000 } = {}) {
 /**
  * Start `switchboard serve` with the given TOML config on a free port and wait for /healthz.
  * With listenFlag: false no --listen is passed (the config or env must put it on `port`).
+ * With TLS on the listener, pass scheme: 'https', the test CA's PEM as `ca` (connect() and
+ * the native client trust it) and a `healthy(server)` check, since fetch cannot take a CA.
  * Returns { url, port, configPath, proc, stop(signal?), logs(), mark(), logsSince(mark) }.
  */
-export async function startServer({ toml = BASE_TOML, env = {}, readyTimeout = 15000, port: fixedPort, listenFlag = true } = {}) {
+export async function startServer({ toml = BASE_TOML, env = {}, readyTimeout = 15000, port: fixedPort, listenFlag = true, scheme = 'http', ca, healthy } = {}) {
   const dir = tempDir();
   const configPath = path.join(dir, 'switchboard.toml');
   writeFileSync(configPath, toml);
   const port = fixedPort ?? await freePort();
-  const url = `http://127.0.0.1:${port}`;
+  const url = `${scheme}://127.0.0.1:${port}`;
   const args = ['serve', '--config', configPath];
   if (listenFlag) args.push('--listen', `127.0.0.1:${port}`);
   const proc = spawn(BIN, args, {
@@ -164,6 +166,7 @@ export async function startServer({ toml = BASE_TOML, env = {}, readyTimeout = 1
   const server = {
     url,
     port,
+    ca,
     configPath,
     proc,
     exited,
@@ -193,9 +196,13 @@ export async function startServer({ toml = BASE_TOML, env = {}, readyTimeout = 1
       throw new Error(`switchboard exited (code ${server.exitCode}, signal ${server.exitSignal}) before it was ready.\nOutput:\n${output}`);
     }
     try {
-      const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(1000) });
-      await res.arrayBuffer();
-      if (res.status === 200) break;
+      if (healthy) {
+        if (await healthy(server)) break;
+      } else {
+        const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(1000) });
+        await res.arrayBuffer();
+        if (res.status === 200) break;
+      }
     } catch { /* not up yet */ }
     if (Date.now() > deadline) {
       await server.stop('SIGKILL');
@@ -287,6 +294,7 @@ export function connect(server, { token, auth, transports, extraHeaders, query, 
     extraHeaders,
     query,
     timeout,
+    ca: server.ca,
   });
   if (!keep) openSockets.add(socket);
   socket.received = [];

@@ -149,7 +149,7 @@ export class NativeClient {
 /** Open a WebSocket to the native endpoint without sending anything. */
 export function openNative(server, { headers, path, query, autoPong = true } = {}) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(nativeUrl(server, { path, query }), { headers, autoPong });
+    const ws = new WebSocket(nativeUrl(server, { path, query }), { headers, autoPong, ca: server.ca });
     const client = new NativeClient(ws);
     open.add(client);
     ws.once('open', () => resolve(client));
