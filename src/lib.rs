@@ -37,4 +37,6 @@ pub use switchboard_presence_redis as presence_redis;
 pub use switchboard_transport_socketio as transport_socketio;
 pub use switchboard_transport_websocket as transport_websocket;
 
+pub mod embedded;
+pub mod init;
 pub mod run;
