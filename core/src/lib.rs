@@ -21,7 +21,9 @@ pub mod transport;
 pub mod units;
 
 pub use async_trait::async_trait;
-pub use auth::{AuthError, Authenticator, Handshake, Identity, TokenSource};
+pub use auth::{
+    AuthError, Authenticator, Handshake, Identity, RefusalLog, RefusalReason, TokenSource,
+};
 pub use broker::{BrokerError, ConnId, Delivery, LocalHub, Reach, Room, RoomBroker};
 pub use config::{Config, ConfigError, LoadedConfig, Overrides};
 pub use event::{ErrorKind, EventError, EventHandler, Outcome};
