@@ -134,12 +134,22 @@ export async function startServer({ toml = BASE_TOML, env = {}, readyTimeout = 1
   const configPath = path.join(dir, 'switchboard.toml');
   writeFileSync(configPath, toml);
   const port = fixedPort ?? await freePort();
-  const url = `http://127.0.0.1:${port}`;
   const args = ['serve', '--config', configPath];
   if (listenFlag) args.push('--listen', `127.0.0.1:${port}`);
+  const server = await spawnServer({ args, env, cwd: dir, port, readyTimeout });
+  server.configPath = configPath;
+  return server;
+}
+
+/**
+ * Run the binary with `args` (no config file is written: cwd defaults to an empty temp
+ * dir) and wait until http://127.0.0.1:`port`/healthz answers. Same handle as startServer.
+ */
+export async function spawnServer({ args, env = {}, cwd, port, readyTimeout = 15000 }) {
+  const url = `http://127.0.0.1:${port}`;
   const proc = spawn(BIN, args, {
     env: childEnv(env),
-    cwd: dir,
+    cwd: cwd ?? tempDir(),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   liveProcs.add(proc);
@@ -164,7 +174,7 @@ export async function startServer({ toml = BASE_TOML, env = {}, readyTimeout = 1
   const server = {
     url,
     port,
-    configPath,
+    configPath: undefined,
     proc,
     exited,
     exitCode: undefined,
@@ -204,6 +214,19 @@ export async function startServer({ toml = BASE_TOML, env = {}, readyTimeout = 1
     await sleep(50);
   }
   return server;
+}
+
+/**
+ * What the embedded default prints at start-up (no config file): { apiKey, token, curl },
+ * read from the framed notice in `logs`; fields it did not print are undefined.
+ */
+export function embeddedNotice(logs) {
+  const field = (label) => logs.match(new RegExp(`^  ${label}\\s+(\\S+)`, 'm'))?.[1];
+  return {
+    apiKey: field('API key'),
+    token: field('demo token'),
+    curl: logs.match(/^\s+(curl .*)$/m)?.[1],
+  };
 }
 
 // ---------------------------------------------------------------------------
