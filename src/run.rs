@@ -65,13 +65,19 @@ pub async fn shutdown_signal() {
 }
 
 /// Builds every configured plugin; the problems `issues` already holds (from loading) and
-/// the plugins' own are reported together.
+/// the plugins' own are reported together, each with its origin where one is known.
 pub fn build_node(loaded: LoadedConfig, mut issues: Vec<ConfigIssue>) -> Result<Node, ConfigError> {
+    let layers = loaded.clone();
     match Node::build(loaded) {
         Ok(node) if issues.is_empty() => Ok(node),
         Ok(_) => Err(ConfigError { issues }),
         Err(e) => {
-            issues.extend(e.issues);
+            issues.extend(e.issues.into_iter().map(|mut issue| {
+                if issue.origin.is_none() && !issue.key.is_empty() {
+                    issue.origin = layers.origin_of(&issue.key);
+                }
+                issue
+            }));
             Err(ConfigError { issues })
         }
     }

@@ -82,15 +82,25 @@ fn issues_of(figment: &Figment, e: figment::Error, prefix: &str) -> Vec<ConfigIs
 /// Where the value at `key` came from, said for a reader: `file x.toml`, `env NAME`,
 /// `command-line flags`; `None` for built-in defaults or a key no layer has.
 pub(crate) fn origin_of(figment: &Figment, key: &str) -> Option<String> {
+    // `events.plugins[1]` is an item of `events.plugins`.
+    let key = match key.rsplit_once('[') {
+        Some((list, index)) if index.ends_with(']') => list,
+        _ => key,
+    };
     let mut path: Vec<&str> = key.split('.').collect();
-    // An unknown key's own value carries its layer; so does its section when the key is gone.
-    while !path.is_empty() {
+    // A list item's origin is its list's (figment finds values by dict keys only). A key
+    // that is absent has none: its section's layer did not set it.
+    loop {
         if let Some(md) = figment.find_metadata(&path.join(".")) {
             return describe(md);
         }
-        path.pop();
+        match path.last() {
+            Some(last) if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) => {
+                path.pop();
+            }
+            _ => return None,
+        }
     }
-    None
 }
 
 fn describe(md: &figment::Metadata) -> Option<String> {
