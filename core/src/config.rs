@@ -18,7 +18,7 @@ mod collect;
 mod env;
 pub mod listen;
 
-pub use env::SECTIONS;
+pub use env::sections;
 
 /// Extracts the section at `path` (`auth.jwt`) as `T`, an absent section as `T`'s
 /// defaults; every bad key of the section is in the error, each with its origin.
@@ -517,7 +517,7 @@ impl LoadedConfig {
             out.push(format!(
                 "ignoring environment variables that name no config section: {} (config variables are {ENV_PREFIX}<SECTION>__<KEY>, where SECTION is one of {})",
                 self.ignored_env.join(", "),
-                env::SECTIONS.join(", ")
+                env::sections().join(", ")
             ));
         }
         if self.config.api.keys.is_empty() {

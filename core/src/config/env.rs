@@ -18,22 +18,15 @@ use figment::{Metadata, Profile, Source};
 
 use super::{ConfigIssue, ENV_PREFIX};
 
-/// The top-level sections of [`Config`](super::Config): a `SWITCHBOARD_*` name is config
-/// only when its first part is one of these. A unit test keeps it equal to the struct.
-pub const SECTIONS: &[&str] = &[
-    "server",
-    "transports",
-    "auth",
-    "api",
-    "presence",
-    "broker",
-    "events",
-    "redis",
-    "hooks",
-    "rooms",
-    "limits",
-    "log",
-];
+/// The top-level sections of [`Config`](super::Config), read from its serde fields (so a
+/// section added to the struct is config at once): a `SWITCHBOARD_*` name is config only
+/// when its first part is one of these.
+pub fn sections() -> Vec<String> {
+    match serde_json::to_value(super::Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
 
 /// One environment variable that names a config key.
 #[derive(Debug, Clone)]
@@ -65,15 +58,14 @@ impl EnvLayer {
         defaults: &BTreeMap<String, serde_json::Value>,
     ) -> Self {
         let mut layer = EnvLayer::default();
+        let sections = sections();
         for (name, value) in vars {
             let Some(name) = name.to_str() else { continue };
             let Some(rest) = strip_prefix(name) else {
                 continue;
             };
             let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-            let names_a_section = parts
-                .first()
-                .is_some_and(|p| SECTIONS.contains(&p.as_str()));
+            let names_a_section = parts.first().is_some_and(|p| sections.contains(p));
             if !names_a_section || parts.iter().any(String::is_empty) {
                 layer.ignored.push(name.to_owned());
                 continue;
@@ -185,7 +177,6 @@ impl figment::Provider for VarProvider<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     /// Reads `vars` against the core's defaults plus two plugin keys, as a plugin's
     /// registered defaults add them in a binary that links it.
@@ -202,17 +193,24 @@ mod tests {
 
     #[test]
     fn sections_are_the_config_fields() {
-        let value = serde_json::to_value(Config::default()).expect("config serializes");
-        let mut fields: Vec<&str> = value
-            .as_object()
-            .expect("an object")
-            .keys()
-            .map(String::as_str)
-            .collect();
-        let mut listed = SECTIONS.to_vec();
-        fields.sort_unstable();
-        listed.sort_unstable();
-        assert_eq!(fields, listed);
+        let mut found = sections();
+        found.sort_unstable();
+        let mut expected = [
+            "server",
+            "transports",
+            "auth",
+            "api",
+            "presence",
+            "broker",
+            "events",
+            "redis",
+            "hooks",
+            "rooms",
+            "limits",
+            "log",
+        ];
+        expected.sort_unstable();
+        assert_eq!(found, expected);
     }
 
     #[test]
