@@ -29,4 +29,6 @@ pub use switchboard_core::*;
 // writes one `pub use switchboard_x as x;` per `switchboard-*` dependency).
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
+pub mod embedded;
+pub mod init;
 pub mod run;

@@ -1,4 +1,4 @@
-//! The `switchboard` binary: `serve` (default), `check`, `plugins`, `token`.
+//! The `switchboard` binary: `serve` (default), `check`, `plugins`, `token`, `init`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use switchboard::auth_jwt::{JwtConfig, mint};
-use switchboard::config::Overrides;
+use switchboard::config::{ConfigIssue, DEFAULT_CONFIG_FILE, Loader, Overrides};
+use switchboard::embedded::{self, Embedded};
 use switchboard::registry::{self, PluginKind};
-use switchboard::{ConfigError, LoadedConfig, Node, run};
+use switchboard::{ConfigError, LoadedConfig, init, run};
 
 /// A real-time gateway: Socket.IO with JWT auth, rooms, presence and an HTTP publish API.
 #[derive(Parser, Debug)]
@@ -24,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the gateway (the default).
+    /// Run the gateway (the default). With no config file, serves the embedded
+    /// development default on loopback with a secret and API key generated for the run.
     Serve(ServeArgs),
     /// Validate the config and print it with every default, secrets redacted.
     Check,
@@ -32,6 +34,8 @@ enum Command {
     Plugins,
     /// Mint a token signed with the configured HS* secret.
     Token(TokenArgs),
+    /// Write a commented config file with fresh random secrets.
+    Init(InitArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -43,7 +47,7 @@ struct ConfigArg {
 
 #[derive(Args, Debug, Clone, Default)]
 struct ServeArgs {
-    /// Address to bind, overriding `server.listen`.
+    /// Address to bind (`127.0.0.1:3000`, `localhost:3000`), overriding `server.listen`.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
 }
@@ -67,6 +71,18 @@ struct TokenArgs {
     claims: Vec<String>,
 }
 
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// Where to write the config.
+    #[arg(value_name = "PATH", default_value = DEFAULT_CONFIG_FILE)]
+    path: PathBuf,
+    /// Replace an existing file (its secrets are lost).
+    #[arg(long)]
+    force: bool,
+}
+
+const PROGRAM: &str = "switchboard";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = cli.config;
@@ -84,35 +100,65 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Token(args)) => token(&config, args),
+        Some(Command::Init(args)) => init_config(&args),
     }
 }
 
-fn load(config: &ConfigArg, listen: Option<String>) -> Result<LoadedConfig, ConfigError> {
-    LoadedConfig::load(config.config.as_deref(), &Overrides { listen })
+/// What every command that reads the config starts from.
+struct Prepared {
+    loaded: LoadedConfig,
+    issues: Vec<ConfigIssue>,
+    embedded: Option<Embedded>,
+}
+
+/// Loads the layers, with the embedded default's generated values when no file is read.
+fn prepare(config: &ConfigArg, listen: Option<String>) -> Result<Prepared, ConfigError> {
+    let loader = Loader::new(config.config.as_deref()).overrides(&Overrides { listen });
+    let embedded = Embedded::plan(&loader)?;
+    let loader = match &embedded {
+        Some(e) => e.apply(loader),
+        None => loader,
+    };
+    let (loaded, mut issues) = loader.load_lenient()?;
+    if let Some(issue) = embedded.as_ref().and_then(|e| e.check_listen(&loaded)) {
+        issues.push(issue);
+    }
+    Ok(Prepared {
+        loaded,
+        issues,
+        embedded,
+    })
 }
 
 fn config_failure(e: &ConfigError) -> ExitCode {
-    run::config_failure("switchboard", e)
+    run::config_failure(PROGRAM, e)
 }
 
 fn serve(config: &ConfigArg, args: ServeArgs) -> ExitCode {
-    match load(config, args.listen) {
-        Ok(loaded) => run::serve("switchboard", loaded),
-        Err(e) => config_failure(&e),
-    }
+    let p = match prepare(config, args.listen) {
+        Ok(p) => p,
+        Err(e) => return config_failure(&e),
+    };
+    let embedded = p.embedded;
+    run::serve_with(PROGRAM, p.loaded, p.issues, move |node, bound| {
+        if let Some(e) = &embedded {
+            eprintln!("{}", e.banner(node, bound));
+        }
+    })
 }
 
 fn check(config: &ConfigArg) -> ExitCode {
-    let loaded = match load(config, None) {
-        Ok(l) => l,
+    let p = match prepare(config, None) {
+        Ok(p) => p,
         Err(e) => return config_failure(&e),
     };
-    let source = loaded
-        .file
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "built-in defaults and environment".to_owned());
-    let node = match Node::build(loaded) {
+    let source = match (&p.loaded.file, &p.embedded) {
+        (Some(file), _) => file.display().to_string(),
+        (None, Some(e)) => e.describe(),
+        (None, None) => "no config file: built-in defaults and environment".to_owned(),
+    };
+    let warnings = p.loaded.warnings();
+    let node = match run::build_node(p.loaded, p.issues) {
         Ok(n) => n,
         Err(e) => return config_failure(&e),
     };
@@ -122,7 +168,10 @@ fn check(config: &ConfigArg) -> ExitCode {
         Ok(text) => print!("{text}"),
         Err(_) => println!("{value:#}"),
     }
-    eprintln!("switchboard: configuration OK ({source})");
+    for warning in warnings {
+        eprintln!("{PROGRAM}: warning: {warning}");
+    }
+    eprintln!("{PROGRAM}: configuration OK ({source})");
     ExitCode::SUCCESS
 }
 
@@ -147,15 +196,29 @@ fn plugins() {
     }
 }
 
+/// Refuses a token command line the gateway would refuse or that says nothing it means.
+fn token_usage_error(message: &str) -> ExitCode {
+    eprintln!("{PROGRAM} token: {message}");
+    ExitCode::from(2)
+}
+
+/// The claims `token` sets itself, and the flag that sets each.
+fn owned_claim(name: &str) -> Option<&'static str> {
+    match name {
+        "sub" => Some("the user id is set with --sub"),
+        "exp" => Some("the expiry is set with --ttl"),
+        "iat" => Some("`iat` is the time of minting, set by the command"),
+        "nbf" => Some("`nbf` is not settable: a minted token is valid from the time of minting"),
+        _ => None,
+    }
+}
+
 fn token(config: &ConfigArg, args: TokenArgs) -> ExitCode {
-    let loaded = match load(config, None) {
-        Ok(l) => l,
-        Err(e) => return config_failure(&e),
-    };
-    let jwt: JwtConfig = match loaded.figment.focus("auth.jwt").extract() {
-        Ok(c) => c,
-        Err(e) => return config_failure(&ConfigError::from_figment(e, "auth.jwt")),
-    };
+    if args.sub.is_empty() {
+        return token_usage_error(
+            "--sub must not be empty: the gateway refuses a token without a user id",
+        );
+    }
     let mut claims = serde_json::Map::new();
     if let Some(email) = args.email {
         claims.insert("email".into(), email.into());
@@ -165,17 +228,68 @@ fn token(config: &ConfigArg, args: TokenArgs) -> ExitCode {
     }
     for claim in &args.claims {
         let Some((k, v)) = claim.split_once('=') else {
-            eprintln!("switchboard: --claim {claim}: expected KEY=VALUE");
-            return ExitCode::from(2);
+            return token_usage_error(&format!("--claim {claim}: expected KEY=VALUE"));
         };
+        if k.is_empty() {
+            return token_usage_error(&format!("--claim {claim}: the claim name is empty"));
+        }
+        if let Some(why) = owned_claim(k) {
+            return token_usage_error(&format!("--claim {k}=…: {why}"));
+        }
         let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::from(v));
         claims.insert(k.to_owned(), value);
     }
+    let p = match prepare(config, None) {
+        Ok(p) => p,
+        Err(e) => return config_failure(&e),
+    };
+    if p.embedded.as_ref().is_some_and(Embedded::generated_secret) {
+        eprintln!("{PROGRAM} token: {}", embedded::TOKEN_WITHOUT_CONFIG);
+        return ExitCode::from(2);
+    }
+    if !p.issues.is_empty() {
+        return config_failure(&ConfigError { issues: p.issues });
+    }
+    let jwt: JwtConfig = match switchboard::config::extract_section(&p.loaded.figment, "auth.jwt") {
+        Ok(c) => c,
+        Err(e) => return config_failure(&e),
+    };
     match mint(&jwt, &args.sub, args.ttl, claims) {
         Ok(t) => {
             println!("{t}");
             ExitCode::SUCCESS
         }
         Err(e) => config_failure(&e),
+    }
+}
+
+fn init_config(args: &InitArgs) -> ExitCode {
+    match init::write(&args.path, args.force) {
+        Ok(()) => {
+            let path = args.path.display();
+            let flag = if args.path == std::path::Path::new(DEFAULT_CONFIG_FILE) {
+                String::new()
+            } else {
+                format!(" --config {path}")
+            };
+            let next = [
+                (format!("{PROGRAM} check{flag}"), "validates it"),
+                (
+                    format!("{PROGRAM} token --sub alice{flag}"),
+                    "mints a token signed with its secret",
+                ),
+                (format!("{PROGRAM}{flag}"), "serves with it"),
+            ];
+            let width = next.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+            eprintln!("{PROGRAM}: wrote {path} with a fresh JWT secret and API key. Next:");
+            for (command, what) in next {
+                eprintln!("  {command:<width$}   # {what}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{PROGRAM} init: {e}");
+            ExitCode::from(2)
+        }
     }
 }

@@ -1,10 +1,19 @@
 //! Running a node as a program: logging, signals and the serve loop, shared by the
 //! `switchboard` binary and by binaries that link their own plugins.
 
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use switchboard_core::config::LogFormat;
+use switchboard_core::config::{ConfigIssue, LogFormat};
 use switchboard_core::{Config, ConfigError, LoadedConfig, Node};
+
+/// Whether log lines get ANSI colours: only when stderr is a terminal and `NO_COLOR` is
+/// unset or empty (<https://no-color.org>).
+pub fn colour_logs() -> bool {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
+}
 
 /// Sets up logging to stderr from `log.format` and `log.level`; `RUST_LOG` wins when set.
 pub fn init_logging(config: &Config) {
@@ -14,6 +23,7 @@ pub fn init_logging(config: &Config) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_logs())
         .with_writer(std::io::stderr);
     let _ = match config.log.format {
         LogFormat::Json => builder.json().try_init(),
@@ -54,9 +64,39 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Builds every configured plugin; the problems `issues` already holds (from loading) and
+/// the plugins' own are reported together, each with its origin where one is known.
+pub fn build_node(loaded: LoadedConfig, mut issues: Vec<ConfigIssue>) -> Result<Node, ConfigError> {
+    let layers = loaded.clone();
+    match Node::build(loaded) {
+        Ok(node) if issues.is_empty() => Ok(node),
+        Ok(_) => Err(ConfigError { issues }),
+        Err(e) => {
+            issues.extend(e.issues.into_iter().map(|mut issue| {
+                if issue.origin.is_none() && !issue.key.is_empty() {
+                    issue.origin = layers.origin_of(&issue.key);
+                }
+                issue
+            }));
+            Err(ConfigError { issues })
+        }
+    }
+}
+
 /// Logs, builds every configured plugin, binds `server.listen` and serves until SIGINT or
 /// SIGTERM, then closes every socket cleanly. Returns the process exit status.
 pub fn serve(program: &str, loaded: LoadedConfig) -> ExitCode {
+    serve_with(program, loaded, Vec::new(), |_, _| {})
+}
+
+/// Like [`serve`], reporting `issues` (found while loading) with the plugins' problems,
+/// and calling `on_bound` with the node and the address it bound before serving.
+pub fn serve_with(
+    program: &str,
+    loaded: LoadedConfig,
+    issues: Vec<ConfigIssue>,
+    on_bound: impl FnOnce(&Node, SocketAddr) + Send,
+) -> ExitCode {
     init_logging(&loaded.config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -69,10 +109,13 @@ pub fn serve(program: &str, loaded: LoadedConfig) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let node = match Node::build(loaded) {
+        let node = match build_node(loaded, issues) {
             Ok(n) => n,
             Err(e) => return config_failure(program, &e),
         };
+        for warning in node.loaded().warnings() {
+            tracing::warn!("{warning}");
+        }
         let addr = node.gateway().config().server.listen;
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
@@ -81,9 +124,8 @@ pub fn serve(program: &str, loaded: LoadedConfig) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let bound = listener
-            .local_addr()
-            .map_or_else(|_| addr.to_string(), |a| a.to_string());
+        let bound = listener.local_addr().unwrap_or(addr);
+        on_bound(&node, bound);
         tracing::info!(listen = %bound, "{program} serving");
         match node.serve(listener, shutdown_signal()).await {
             Ok(()) => {

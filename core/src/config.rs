@@ -1,16 +1,36 @@
 //! The configuration model: built-in defaults < TOML file < `SWITCHBOARD_*` env < flags.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use figment::value::Value as FigValue;
 use serde::{Deserialize, Serialize};
 
 use crate::units::{Dur, Size};
+
+mod checks;
+mod collect;
+mod env;
+pub mod listen;
+
+pub use env::sections;
+
+/// Extracts the section at `path` (`auth.jwt`) as `T`, an absent section as `T`'s
+/// defaults; every bad key of the section is in the error, each with its origin.
+pub fn extract_section<T: serde::de::DeserializeOwned>(
+    figment: &Figment,
+    path: &str,
+) -> Result<T, ConfigError> {
+    match collect::extract_all::<T>(figment, path) {
+        (Some(v), issues) if issues.is_empty() => Ok(v),
+        (_, issues) => Err(ConfigError { issues }),
+    }
+}
 
 /// Environment variable prefix for config overrides (`SWITCHBOARD_SERVER__LISTEN`).
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
@@ -54,7 +74,8 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address to bind.
+    /// Address to bind; a host name (`localhost:3000`) is resolved when the config loads.
+    #[serde(deserialize_with = "listen::deserialize")]
     pub listen: SocketAddr,
     /// Allowed browser origins; `"*"` allows any.
     pub cors_origins: Vec<String>,
@@ -419,6 +440,8 @@ pub struct LoadedConfig {
     pub figment: Figment,
     /// The file that was read, if any.
     pub file: Option<PathBuf>,
+    /// `SWITCHBOARD_*` environment variables that name no config section, ignored.
+    pub ignored_env: Vec<String>,
 }
 
 /// Command-line overrides, the last layer.
@@ -431,7 +454,7 @@ pub struct Overrides {
 impl LoadedConfig {
     /// Loads defaults < TOML (`file`, else `./switchboard.toml` if present) < env < `overrides`.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        Self::load_with_env(file, overrides, true)
+        Loader::new(file).overrides(overrides).load()
     }
 
     /// Like [`LoadedConfig::load`], optionally without the environment layer (for tests).
@@ -440,39 +463,12 @@ impl LoadedConfig {
         overrides: &Overrides,
         with_env: bool,
     ) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        let chosen = match file {
-            Some(p) => {
-                if !p.is_file() {
-                    return Err(ConfigError::new(
-                        "",
-                        format!(
-                            "config file {} does not exist or is not a file",
-                            p.display()
-                        ),
-                    ));
-                }
-                Some(p.to_path_buf())
-            }
-            None => {
-                let p = PathBuf::from(DEFAULT_CONFIG_FILE);
-                p.is_file().then_some(p)
-            }
-        };
-        if let Some(p) = &chosen {
-            figment = figment.merge(Toml::file_exact(p));
-        }
+        let loader = Loader::new(file).overrides(overrides);
         if with_env {
-            figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+            loader.load()
+        } else {
+            loader.env(Vec::new()).load()
         }
-        let mut flags = BTreeMap::new();
-        if let Some(listen) = &overrides.listen {
-            flags.insert("server.listen".to_owned(), FigValue::from(listen.clone()));
-        }
-        if !flags.is_empty() {
-            figment = figment.merge(FlagsProvider(flags));
-        }
-        Self::from_figment(figment, chosen)
     }
 
     /// Loads a config from TOML text alone (defaults < text), for tests and embedding.
@@ -482,31 +478,238 @@ impl LoadedConfig {
         Self::from_figment(figment, None)
     }
 
-    /// Extracts the core model from an already merged figment.
+    /// Extracts the core model from an already merged figment, reporting every problem.
     pub fn from_figment(figment: Figment, file: Option<PathBuf>) -> Result<Self, ConfigError> {
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::from_figment(e, ""))?;
-        Ok(LoadedConfig {
+        let (loaded, issues) = Self::from_figment_lenient(figment, file)?;
+        if issues.is_empty() {
+            Ok(loaded)
+        } else {
+            Err(ConfigError { issues })
+        }
+    }
+
+    /// Extracts the core model, returning it with every problem found: each bad key is at
+    /// its default in the model, so the plugins' sections can still be checked. Fails
+    /// outright only when no model can be built (a file that does not parse).
+    pub fn from_figment_lenient(
+        figment: Figment,
+        file: Option<PathBuf>,
+    ) -> Result<(Self, Vec<ConfigIssue>), ConfigError> {
+        let (config, mut issues) = collect::extract_all::<Config>(&figment, "");
+        let Some(mut config) = config else {
+            return Err(ConfigError { issues });
+        };
+        issues.extend(checks::run(&figment, &mut config));
+        let loaded = LoadedConfig {
             config,
             figment,
             file,
-        })
+            ignored_env: Vec::new(),
+        };
+        Ok((loaded, issues))
+    }
+
+    /// Where the value at `key` (`auth.jwt.secret`) came from: `file x.toml`, `env NAME`,
+    /// `command-line flags`, a base layer's name; `None` for a built-in default.
+    pub fn origin_of(&self, key: &str) -> Option<String> {
+        collect::origin_of(&self.figment, key)
+    }
+
+    /// What the node should warn about at start-up: ignored environment variables, an
+    /// HTTP API that refuses every call.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.ignored_env.is_empty() {
+            out.push(format!(
+                "ignoring environment variables that name no config section: {} (config variables are {ENV_PREFIX}<SECTION>__<KEY>, where SECTION is one of {})",
+                self.ignored_env.join(", "),
+                env::sections().join(", ")
+            ));
+        }
+        if self.config.api.keys.is_empty() {
+            out.push(
+                "api.keys is empty: the HTTP API (/api/*) refuses every call; set api.keys to publish from a backend"
+                    .to_owned(),
+            );
+        }
+        out
     }
 }
 
-/// The command-line layer, named so errors say `(from command-line flags)`.
-struct FlagsProvider(BTreeMap<String, FigValue>);
+/// Builds a [`LoadedConfig`] layer by layer: built-in defaults < an optional base layer
+/// < the TOML file < `SWITCHBOARD_*` environment < command-line flags.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    file: Option<PathBuf>,
+    overrides: Overrides,
+    env: Option<Vec<(OsString, OsString)>>,
+    base: Option<(String, BTreeMap<String, serde_json::Value>)>,
+}
 
-impl figment::Provider for FlagsProvider {
+impl Loader {
+    /// A loader for `file` (`None`: `./switchboard.toml` when it exists).
+    pub fn new(file: Option<&Path>) -> Self {
+        Loader {
+            file: file.map(Path::to_path_buf),
+            overrides: Overrides::default(),
+            env: None,
+            base: None,
+        }
+    }
+
+    /// Sets the command-line layer.
+    pub fn overrides(mut self, overrides: &Overrides) -> Self {
+        self.overrides = overrides.clone();
+        self
+    }
+
+    /// Reads these variables instead of the process environment.
+    pub fn env(mut self, vars: Vec<(OsString, OsString)>) -> Self {
+        self.env = Some(vars);
+        self
+    }
+
+    /// Adds a layer right above the built-in defaults, named `name` in errors: dotted keys
+    /// (`auth.jwt.secret`) and their values.
+    pub fn base_layer(mut self, name: &str, values: BTreeMap<String, serde_json::Value>) -> Self {
+        self.base = Some((name.to_owned(), values));
+        self
+    }
+
+    /// The file that will be read: `--config`'s, else `./switchboard.toml` when it exists;
+    /// a `--config` that names no file is an error.
+    pub fn chosen_file(&self) -> Result<Option<PathBuf>, ConfigError> {
+        match &self.file {
+            Some(p) if !p.is_file() => Err(ConfigError::new(
+                "",
+                format!(
+                    "config file {} does not exist or is not a file",
+                    p.display()
+                ),
+            )),
+            Some(p) => Ok(Some(p.clone())),
+            None => {
+                let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+                Ok(p.is_file().then_some(p))
+            }
+        }
+    }
+
+    /// Whether the environment sets `key` or a key below it (`auth.jwt.secret`, `api`).
+    pub fn env_sets(&self, key: &str) -> bool {
+        self.env_layer().sets(key)
+    }
+
+    fn env_layer(&self) -> env::EnvLayer {
+        let defaults = crate::registry::all_config_keys();
+        match &self.env {
+            Some(vars) => env::EnvLayer::read(vars.iter().cloned(), &defaults),
+            None => env::EnvLayer::read(std::env::vars_os(), &defaults),
+        }
+    }
+
+    /// Every layer merged, without extracting anything.
+    pub fn figment(&self) -> Result<Layers, ConfigError> {
+        let chosen = self.chosen_file()?;
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some((name, values)) = &self.base {
+            let values = values
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), FigValue::serialize(v).ok()?)))
+                .collect();
+            figment = figment.merge(NamedLayer {
+                name: name.clone(),
+                values,
+            });
+        }
+        if let Some(p) = &chosen {
+            figment = figment.merge(Toml::file_exact(p));
+        }
+        let env = self.env_layer();
+        for var in &env.vars {
+            figment = figment.merge(env::VarProvider(var));
+        }
+        let mut flags = BTreeMap::new();
+        if let Some(listen) = &self.overrides.listen {
+            flags.insert("server.listen".to_owned(), FigValue::from(listen.clone()));
+        }
+        if !flags.is_empty() {
+            figment = figment.merge(NamedLayer {
+                name: "command-line flags".to_owned(),
+                values: flags,
+            });
+        }
+        Ok(Layers {
+            figment,
+            file: chosen,
+            ignored_env: env.ignored,
+            issues: env.issues,
+        })
+    }
+
+    /// Loads the config; every problem of the core model is in one error.
+    pub fn load(self) -> Result<LoadedConfig, ConfigError> {
+        let (loaded, issues) = self.load_lenient()?;
+        if issues.is_empty() {
+            Ok(loaded)
+        } else {
+            Err(ConfigError { issues })
+        }
+    }
+
+    /// Loads the config with every problem of the core model listed beside it (each bad key
+    /// at its default), so that plugin sections can be checked too before reporting.
+    pub fn load_lenient(self) -> Result<(LoadedConfig, Vec<ConfigIssue>), ConfigError> {
+        let Layers {
+            figment,
+            file,
+            ignored_env,
+            mut issues,
+        } = self.figment()?;
+        let (mut loaded, more) = match LoadedConfig::from_figment_lenient(figment, file) {
+            Ok(pair) => pair,
+            Err(mut e) => {
+                issues.append(&mut e.issues);
+                return Err(ConfigError { issues });
+            }
+        };
+        loaded.ignored_env = ignored_env;
+        issues.extend(more);
+        Ok((loaded, issues))
+    }
+}
+
+/// Every layer of a [`Loader`] merged, before anything is extracted.
+#[derive(Debug, Clone)]
+pub struct Layers {
+    /// The merged layers.
+    pub figment: Figment,
+    /// The config file read, if any.
+    pub file: Option<PathBuf>,
+    /// `SWITCHBOARD_*` names that name no config section.
+    pub ignored_env: Vec<String>,
+    /// Environment variables that name a key but whose value cannot be read.
+    pub issues: Vec<ConfigIssue>,
+}
+
+/// A layer of dotted keys, named so errors say where a value came from.
+struct NamedLayer {
+    name: String,
+    values: BTreeMap<String, FigValue>,
+}
+
+impl figment::Provider for NamedLayer {
     fn metadata(&self) -> figment::Metadata {
-        figment::Metadata::named("command-line flags")
+        figment::Metadata::from(
+            self.name.clone(),
+            figment::Source::Custom(self.name.clone()),
+        )
     }
     fn data(
         &self,
     ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         let mut dict = figment::value::Dict::new();
-        for (path, value) in &self.0 {
+        for (path, value) in &self.values {
             let nested = path.rsplit('.').fold(value.clone(), |acc, key| {
                 let mut d = figment::value::Dict::new();
                 d.insert(key.to_owned(), acc);
@@ -535,6 +738,9 @@ fn merge_dict(into: &mut figment::value::Dict, key: String, value: FigValue) {
     }
 }
 
+/// What `switchboard check` prints in place of a secret; refused as a secret's value.
+pub const REDACTED: &str = "<redacted>";
+
 /// Key names whose values are secrets, redacted by `switchboard check`.
 const SECRET_KEYS: &[&str] = &["secret", "keys", "password", "token", "shared_secret"];
 
@@ -547,11 +753,11 @@ pub fn redact(value: &mut serde_json::Value) {
                     match v {
                         serde_json::Value::Array(items) => {
                             for item in items.iter_mut() {
-                                *item = serde_json::Value::from("<redacted>");
+                                *item = serde_json::Value::from(REDACTED);
                             }
                         }
                         serde_json::Value::Null => {}
-                        other => *other = serde_json::Value::from("<redacted>"),
+                        other => *other = serde_json::Value::from(REDACTED),
                     }
                 } else if k == "url" {
                     if let serde_json::Value::String(s) = v {
@@ -576,7 +782,7 @@ fn redact_url(url: &str) -> String {
         return url.to_owned();
     };
     match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        Some((user, _)) => format!("{scheme}://{user}:{REDACTED}@{host}"),
         None => url.to_owned(),
     }
 }
@@ -659,5 +865,153 @@ mod tests {
         let text = v.to_string();
         assert!(!text.contains("s3cr3t") && !text.contains("k1") && !text.contains(":pw@"));
         assert!(text.contains("HS256"));
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "sb-config-{name}-{}-{}",
+            std::process::id(),
+            crate::registry::random_id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        vars.iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    #[test]
+    fn every_error_is_in_one_report_with_its_origin() {
+        let dir = temp_dir("all");
+        let file = dir.join("bad.toml");
+        std::fs::write(
+            &file,
+            "[limits]\nmax_event_bytes = \"huge\"\nburst = \"many\"\n[server]\nlisen = 1\n[log]\nlevel = \"verbose!!\"\n",
+        )
+        .expect("write");
+        let err = Loader::new(Some(&file))
+            .env(env(&[("SWITCHBOARD_PRESENCE__NODE_TTL", "10")]))
+            .overrides(&Overrides {
+                listen: Some("nowhere".into()),
+            })
+            .load()
+            .expect_err("bad config");
+        let by_key: BTreeMap<&str, &ConfigIssue> =
+            err.issues.iter().map(|i| (i.key.as_str(), i)).collect();
+        let file_origin = format!("file {}", file.display());
+        for key in [
+            "limits.max_event_bytes",
+            "limits.burst",
+            "server.lisen",
+            "log.level",
+        ] {
+            let issue = by_key
+                .get(key)
+                .unwrap_or_else(|| panic!("{key} missing: {err}"));
+            assert_eq!(
+                issue.origin.as_deref(),
+                Some(file_origin.as_str()),
+                "{issue}"
+            );
+        }
+        assert_eq!(
+            by_key["presence.node_ttl"].origin.as_deref(),
+            Some("env SWITCHBOARD_PRESENCE__NODE_TTL")
+        );
+        assert_eq!(
+            by_key["server.listen"].origin.as_deref(),
+            Some("command-line flags")
+        );
+        assert_eq!(err.issues.len(), 6, "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn ignored_env_names_are_kept_for_the_warning() {
+        let loaded = Loader::new(None)
+            .env(env(&[
+                ("SWITCHBOARD_PORT", "tcp://10.0.0.1:3000"),
+                ("SWITCHBOARD_SERVICE_HOST", "10.0.0.1"),
+                ("SWITCHBOARD_API__KEYS", "k1,k2"),
+            ]))
+            .load()
+            .expect("valid");
+        assert_eq!(loaded.config.api.keys, ["k1", "k2"]);
+        assert_eq!(
+            loaded.ignored_env,
+            ["SWITCHBOARD_PORT", "SWITCHBOARD_SERVICE_HOST"]
+        );
+        let warnings = loaded.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("SWITCHBOARD_PORT, SWITCHBOARD_SERVICE_HOST"));
+    }
+
+    #[test]
+    fn empty_api_keys_warn() {
+        let loaded = LoadedConfig::from_toml_str("").expect("valid");
+        assert!(
+            loaded
+                .warnings()
+                .iter()
+                .any(|w| w.starts_with("api.keys is empty"))
+        );
+    }
+
+    #[test]
+    fn static_dir_is_relative_to_the_config_file() {
+        let dir = temp_dir("static");
+        std::fs::create_dir_all(dir.join("public")).expect("public");
+        let file = dir.join("switchboard.toml");
+        std::fs::write(&file, "[server]\nstatic_dir = \"public\"\n").expect("write");
+        let loaded = Loader::new(Some(&file))
+            .env(Vec::new())
+            .load()
+            .expect("valid");
+        assert_eq!(loaded.config.server.static_dir, Some(dir.join("public")));
+
+        std::fs::write(&file, "[server]\nstatic_dir = \"nope\"\n").expect("write");
+        let err = Loader::new(Some(&file))
+            .env(Vec::new())
+            .load()
+            .expect_err("missing folder");
+        assert!(
+            err.to_string().starts_with("server.static_dir: folder"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn redacted_placeholders_are_refused() {
+        let err = LoadedConfig::from_toml_str(
+            "[api]\nkeys = [\"k1\", \"<redacted>\"]\n[auth.jwt]\nsecret = \"<redacted>\"\n[redis]\nurl = \"redis://u:<redacted>@h:6379\"\n[rooms.http]\nsecret = \"<redacted>\"\n",
+        )
+        .expect_err("placeholders");
+        let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        for key in [
+            "api.keys",
+            "auth.jwt.secret",
+            "redis.url",
+            "rooms.http.secret",
+        ] {
+            assert!(keys.contains(&key), "{key} not refused: {err}");
+        }
+        assert!(err.to_string().contains("placeholder"), "{err}");
+    }
+
+    #[test]
+    fn listen_takes_a_host_name() {
+        let loaded = Loader::new(None)
+            .env(Vec::new())
+            .overrides(&Overrides {
+                listen: Some("localhost:4000".into()),
+            })
+            .load()
+            .expect("localhost resolves");
+        assert!(loaded.config.server.listen.ip().is_loopback());
+        assert_eq!(loaded.config.server.listen.port(), 4000);
     }
 }

@@ -29,7 +29,9 @@ pub mod transport;
 pub mod units;
 
 pub use async_trait::async_trait;
-pub use auth::{AuthError, Authenticator, Handshake, Identity, TokenSource};
+pub use auth::{
+    AuthError, Authenticator, Handshake, Identity, RefusalLog, RefusalReason, TokenSource,
+};
 pub use broker::{BrokerError, ConnId, Delivery, Inbox, Reach, Room, RoomBroker};
 pub use config::{Config, ConfigError, LoadedConfig, Overrides};
 pub use error::{Cause, Classify};

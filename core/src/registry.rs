@@ -325,12 +325,7 @@ impl<'a> PluginContext<'a> {
 
     /// Deserializes any section (`redis`), recording it for `switchboard check`.
     pub fn extract<T: DeserializeOwned + Serialize>(&self, path: &str) -> Result<T, ConfigError> {
-        let value: T = self
-            .loaded
-            .figment
-            .focus(path)
-            .extract()
-            .map_err(|e| ConfigError::from_figment(e, path))?;
+        let value: T = crate::config::extract_section(&self.loaded.figment, path)?;
         if let Ok(json) = serde_json::to_value(&value) {
             self.effective.lock().insert(path.to_owned(), json);
         }

@@ -323,3 +323,64 @@ for (const transports of TRANSPORTS) {
     });
   });
 }
+
+describe('why a client was refused: logged with the reason, rate-limited, counted in /metrics', () => {
+  let server;
+  before(async () => {
+    server = await startServer({ toml: configToml({ jwt: `leeway = "0s"\nissuer = "${ISSUER}"\naudience = "${AUDIENCE}"` }) });
+  });
+  after(async () => { await server?.stop(); });
+
+  const good = { iss: ISSUER, aud: AUDIENCE };
+  const cases = [
+    ['expired', () => signJwt({ sub: 'u', ...good, exp: nowSec() - 30 })],
+    ['not_yet_valid', () => signJwt({ sub: 'u', ...good, nbf: nowSec() + 600 })],
+    ['bad_signature', () => signJwt({ sub: 'u', ...good }, 'another-secret-another-secret-another-secret')],
+    ['wrong_issuer', () => signJwt({ sub: 'u', iss: 'someone-else', aud: AUDIENCE })],
+    ['wrong_audience', () => signJwt({ sub: 'u', iss: ISSUER, aud: 'someone-else' })],
+    ['no_sub', () => signJwt({ ...good })],
+    ['algorithm_not_accepted', () => rawJwt({ alg: 'none', typ: 'JWT' }, { sub: 'u', ...good, exp: nowSec() + 60 })],
+    ['malformed', () => 'not-a-jwt'],
+  ];
+
+  async function refusedCount(reason) {
+    const res = await fetch(`${server.url}/metrics`);
+    const text = await res.text();
+    const m = text.match(new RegExp(`^switchboard_auth_refused_total\\{reason="${reason}"\\} (\\d+)$`, 'm'));
+    assert.ok(m, `no switchboard_auth_refused_total{reason="${reason}"} in /metrics:\n${text}`);
+    return Number(m[1]);
+  }
+
+  for (const [reason, token] of cases) {
+    it(`${reason}: the client gets exactly "${INVALID}", the log and the metric say ${reason}`, async () => {
+      const mark = server.mark();
+      const before = await refusedCount(reason);
+      assert.equal(await connectError(server, { token: token() }), INVALID);
+      assert.equal(await refusedCount(reason), before + 1);
+      const lines = server.logsSince(mark).split('\n').filter((l) => l.includes('token refused'));
+      assert.equal(lines.length, 1, `one log line:\n${server.logsSince(mark)}`);
+      assert.match(lines[0], /INFO/);
+      assert.ok(lines[0].includes(`reason="${reason}"`), lines[0]);
+      assert.ok(lines[0].includes('during="connect"'), lines[0]);
+    });
+  }
+
+  it('no token: the client gets exactly the no-token message, counted as no_token', async () => {
+    const before = await refusedCount('no_token');
+    assert.equal(await connectError(server, {}), NO_TOKEN);
+    assert.equal(await refusedCount('no_token'), before + 1);
+  });
+
+  it('repeats of one reason within 10 s are counted but not logged again', async () => {
+    // A reason of its own, so the first refusal here is the first of the window.
+    const token = signJwt({ sub: 'u', ...good }, SECRET, { noExp: true });
+    const mark = server.mark();
+    const before = await refusedCount('no_exp');
+    for (let i = 0; i < 4; i += 1) {
+      assert.equal(await connectError(server, { token }), INVALID);
+    }
+    assert.equal(await refusedCount('no_exp'), before + 4);
+    const lines = server.logsSince(mark).split('\n').filter((l) => l.includes('reason="no_exp"'));
+    assert.equal(lines.length, 1, `at most one line per reason per 10 s:\n${server.logsSince(mark)}`);
+  });
+});

@@ -136,12 +136,23 @@ export async function startServer({ toml = BASE_TOML, env = {}, readyTimeout = 1
   const configPath = path.join(dir, 'switchboard.toml');
   writeFileSync(configPath, toml);
   const port = fixedPort ?? await freePort();
-  const url = `${scheme}://127.0.0.1:${port}`;
   const args = ['serve', '--config', configPath];
   if (listenFlag) args.push('--listen', `127.0.0.1:${port}`);
+  const server = await spawnServer({ args, env, cwd: dir, port, readyTimeout, scheme, ca, healthy });
+  server.configPath = configPath;
+  return server;
+}
+
+/**
+ * Run the binary with `args` (no config file is written: cwd defaults to an empty temp
+ * dir) and wait until `scheme`://127.0.0.1:`port`/healthz answers (or `healthy(server)` is
+ * true, for TLS). Same handle as startServer.
+ */
+export async function spawnServer({ args, env = {}, cwd, port, readyTimeout = 15000, scheme = 'http', ca, healthy }) {
+  const url = `${scheme}://127.0.0.1:${port}`;
   const proc = spawn(BIN, args, {
     env: childEnv(env),
-    cwd: dir,
+    cwd: cwd ?? tempDir(),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   liveProcs.add(proc);
@@ -167,7 +178,7 @@ export async function startServer({ toml = BASE_TOML, env = {}, readyTimeout = 1
     url,
     port,
     ca,
-    configPath,
+    configPath: undefined,
     proc,
     exited,
     exitCode: undefined,
@@ -211,6 +222,19 @@ export async function startServer({ toml = BASE_TOML, env = {}, readyTimeout = 1
     await sleep(50);
   }
   return server;
+}
+
+/**
+ * What the embedded default prints at start-up (no config file): { apiKey, token, curl },
+ * read from the framed notice in `logs`; fields it did not print are undefined.
+ */
+export function embeddedNotice(logs) {
+  const field = (label) => logs.match(new RegExp(`^  ${label}\\s+(\\S+)`, 'm'))?.[1];
+  return {
+    apiKey: field('API key'),
+    token: field('demo token'),
+    curl: logs.match(/^\s+(curl .*)$/m)?.[1],
+  };
 }
 
 // ---------------------------------------------------------------------------

@@ -145,18 +145,17 @@ impl KeyRing {
         }
     }
 
-    /// The key for a token: by its `kid`, else the default key.
-    pub(crate) fn with_key<T>(
-        &self,
-        kid: Option<&str>,
-        f: impl FnOnce(&DecodingKey) -> T,
-    ) -> Option<T> {
+    /// The key named `kid`, from `public_keys` or `jwks_file`.
+    pub(crate) fn with_kid<T>(&self, kid: &str, f: impl FnOnce(&DecodingKey) -> T) -> Option<T> {
         self.refresh();
         let state = self.state.read();
-        let key = match kid {
-            Some(kid) => state.0.by_kid.get(kid).or(state.0.default.as_ref()),
-            None => state.0.default.as_ref(),
-        }?;
-        Some(f(key))
+        state.0.by_kid.get(kid).map(f)
+    }
+
+    /// The default key (`public_key_file`), for tokens whose `kid` names no other.
+    pub(crate) fn with_default<T>(&self, f: impl FnOnce(&DecodingKey) -> T) -> Option<T> {
+        self.refresh();
+        let state = self.state.read();
+        state.0.default.as_ref().map(f)
     }
 }

@@ -1,25 +1,34 @@
 //! `auth.plugin = "jwt"`: connections authenticated by a JSON Web Token.
 //!
-//! HS256/384/512 verify with `auth.jwt.secret`; RS*/PS*/ES*/EdDSA with the PEM public key in
-//! `auth.jwt.public_key_file`. The key is chosen by the token's `alg` among the accepted
-//! `auth.jwt.algorithms` only, so an HS token cannot be checked against an RSA key (or the
-//! reverse), and `alg: none` is never accepted. `exp` and `nbf` are checked with
-//! `auth.jwt.leeway`; `iss` and `aud` when configured; `sub` must be a non-empty string.
+//! HS256/384/512 verify with `auth.jwt.secret`; RS*/PS*/ES*/EdDSA with public keys: a PEM
+//! in `auth.jwt.public_key_file`, PEMs by `kid` in `auth.jwt.public_keys`, a JWK set file
+//! in `auth.jwt.jwks_file`, or a JWK set fetched from `auth.jwt.jwks_url`. The key is
+//! chosen by the token's `alg` among the accepted `auth.jwt.algorithms` only, so an HS
+//! token cannot be checked against an RSA key (or the reverse), and `alg: none` is never
+//! accepted. `exp` and `nbf` are checked with `auth.jwt.leeway`; `iss` and `aud` when
+//! configured; `sub` must be a non-empty string.
+//!
+//! Every refused token is logged at info with its [`RefusalReason`] (at most one line per
+//! reason per 10 s) and counted in `switchboard_auth_refused_total{reason}`; the client
+//! sees only the contract's message.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk::KeyAlgorithm};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+mod jwks;
 mod keys;
 
+use jwks::{Lookup, RemoteKeys};
 use keys::{KeyRing, KeySources};
 use switchboard_core::{
     AuthError, Authenticator, BoxError, ConfigError, Dur, Factory, Handshake, Identity, Plugin,
-    PluginContext, TokenSource, async_trait, register_plugin,
+    PluginContext, RefusalLog, RefusalReason, TokenSource, async_trait, register_plugin,
 };
 
 /// `auth.jwt.*`.
@@ -36,6 +45,13 @@ pub struct JwtConfig {
     pub jwks_file: Option<PathBuf>,
     /// How often key files are checked for changes.
     pub reload_interval: Dur,
+    /// An `http://` or `https://` URL serving a JWK set whose keys are chosen by `kid`.
+    pub jwks_url: Option<String>,
+    /// The shortest time a fetched JWK set is kept, and the least time between two fetches
+    /// caused by unknown `kid`s.
+    pub jwks_cache_min: Dur,
+    /// The longest time a fetched JWK set is kept before it is fetched again.
+    pub jwks_cache_max: Dur,
     /// Accepted algorithms.
     pub algorithms: Vec<String>,
     /// When set, a token's `iss` must equal it.
@@ -56,6 +72,9 @@ impl Default for JwtConfig {
             public_keys: BTreeMap::new(),
             jwks_file: None,
             reload_interval: Dur::secs(5),
+            jwks_url: None,
+            jwks_cache_min: Dur::secs(30),
+            jwks_cache_max: Dur::secs(3600),
             algorithms: vec!["HS256".to_owned()],
             issuer: None,
             audience: None,
@@ -68,9 +87,9 @@ impl Default for JwtConfig {
 const KNOWN_ALGORITHMS: &str =
     "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
 
-fn parse_algorithm(name: &str) -> Option<Algorithm> {
-    // `KeyAlgorithm` parses the JOSE names; only signing algorithms are kept.
-    let alg = match name.parse::<KeyAlgorithm>().ok()? {
+/// The signing algorithm a JOSE name stands for (`RS256`), if it is one this plugin knows.
+pub(crate) fn signing_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
+    let alg = match alg {
         KeyAlgorithm::HS256 => Algorithm::HS256,
         KeyAlgorithm::HS384 => Algorithm::HS384,
         KeyAlgorithm::HS512 => Algorithm::HS512,
@@ -88,8 +107,88 @@ fn parse_algorithm(name: &str) -> Option<Algorithm> {
     Some(alg)
 }
 
+fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    // `KeyAlgorithm` parses the JOSE names; only signing algorithms are kept.
+    signing_algorithm(name.parse::<KeyAlgorithm>().ok()?)
+}
+
 fn is_hmac(alg: Algorithm) -> bool {
     matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// A refused token: why, and what names the cause (a kid, an alg), for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why.
+    pub reason: RefusalReason,
+    /// The kid or alg concerned, when there is one.
+    pub detail: Option<String>,
+}
+
+impl Refusal {
+    fn new(reason: RefusalReason) -> Self {
+        Refusal {
+            reason,
+            detail: None,
+        }
+    }
+
+    fn with(reason: RefusalReason, detail: impl Into<String>) -> Self {
+        Refusal {
+            reason,
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+/// Why jsonwebtoken refused a token whose header parsed.
+fn classify(e: &jsonwebtoken::errors::Error) -> RefusalReason {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => RefusalReason::Expired,
+        ErrorKind::ImmatureSignature => RefusalReason::NotYetValid,
+        ErrorKind::InvalidSignature
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidKeyFormat
+        | ErrorKind::Provider(_) => RefusalReason::BadSignature,
+        ErrorKind::InvalidIssuer => RefusalReason::WrongIssuer,
+        ErrorKind::InvalidAudience => RefusalReason::WrongAudience,
+        ErrorKind::InvalidSubject => RefusalReason::NoSub,
+        ErrorKind::InvalidClaimFormat(claim) if claim == "sub" => RefusalReason::NoSub,
+        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+            "sub" => RefusalReason::NoSub,
+            "exp" => RefusalReason::NoExp,
+            "iss" => RefusalReason::WrongIssuer,
+            "aud" => RefusalReason::WrongAudience,
+            _ => RefusalReason::Malformed,
+        },
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::UnsupportedAlgorithm
+        | ErrorKind::MissingAlgorithm => RefusalReason::AlgorithmNotAccepted,
+        _ => RefusalReason::Malformed,
+    }
+}
+
+/// A header jsonwebtoken cannot read: an `alg` it does not know (`none`) is an algorithm
+/// refused; anything else is a malformed token.
+fn header_refusal(token: &str) -> Refusal {
+    use base64::Engine as _;
+    let alg = token
+        .split('.')
+        .next()
+        .and_then(|h| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .ok()
+        })
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .and_then(|header| header.get("alg").and_then(Value::as_str).map(str::to_owned));
+    match alg {
+        Some(alg) => Refusal::with(RefusalReason::AlgorithmNotAccepted, alg),
+        None => Refusal::new(RefusalReason::Malformed),
+    }
 }
 
 /// Verifies tokens; built from [`JwtConfig`].
@@ -98,8 +197,10 @@ pub struct JwtAuthenticator {
     accepted: Vec<(Algorithm, Validation)>,
     secret: Option<DecodingKey>,
     public: Option<KeyRing>,
+    remote: Option<Arc<RemoteKeys>>,
     leeway: Duration,
     allow_query_user_id: bool,
+    refusals: RefusalLog,
 }
 
 impl std::fmt::Debug for JwtAuthenticator {
@@ -115,6 +216,10 @@ impl std::fmt::Debug for JwtAuthenticator {
 
 impl JwtAuthenticator {
     /// Checks the config and loads the keys; errors name the key (`auth.jwt.secret: missing`).
+    ///
+    /// With `auth.jwt.jwks_url`, called within a Tokio runtime, the JWK set is fetched in
+    /// the background from now on; outside one, at the first [`Authenticator`] call made
+    /// within one.
     pub fn new(cfg: &JwtConfig, allow_query_user_id: bool) -> Result<Self, ConfigError> {
         let mut algorithms = Vec::new();
         if cfg.algorithms.is_empty() {
@@ -158,17 +263,37 @@ impl JwtAuthenticator {
             jwks: cfg.jwks_file.clone(),
             reload_every: cfg.reload_interval.get(),
         };
-        let public = if algorithms.iter().any(|a| !is_hmac(*a)) {
-            if sources.is_empty() {
+        let asymmetric = algorithms.iter().any(|a| !is_hmac(*a));
+        let remote = match &cfg.jwks_url {
+            Some(_) if !asymmetric => {
                 return Err(ConfigError::new(
-                    "auth.jwt.public_key_file",
-                    "missing (an RS*/PS*/ES*/EdDSA algorithm needs public_key_file, public_keys or jwks_file)",
+                    "auth.jwt.jwks_url",
+                    "no RS*/PS*/ES*/EdDSA algorithm is in auth.jwt.algorithms, so no key from it would be used; add the provider's (such as RS256)",
                 ));
             }
-            Some(KeyRing::new(sources)?)
+            Some(url) => Some(RemoteKeys::new(
+                url,
+                cfg.jwks_cache_min.get(),
+                cfg.jwks_cache_max.get(),
+            )?),
+            None => None,
+        };
+        let public = if asymmetric {
+            if sources.is_empty() && remote.is_none() {
+                return Err(ConfigError::new(
+                    "auth.jwt.public_key_file",
+                    "missing (an RS*/PS*/ES*/EdDSA algorithm needs public_key_file, public_keys, jwks_file or jwks_url)",
+                ));
+            }
+            (!sources.is_empty())
+                .then(|| KeyRing::new(sources))
+                .transpose()?
         } else {
             None
         };
+        if let Some(remote) = &remote {
+            remote.start();
+        }
         if allow_query_user_id {
             tracing::warn!(
                 "auth.allow_query_user_id is on: clients without a token may claim any user id with ?userId=. Development only."
@@ -182,42 +307,141 @@ impl JwtAuthenticator {
             accepted,
             secret,
             public,
+            remote,
             leeway: cfg.leeway.get(),
             allow_query_user_id,
+            refusals: RefusalLog::unregistered(),
         })
     }
 
-    /// Verifies a token and returns the identity in it.
+    /// Counts refusals in `metrics` (`switchboard_auth_refused_total{reason}`).
+    pub fn with_metrics(mut self, metrics: &switchboard_core::Metrics) -> Self {
+        self.refusals = RefusalLog::registered(metrics);
+        self
+    }
+
+    /// How many tokens were refused for `reason` (at connect and refresh).
+    pub fn refused_count(&self, reason: RefusalReason) -> u64 {
+        self.refusals.count(reason)
+    }
+
+    /// Verifies a token and returns the identity in it, with the keys at hand now (no
+    /// JWKS fetch, nothing logged).
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.check(token).map_err(|r| r.reason.to_error())
+    }
+
+    /// Like [`JwtAuthenticator::verify`], saying why a token is refused.
+    pub fn check(&self, token: &str) -> Result<Identity, Refusal> {
         // One accepted algorithm, an HMAC one: `decode` refuses any other `alg` itself, so
         // the header is not parsed once more here just to choose the validation and key.
         if let ([(alg, v)], Some(secret)) = (self.accepted.as_slice(), self.secret.as_ref())
             && is_hmac(*alg)
         {
-            let data = jsonwebtoken::decode::<Map<String, Value>>(token, secret, v)
-                .map_err(|_| AuthError::InvalidToken)?;
+            let data = jsonwebtoken::decode::<Map<String, Value>>(token, secret, v).map_err(
+                |e| match e.kind() {
+                    ErrorKind::Json(_) | ErrorKind::Base64(_) | ErrorKind::Utf8(_)
+                        if jsonwebtoken::decode_header(token).is_err() =>
+                    {
+                        header_refusal(token)
+                    }
+                    _ => Refusal::new(classify(&e)),
+                },
+            )?;
             return identity_from_claims(data.claims);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::InvalidToken)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| header_refusal(token))?;
         let (_, v) = self
             .accepted
             .iter()
             .find(|(alg, _)| *alg == header.alg)
-            .ok_or(AuthError::InvalidToken)?;
+            .ok_or_else(|| {
+                Refusal::with(
+                    RefusalReason::AlgorithmNotAccepted,
+                    format!("{:?}", header.alg),
+                )
+            })?;
         let decode = |key: &DecodingKey| jsonwebtoken::decode::<Map<String, Value>>(token, key, v);
         // The family is fixed by the accepted algorithm: HS tokens only ever meet the secret,
         // asymmetric ones only the public keys, so neither can pose as the other.
         let result = if is_hmac(header.alg) {
-            self.secret.as_ref().map(decode)
-        } else {
-            self.public
+            self.secret
                 .as_ref()
-                .and_then(|ring| ring.with_key(header.kid.as_deref(), decode))
+                .map(decode)
+                .ok_or_else(|| Refusal::new(RefusalReason::AlgorithmNotAccepted))?
+        } else {
+            self.public_decode(header.alg, header.kid.as_deref(), decode)?
         };
-        let data = result
-            .ok_or(AuthError::InvalidToken)?
-            .map_err(|_| AuthError::InvalidToken)?;
+        let data = result.map_err(|e| Refusal::new(classify(&e)))?;
         identity_from_claims(data.claims)
+    }
+
+    /// Decodes with the public key for `kid`: `public_keys` and `jwks_file`, then the
+    /// JWKS URL's set, then `public_key_file`.
+    fn public_decode<T>(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+        decode: impl Fn(&DecodingKey) -> T,
+    ) -> Result<T, Refusal> {
+        let ring = self.public.as_ref();
+        let mut no_keys_yet = false;
+        if let Some(kid) = kid {
+            if let Some(out) = ring.and_then(|r| r.with_kid(kid, &decode)) {
+                return Ok(out);
+            }
+            match self.remote.as_ref().map(|r| r.lookup(kid)) {
+                Some(Lookup::Found(key)) => {
+                    if key.alg.is_some_and(|a| a != alg) {
+                        return Err(Refusal::with(
+                            RefusalReason::AlgorithmNotAccepted,
+                            format!("{alg:?} with key {kid:?} (for {:?})", key.alg),
+                        ));
+                    }
+                    return Ok(decode(&key.key));
+                }
+                Some(Lookup::NoKeys) => no_keys_yet = true,
+                Some(Lookup::Unknown) | None => {}
+            }
+        }
+        if let Some(out) = ring.and_then(|r| r.with_default(&decode)) {
+            return Ok(out);
+        }
+        if no_keys_yet {
+            return Err(Refusal::new(RefusalReason::KeysUnavailable));
+        }
+        Err(match kid {
+            Some(kid) => Refusal::with(RefusalReason::UnknownKid, kid),
+            None => Refusal::with(RefusalReason::UnknownKid, "(no kid in the token)"),
+        })
+    }
+
+    /// Verifies, fetching the JWK set again when the token names a kid it lacks (rate
+    /// limited), and records a refusal.
+    async fn verify_logged(
+        &self,
+        token: &str,
+        during: &'static str,
+    ) -> Result<Identity, AuthError> {
+        if let Some(remote) = &self.remote {
+            remote.start();
+        }
+        let mut result = self.check(token);
+        if let (Err(r), Some(remote)) = (&result, &self.remote)
+            && matches!(
+                r.reason,
+                RefusalReason::UnknownKid | RefusalReason::KeysUnavailable
+            )
+            && remote.refresh_for_unknown_kid().await
+        {
+            result = self.check(token);
+        }
+        result.map_err(|r| self.refused(r, during))
+    }
+
+    fn refused(&self, r: Refusal, during: &'static str) -> AuthError {
+        self.refusals.refused(r.reason, during, r.detail.as_deref());
+        r.reason.to_error()
     }
 }
 
@@ -249,10 +473,10 @@ fn validation(alg: Algorithm, cfg: &JwtConfig) -> Validation {
     v
 }
 
-fn identity_from_claims(claims: Map<String, Value>) -> Result<Identity, AuthError> {
+fn identity_from_claims(claims: Map<String, Value>) -> Result<Identity, Refusal> {
     let user_id = match claims.get("sub") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => return Err(AuthError::InvalidToken),
+        _ => return Err(Refusal::new(RefusalReason::NoSub)),
     };
     let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
     Ok(Identity {
@@ -268,21 +492,24 @@ fn identity_from_claims(claims: Map<String, Value>) -> Result<Identity, AuthErro
 impl Authenticator for JwtAuthenticator {
     async fn authenticate(&self, handshake: &Handshake<'_>) -> Result<Identity, AuthError> {
         match handshake.token() {
-            TokenSource::Token(t) => self.verify(t),
-            TokenSource::NotAString => Err(AuthError::InvalidToken),
+            TokenSource::Token(t) => self.verify_logged(t, "connect").await,
+            TokenSource::NotAString => Err(self.refused(
+                Refusal::with(RefusalReason::Malformed, "auth.token is not a string"),
+                "connect",
+            )),
             TokenSource::Missing => {
                 if self.allow_query_user_id
                     && let Some(user) = handshake.query_param("userId").filter(|u| !u.is_empty())
                 {
                     return Ok(Identity::anonymous_user(user));
                 }
-                Err(AuthError::NoToken)
+                Err(self.refused(Refusal::new(RefusalReason::NoToken), "connect"))
             }
         }
     }
 
     async fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
-        self.verify(token)
+        self.verify_logged(token, "refresh").await
     }
 
     fn leeway(&self) -> Duration {
@@ -343,16 +570,16 @@ pub fn mint(
 
 fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn Authenticator>, BoxError> {
     let cfg: JwtConfig = ctx.section()?;
-    Ok(Arc::new(JwtAuthenticator::new(
-        &cfg,
-        ctx.config().auth.allow_query_user_id,
-    )?))
+    Ok(Arc::new(
+        JwtAuthenticator::new(&cfg, ctx.config().auth.allow_query_user_id)?
+            .with_metrics(ctx.metrics()),
+    ))
 }
 
 register_plugin!(
     Plugin::new(
         "jwt",
-        "JWT bearer tokens: HS* with a secret, RS*/PS*/ES*/EdDSA with a PEM key; exp/nbf/iss/aud",
+        "JWT bearer tokens: HS* with a secret, RS*/PS*/ES*/EdDSA with PEM keys or a JWKS file or URL; exp/nbf/iss/aud",
         Factory::Auth(build)
     )
     .with_config(switchboard_core::registry::config_defaults::<JwtConfig>)
@@ -458,9 +685,75 @@ mod tests {
             ),
             "not.a.token".to_owned(),
         ];
-        for (i, t) in cases.iter().enumerate() {
+        use RefusalReason as R;
+        let reasons = [
+            R::BadSignature,
+            R::Expired,
+            R::AlgorithmNotAccepted,
+            R::NoSub,
+            R::NoSub,
+            R::NoSub,
+            R::NoExp,
+            R::NotYetValid,
+            R::AlgorithmNotAccepted,
+            R::Malformed,
+        ];
+        for (i, (t, reason)) in cases.iter().zip(reasons).enumerate() {
             assert_eq!(a.verify(t), Err(AuthError::InvalidToken), "case {i}");
+            assert_eq!(a.check(t).map_err(|r| r.reason), Err(reason), "case {i}");
         }
+        // With two accepted algorithms the header is read first: the same reasons.
+        let two = JwtAuthenticator::new(
+            &JwtConfig {
+                algorithms: vec!["HS256".into(), "HS384".into()],
+                ..cfg()
+            },
+            false,
+        )
+        .expect("config");
+        for (i, (t, reason)) in cases.iter().zip(reasons).enumerate() {
+            assert_eq!(two.check(t).map_err(|r| r.reason), Err(reason), "case {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_are_counted_by_reason_and_the_client_sees_the_contract_message() {
+        let metrics = switchboard_core::Metrics::new();
+        let a = JwtAuthenticator::new(&cfg(), false)
+            .expect("config")
+            .with_metrics(&metrics);
+        let headers = http::HeaderMap::new();
+        let expired =
+            json!({"token": sign(Algorithm::HS256, json!({"sub": "u", "exp": now() - 5}), SECRET)});
+        let hs = Handshake {
+            auth: Some(&expired),
+            headers: &headers,
+            query: None,
+        };
+        for _ in 0..3 {
+            let e = a.authenticate(&hs).await.expect_err("expired");
+            assert_eq!(e.to_string(), switchboard_core::auth::INVALID_TOKEN);
+        }
+        let none = Handshake {
+            auth: None,
+            headers: &headers,
+            query: None,
+        };
+        assert_eq!(a.authenticate(&none).await, Err(AuthError::NoToken));
+        assert_eq!(a.refused_count(RefusalReason::Expired), 3);
+        assert_eq!(a.refused_count(RefusalReason::NoToken), 1);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"switchboard_auth_refused_total{reason="expired"} 3"#),
+            "{text}"
+        );
+        let bad = sign(
+            Algorithm::HS256,
+            json!({"sub": "u", "exp": now() + 60}),
+            "another-secret-0123456789-abcdefghij",
+        );
+        assert_eq!(a.verify_token(&bad).await, Err(AuthError::InvalidToken));
+        assert_eq!(a.refused_count(RefusalReason::BadSignature), 1);
     }
 
     #[test]
@@ -478,16 +771,27 @@ mod tests {
             SECRET,
         );
         assert!(a.verify(&good).is_ok());
-        for claims in [
-            json!({"sub": "u", "exp": exp, "aud": "gateway"}),
-            json!({"sub": "u", "exp": exp, "iss": "other", "aud": "gateway"}),
-            json!({"sub": "u", "exp": exp, "iss": "backend"}),
-            json!({"sub": "u", "exp": exp, "iss": "backend", "aud": "other"}),
+        for (claims, reason) in [
+            (
+                json!({"sub": "u", "exp": exp, "aud": "gateway"}),
+                RefusalReason::WrongIssuer,
+            ),
+            (
+                json!({"sub": "u", "exp": exp, "iss": "other", "aud": "gateway"}),
+                RefusalReason::WrongIssuer,
+            ),
+            (
+                json!({"sub": "u", "exp": exp, "iss": "backend"}),
+                RefusalReason::WrongAudience,
+            ),
+            (
+                json!({"sub": "u", "exp": exp, "iss": "backend", "aud": "other"}),
+                RefusalReason::WrongAudience,
+            ),
         ] {
-            assert_eq!(
-                a.verify(&sign(Algorithm::HS256, claims, SECRET)),
-                Err(AuthError::InvalidToken)
-            );
+            let t = sign(Algorithm::HS256, claims, SECRET);
+            assert_eq!(a.verify(&t), Err(AuthError::InvalidToken));
+            assert_eq!(a.check(&t).map_err(|r| r.reason), Err(reason));
         }
         let minted = mint(&c, "u9", std::time::Duration::from_secs(60), Map::new()).expect("mint");
         assert_eq!(

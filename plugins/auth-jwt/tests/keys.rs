@@ -8,7 +8,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use switchboard_auth_jwt::{JwtAuthenticator, JwtConfig};
-use switchboard_core::{AuthError, Dur};
+use switchboard_core::{AuthError, Dur, RefusalReason};
 
 fn key(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -65,12 +65,22 @@ fn keys_are_chosen_by_kid() {
         auth.verify(&sign(Algorithm::RS256, Some("b"), &rsa("rsa-b.key")))
             .is_ok()
     );
-    for t in [
-        sign(Algorithm::RS256, Some("b"), &rsa("rsa-a.key")),
-        sign(Algorithm::RS256, Some("zz"), &rsa("rsa-a.key")),
-        sign(Algorithm::RS256, None, &rsa("rsa-a.key")),
+    for (t, reason) in [
+        (
+            sign(Algorithm::RS256, Some("b"), &rsa("rsa-a.key")),
+            RefusalReason::BadSignature,
+        ),
+        (
+            sign(Algorithm::RS256, Some("zz"), &rsa("rsa-a.key")),
+            RefusalReason::UnknownKid,
+        ),
+        (
+            sign(Algorithm::RS256, None, &rsa("rsa-a.key")),
+            RefusalReason::UnknownKid,
+        ),
     ] {
         assert_eq!(auth.verify(&t), Err(AuthError::InvalidToken));
+        assert_eq!(auth.check(&t).map_err(|r| r.reason), Err(reason));
     }
 }
 
@@ -116,6 +126,10 @@ fn hs_token_signed_with_the_public_key_is_refused() {
         &EncodingKey::from_secret(&read("rsa-a.pub")),
     );
     assert_eq!(auth.verify(&forged), Err(AuthError::InvalidToken));
+    assert_eq!(
+        auth.check(&forged).map_err(|r| r.reason),
+        Err(RefusalReason::BadSignature)
+    );
     let rs_only = JwtAuthenticator::new(
         &JwtConfig {
             public_key_file: Some(key("rsa-a.pub")),
@@ -125,6 +139,10 @@ fn hs_token_signed_with_the_public_key_is_refused() {
     )
     .expect("config");
     assert_eq!(rs_only.verify(&forged), Err(AuthError::InvalidToken));
+    assert_eq!(
+        rs_only.check(&forged).map_err(|r| r.reason),
+        Err(RefusalReason::AlgorithmNotAccepted)
+    );
     assert!(
         rs_only
             .verify(&sign(Algorithm::RS256, None, &rsa("rsa-a.key")))
