@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit and integration tests, the end-to-end suite (the real
-# `switchboard` binary driven by socket.io-client from npm, pinned by tests/e2e's lockfile),
+# `switchboard` binary driven by socket.io-client from npm, pinned by tests/e2e's lockfile,
+# and by python-socketio, pinned by tests/python/requirements.txt, in tests/python/.venv),
 # and the browser test of the chat page (headless Chromium; tests/browser/run.sh installs
 # Debian's chromium when it is missing).
 set -euo pipefail
@@ -11,6 +12,14 @@ cargo test --workspace
 
 export SB_BIN="$PWD/target/debug/switchboard"
 tests/browser/run.sh
+
+# python-socketio for tests/e2e/python.test.mjs, pinned, in the repository's own venv.
+if ! tests/python/.venv/bin/python -c 'import socketio' >/dev/null 2>&1 \
+  || ! cmp -s tests/python/requirements.txt tests/python/.venv/requirements.txt; then
+  python3 -m venv tests/python/.venv
+  tests/python/.venv/bin/pip install --quiet --no-cache-dir --disable-pip-version-check -r tests/python/requirements.txt
+  cp tests/python/requirements.txt tests/python/.venv/requirements.txt
+fi
 
 cd tests/e2e
 if ! npm ls --silent >/dev/null 2>&1; then

@@ -52,6 +52,7 @@ pub fn router(gw: Gateway) -> Router {
         .route("/api/v1/emit", post(emit))
         .route("/api/v1/presence", get(presence))
         .route("/api/v1/presence/{user_id}", get(presence_user))
+        .route("/api/v1/history/{room}", get(history))
         .route("/api/{*rest}", axum::routing::any(api_not_found))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -170,6 +171,9 @@ async fn emit(
             if p.local_only {
                 out["localOnly"] = Value::Bool(true);
             }
+            if let Some(offset) = &p.offset {
+                out["offset"] = Value::from(offset.to_string());
+            }
             Ok((StatusCode::OK, axum::Json(out)).into_response())
         }
         Err(e @ PublishError::UnknownEvent(_)) => {
@@ -229,4 +233,83 @@ async fn metrics(State(gw): State<Gateway>) -> Response {
         gw.metrics().encode(),
     )
         .into_response()
+}
+
+/// `?since=&limit=` of `GET /api/v1/history/{room}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    limit: Option<String>,
+}
+
+async fn history(
+    State(gw): State<Gateway>,
+    Path(room): Path<String>,
+    query: Result<axum::extract::Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Bad query: {}", e.body_text()),
+        )
+    })?;
+    let limits = &gw.config().limits;
+    if room.is_empty() || room.chars().count() > limits.max_id_chars + 64 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "room: must be a non-empty string of at most {} characters",
+                limits.max_id_chars + 64
+            ),
+        ));
+    }
+    let max = gw.config().history.size.max(1);
+    let limit = match q.limit.as_deref() {
+        None | Some("") => max.min(100),
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if n >= 1 => n.min(max),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("limit: must be a whole number from 1 to {max}"),
+                ));
+            }
+        },
+    };
+    // `since` takes a history offset, or the offset a socket received with an event.
+    let since = match q.since.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => {
+            let position = s.split('~').next().unwrap_or(s);
+            Some(position.parse::<crate::broker::Position>().map_err(|e| {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("since: {e}"))
+            })?)
+        }
+    };
+    let h = gw
+        .history(&room, since.as_ref(), limit)
+        .await
+        .map_err(|e| match e {
+            crate::BrokerError::Unsupported(m) => ApiError::new(StatusCode::NOT_IMPLEMENTED, m),
+            other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+        })?;
+    let events: Vec<Value> = h
+        .events
+        .iter()
+        .map(|d| {
+            let data: Value = serde_json::from_str(d.payload.get()).unwrap_or(Value::Null);
+            json!({
+                "event": &*d.event,
+                "data": data,
+                "offset": d.position.as_ref().map(ToString::to_string),
+            })
+        })
+        .collect();
+    Ok(
+        axum::Json(json!({ "room": room, "events": events, "complete": h.complete }))
+            .into_response(),
+    )
 }

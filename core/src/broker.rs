@@ -8,10 +8,15 @@
 //! the node's [`Inbox`], which delivers to the local members. A broker never knows a socket.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::error::{Cause, Classify};
@@ -47,8 +52,89 @@ impl fmt::Display for ConnId {
 /// A room name, such as `conversation:42`.
 pub type Room = Arc<str>;
 
+/// A place in a room's history: the stream (its epoch) and the event's number in it.
+///
+/// Numbers are dense (1, 2, 3 … per stream), so a gap is visible. A stream that was lost
+/// (Redis restarted empty, the history expired) starts again under a new epoch, so a
+/// position of the old one is never mistaken for one of the new. `n = 0` is "before the
+/// stream's first event".
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// The stream's epoch: a random word fixed when the stream was created.
+    pub epoch: Arc<str>,
+    /// The event's number in the stream.
+    pub n: u64,
+}
+
+impl Position {
+    /// A position in the stream `epoch`.
+    pub fn new(epoch: impl Into<Arc<str>>, n: u64) -> Self {
+        Position {
+            epoch: epoch.into(),
+            n,
+        }
+    }
+
+    /// Whether `self` and `other` are of one stream and `self` comes after `other`.
+    pub fn after(&self, other: &Position) -> bool {
+        self.epoch == other.epoch && self.n > other.n
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.n)
+    }
+}
+
+impl FromStr for Position {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (epoch, n) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}` is not an offset (epoch:number)"))?;
+        let valid_epoch = !epoch.is_empty()
+            && epoch.len() <= 32
+            && epoch.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !valid_epoch {
+            return Err(format!("`{s}` is not an offset (bad epoch)"));
+        }
+        let n = n
+            .parse::<u64>()
+            .map_err(|_| format!("`{s}` is not an offset (bad number)"))?;
+        Ok(Position::new(epoch, n))
+    }
+}
+
+impl Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Position {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A fresh epoch: 10 random alphanumeric characters.
+pub fn new_epoch() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut v = RandomState::new().hash_one(std::time::SystemTime::now());
+    (0..10)
+        .map(|_| {
+            let c = ALPHABET[(v % 36) as usize];
+            v /= 36;
+            char::from(c)
+        })
+        .collect()
+}
+
 /// One published event, serialized once, shared by every node, transport and recipient.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Delivery {
     /// The event name.
     pub event: Arc<str>,
@@ -58,6 +144,13 @@ pub struct Delivery {
     pub except: Option<ConnId>,
     /// The payload, as JSON text.
     pub payload: Box<RawValue>,
+    /// Its place in the room's history, when the broker kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
+    /// Whether the broker keeps it in the room's history (room events but typing
+    /// indicators); only the publishing node reads it.
+    #[serde(skip)]
+    pub keep: bool,
 }
 
 impl Delivery {
@@ -68,6 +161,8 @@ impl Delivery {
             room,
             except: None,
             payload,
+            position: None,
+            keep: false,
         }
     }
 
@@ -89,7 +184,45 @@ impl Delivery {
         self.except = conn;
         self
     }
+
+    /// Marks it for the room's history.
+    pub fn kept(mut self, keep: bool) -> Self {
+        self.keep = keep;
+        self
+    }
+
+    /// A copy of it at `position` (the broker's copy for the stream).
+    pub fn at(&self, position: Position) -> Delivery {
+        Delivery {
+            event: self.event.clone(),
+            room: self.room.clone(),
+            except: self.except.clone(),
+            payload: self.payload.clone(),
+            position: Some(position),
+            keep: self.keep,
+        }
+    }
 }
+
+/// A slice of a room's history.
+#[derive(Debug, Default)]
+pub struct History {
+    /// The events, oldest first, each with its position.
+    pub events: Vec<Delivery>,
+    /// When each event of `events` was kept, on the broker's clock (microseconds, or any
+    /// number that grows with publish order across the broker's rooms): it orders the
+    /// events of several rooms. Empty when the broker cannot tell.
+    pub kept_at: Vec<u64>,
+    /// Whether the history reaches back to the position asked for: nothing after it was
+    /// trimmed, expired or lost.
+    pub complete: bool,
+    /// The room's newest position, if the room has a stream.
+    pub last: Option<Position>,
+}
+
+/// Answers a request from another node (or this one): the core's control handler.
+pub type ControlHandler =
+    Arc<dyn Fn(Value) -> Pin<Box<dyn Future<Output = Value> + Send>> + Send + Sync>;
 
 /// Where a broker hands deliveries: the node's own local delivery, run by the core.
 ///
@@ -99,6 +232,7 @@ impl Delivery {
 #[derive(Clone)]
 pub struct Inbox {
     sink: Arc<dyn Fn(&Delivery) + Send + Sync>,
+    control: Option<ControlHandler>,
 }
 
 impl Inbox {
@@ -106,12 +240,27 @@ impl Inbox {
     pub fn from_fn(sink: impl Fn(&Delivery) + Send + Sync + 'static) -> Self {
         Inbox {
             sink: Arc::new(sink),
+            control: None,
         }
+    }
+
+    /// The same inbox, answering requests of other nodes with `control`.
+    pub fn with_control(mut self, control: ControlHandler) -> Self {
+        self.control = Some(control);
+        self
     }
 
     /// Delivers to this node's members of the delivery's room.
     pub fn deliver(&self, delivery: &Delivery) {
         (self.sink)(delivery);
+    }
+
+    /// Answers a request addressed to this node (`null` when the node answers none).
+    pub async fn answer(&self, request: Value) -> Value {
+        match &self.control {
+            Some(c) => c(request).await,
+            None => Value::Null,
+        }
     }
 }
 
@@ -157,6 +306,9 @@ pub enum BrokerError {
     /// A delivery could not be encoded for the wire.
     #[error("cannot encode the delivery: {0}")]
     Encode(String),
+    /// The broker does not do what was asked (no history, no such node).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl Classify for BrokerError {
@@ -165,7 +317,7 @@ impl Classify for BrokerError {
             BrokerError::Unavailable { .. }
             | BrokerError::Timeout { .. }
             | BrokerError::Refused { .. } => Cause::Backend,
-            BrokerError::Encode(_) => Cause::Internal,
+            BrokerError::Encode(_) | BrokerError::Unsupported(_) => Cause::Internal,
         }
     }
     fn retryable(&self) -> bool {
@@ -212,6 +364,79 @@ pub trait RoomBroker: Send + Sync + 'static {
     /// included, once each; says whether it reached other nodes or only this one.
     async fn publish(&self, delivery: Arc<Delivery>) -> Result<Reach, BrokerError>;
 
+    /// Like [`publish`](Self::publish) for a delivery to keep in its room's history
+    /// (`delivery.keep`): also answers the position the broker gave it. The default keeps
+    /// nothing.
+    async fn publish_kept(
+        &self,
+        delivery: Arc<Delivery>,
+    ) -> Result<(Reach, Option<Position>), BrokerError> {
+        self.publish(delivery).await.map(|r| (r, None))
+    }
+
+    /// `room`'s newest history position (what a socket that joins now has seen), creating
+    /// the room's stream when it has none, so the position pins an epoch. `None` when the
+    /// broker keeps no history.
+    async fn position(&self, room: &Room) -> Result<Option<Position>, BrokerError> {
+        let _ = room;
+        Ok(None)
+    }
+
+    /// `room`'s kept events after `after` (from the oldest kept when `None`), oldest first,
+    /// at most `limit`.
+    async fn history(
+        &self,
+        room: &Room,
+        after: Option<&Position>,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        let _ = (room, after, limit);
+        Err(BrokerError::Unsupported(
+            "this broker keeps no history".to_owned(),
+        ))
+    }
+
+    /// Stores `fields` under `key` (merged with what is there), kept for `ttl`: the small
+    /// records the core keeps beside rooms (recovery sessions, delivery checkpoints).
+    async fn put_record(
+        &self,
+        key: &str,
+        fields: Vec<(String, String)>,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        let _ = (key, fields, ttl);
+        Err(BrokerError::Unsupported(
+            "this broker keeps no records".to_owned(),
+        ))
+    }
+
+    /// The values of `fields` under `key`.
+    async fn get_record(
+        &self,
+        key: &str,
+        fields: &[String],
+    ) -> Result<Vec<Option<String>>, BrokerError> {
+        let _ = key;
+        Ok(vec![None; fields.len()])
+    }
+
+    /// Removes the record `key`, or only `fields` of it when some are given.
+    async fn delete_record(&self, key: &str, fields: &[String]) -> Result<(), BrokerError> {
+        let _ = (key, fields);
+        Ok(())
+    }
+
+    /// Sends `request` to node `node` and waits up to `timeout` for its answer.
+    async fn ask(
+        &self,
+        node: &str,
+        request: Value,
+        timeout: Duration,
+    ) -> Result<Value, BrokerError> {
+        let _ = (request, timeout);
+        Err(BrokerError::Unsupported(format!("no node `{node}` to ask")))
+    }
+
     /// Whether the backend answers (for `/readyz`).
     async fn ready(&self) -> bool {
         true
@@ -225,6 +450,21 @@ pub trait RoomBroker: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_read_back_and_order_within_a_stream() {
+        let p: Position = "k3j9xq:42".parse().expect("position");
+        assert_eq!(p, Position::new("k3j9xq", 42));
+        assert_eq!(p.to_string(), "k3j9xq:42");
+        assert!(Position::new("k3j9xq", 43).after(&p));
+        assert!(!Position::new("other", 43).after(&p), "another stream");
+        for bad in ["", "42", ":42", "a:b", "a b:1", "a:-1"] {
+            assert!(bad.parse::<Position>().is_err(), "{bad}");
+        }
+        let e = new_epoch();
+        assert_eq!(e.len(), 10);
+        assert!(e.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
 
     #[test]
     fn broker_errors_say_who_and_whether_to_retry() {

@@ -68,6 +68,56 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Room history: what is kept of each room's events.
+    pub history: HistoryConfig,
+    /// Connection state recovery.
+    pub recovery: RecoveryConfig,
+}
+
+/// `history.*`: each room's recent events, kept by the broker (for recovery and
+/// `GET /api/v1/history/{room}`); typing indicators and presence are never kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Events kept per room, at most; `0` keeps none.
+    pub size: usize,
+    /// How long an event is kept.
+    pub ttl: Dur,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: 1000,
+            ttl: Dur::secs(120),
+        }
+    }
+}
+
+impl HistoryConfig {
+    /// Whether any history is kept.
+    pub fn enabled(&self) -> bool {
+        self.size > 0 && !self.ttl.get().is_zero()
+    }
+}
+
+/// `recovery.*`: connection state recovery (CONTRACT §2 *Recovery*, §5).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// Whether a dropped socket that comes back gets its rooms and what it missed.
+    pub enabled: bool,
+    /// How long a dropped socket can come back and recover.
+    pub max_disconnection: Dur,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            enabled: false,
+            max_disconnection: Dur::secs(120),
+        }
+    }
 }
 
 /// `server.*`: the listening socket.

@@ -19,11 +19,13 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod presence;
+mod recovery;
 mod refresh;
 pub mod registry;
 mod rooms;
 pub mod runtime;
 pub mod session;
+pub mod tap;
 pub mod tls;
 pub mod transport;
 pub mod units;
@@ -32,7 +34,10 @@ pub use async_trait::async_trait;
 pub use auth::{
     AuthError, Authenticator, Handshake, Identity, RefusalLog, RefusalReason, TokenSource,
 };
-pub use broker::{BrokerError, ConnId, Delivery, Inbox, Reach, Room, RoomBroker};
+pub use broker::{
+    BrokerError, ConnId, ControlHandler, Delivery, History, Inbox, Position, Reach, Room,
+    RoomBroker,
+};
 pub use config::{Config, ConfigError, LoadedConfig, Overrides};
 pub use error::{Cause, Classify};
 pub use event::{ErrorKind, EventError, EventHandler, EventSet, InboundCtx, Outcome, Validate};

@@ -132,16 +132,16 @@ impl Listeners {
                 servers.push(spawn(server));
             }
             Some(tls) => {
-                // No `PeerSocket`: bytes must go through the TLS stream, so the native
-                // transport queues every frame for the socket's task.
+                // A `PeerSocket` without a direct socket: bytes must go through the TLS
+                // stream, so the native transport queues every frame for the socket's task.
                 let listener = TlsListener::new(
                     self.public,
                     tls.acceptor(),
                     config.limits.handshake_timeout.get(),
                     metrics.clone(),
                 )?;
-                let server = axum::serve(listener, public.into_make_service())
-                    .with_graceful_shutdown(signal());
+                let app = public.into_make_service_with_connect_info::<PeerSocket>();
+                let server = axum::serve(listener, app).with_graceful_shutdown(signal());
                 servers.push(spawn(server));
                 watcher = Some(tls.watch(config.server.tls.reload_interval.get(), metrics.clone()));
             }

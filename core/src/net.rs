@@ -16,28 +16,57 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A handle to the TCP socket a request came in on.
+use crate::tap::{Tapped, WsTap};
+
+/// A handle to the connection a request came in on: its TCP socket, when a transport may
+/// write to it directly, and its write tap.
 ///
 /// Found in the extensions of every request [`Node::serve`](crate::Node::serve) serves
 /// (as `axum::extract::ConnectInfo<PeerSocket>`); absent when the router is served otherwise.
+/// Over TLS there is no direct socket: bytes must go through the TLS stream.
 #[derive(Debug, Clone)]
-pub struct PeerSocket(Arc<TcpStream>);
+pub struct PeerSocket {
+    tcp: Option<Arc<TcpStream>>,
+    tap: WsTap,
+}
 
 impl PeerSocket {
     /// A handle to `socket`, for a transport served some other way (and for tests).
     pub fn new(socket: Arc<TcpStream>) -> Self {
-        PeerSocket(socket)
+        PeerSocket {
+            tcp: Some(socket),
+            tap: WsTap::default(),
+        }
+    }
+
+    /// Whether a transport may write to the socket itself ([`PeerSocket::try_write`]).
+    pub fn is_direct(&self) -> bool {
+        self.tcp.is_some()
     }
 
     /// Writes what the socket takes now without waiting: the number of bytes written, or
     /// `WouldBlock` when its send buffer is full. One `write(2)` at most.
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
+        match &self.tcp {
+            Some(tcp) => tcp.try_write(buf),
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no direct socket (TLS)",
+            )),
+        }
     }
 
-    /// The peer's address.
+    /// The peer's address, when known.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.0.peer_addr()
+        match &self.tcp {
+            Some(tcp) => tcp.peer_addr(),
+            None => Err(io::Error::new(io::ErrorKind::Unsupported, "not known")),
+        }
+    }
+
+    /// The connection's write tap (see [`crate::tap`]).
+    pub fn tap(&self) -> &WsTap {
+        &self.tap
     }
 }
 
@@ -45,7 +74,24 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Shar
     for PeerSocket
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, SharedListener>) -> Self {
-        PeerSocket(stream.io().0.clone())
+        PeerSocket {
+            tcp: Some(stream.io().tcp.clone()),
+            tap: stream.io().tap.clone(),
+        }
+    }
+}
+
+impl<S>
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
+    for PeerSocket
+where
+    crate::tls::TlsListener: axum::serve::Listener<Io = Tapped<S>>,
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        PeerSocket {
+            tcp: None,
+            tap: stream.io().tap().clone(),
+        }
     }
 }
 
@@ -67,7 +113,13 @@ impl axum::serve::Listener for SharedListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         // axum's own accept loop: retries, and backs off when out of file descriptors.
         let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        (SharedStream(Arc::new(tcp)), addr)
+        (
+            SharedStream {
+                tcp: Arc::new(tcp),
+                tap: WsTap::default(),
+            },
+            addr,
+        )
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -81,30 +133,31 @@ impl axum::serve::Listener for SharedListener {
 /// Dropping it ends the connection (both directions are shut down) even while
 /// [`PeerSocket`] handles to it live on; their writes then fail.
 #[derive(Debug)]
-pub struct SharedStream(Arc<TcpStream>);
+pub struct SharedStream {
+    tcp: Arc<TcpStream>,
+    tap: WsTap,
+}
 
 impl Drop for SharedStream {
     fn drop(&mut self) {
-        if Arc::strong_count(&self.0) > 1 {
+        if Arc::strong_count(&self.tcp) > 1 {
             // The last handle closes the socket itself; otherwise end the connection now.
-            let _ = socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Both);
+            let _ = socket2::SockRef::from(&*self.tcp).shutdown(std::net::Shutdown::Both);
         }
     }
 }
 
-impl SharedStream {
-    /// Runs `write` once the socket is writable, until it does not find it full.
-    fn poll_write_with(
-        &self,
-        cx: &mut Context<'_>,
-        mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match write(&self.0) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                r => return Poll::Ready(r),
-            }
+/// Runs `write` once `tcp` is writable, until it does not find it full.
+fn poll_write_with(
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+    mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(tcp.poll_write_ready(cx))?;
+        match write(tcp) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return Poll::Ready(r),
         }
     }
 }
@@ -116,8 +169,8 @@ impl AsyncRead for SharedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read_buf(buf) {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            match self.tcp.try_read_buf(buf) {
                 Ok(_) => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
@@ -132,7 +185,10 @@ impl AsyncWrite for SharedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_with(cx, |tcp| tcp.try_write(buf))
+        let tcp = &self.tcp;
+        self.tap.poll_write(cx, buf, |cx, b| {
+            poll_write_with(tcp, cx, |tcp| tcp.try_write(b))
+        })
     }
 
     fn poll_write_vectored(
@@ -140,19 +196,28 @@ impl AsyncWrite for SharedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_with(cx, |tcp| tcp.try_write_vectored(bufs))
+        if self.tap.is_armed() {
+            // Rare (an upgrade being looked at): one buffer through the tap.
+            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            return self.poll_write(cx, &joined);
+        }
+        let tcp = &self.tcp;
+        poll_write_with(tcp, cx, |tcp| tcp.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
         true
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let tcp = &self.tcp;
+        self.tap
+            .poll_flush(cx, |cx, b| poll_write_with(tcp, cx, |tcp| tcp.try_write(b)))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write);
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        let r = socket2::SockRef::from(&*self.tcp).shutdown(std::net::Shutdown::Write);
         Poll::Ready(match r {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
             r => r,
@@ -178,7 +243,7 @@ mod tests {
             got
         });
         let (mut stream, _) = axum::serve::Listener::accept(&mut listener).await;
-        let peer = PeerSocket(stream.0.clone());
+        let peer = PeerSocket::new(stream.tcp.clone());
         let mut buf = [0u8; 4];
         stream.read_exact(&mut buf).await.expect("read");
         assert_eq!(&buf, b"ping");

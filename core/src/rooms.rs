@@ -20,18 +20,75 @@
 //!   [`Inbox`](crate::Inbox); [`Rooms::deliver`] gives each transport its recipients among
 //!   the room's members, holding the room while the transport writes, so a socket taken
 //!   out of a room receives nothing of it once the leave has returned.
+//! * **Every kept event gets a node sequence number**, under the room's lock, and with
+//!   recovery on it is recorded in the room's ring ([`crate::recovery`]) and sent with its
+//!   offset to the sockets that track offsets. A recovering socket is a *held* member until
+//!   its replay is out: what arrives meanwhile is kept for it, then written before anything
+//!   live, without what the replay already carried.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::broker::{BrokerError, ConnId, Delivery, Room, RoomBroker};
+use crate::broker::{BrokerError, ConnId, Delivery, Position, Room, RoomBroker};
+use crate::recovery::{ClientOffset, Floor, Rings};
 use crate::session::Session;
 use crate::transport::{MemberMap, Recipients, Transport, TransportId};
+
+/// The position of a room whose broker keeps no history: of no stream, never recoverable.
+pub(crate) fn no_history() -> Position {
+    Position::new("none", 0)
+}
+
+/// How many namespace-wide deliveries (presence) the node keeps for recovering sockets.
+const PRESENCE_KEPT: usize = 1024;
+
+/// What the node keeps for recovery: the rooms' rings and the recent presence changes.
+pub(crate) struct Keeper {
+    pub(crate) rings: Rings,
+    pub(crate) tag: String,
+    window: Duration,
+    presence: Mutex<VecDeque<(u64, Arc<Delivery>, Instant)>>,
+}
+
+impl Keeper {
+    /// What a node with tag `tag` keeps: rings of `cap` entries for `window`.
+    pub(crate) fn new(tag: String, cap: usize, window: Duration) -> Self {
+        Keeper {
+            rings: Rings::new(cap, window),
+            tag,
+            window,
+            presence: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn keep_presence(&self, seq: u64, d: &Delivery) {
+        let now = Instant::now();
+        let mut p = self.presence.lock();
+        p.push_back((seq, Arc::new(d.clone()), now));
+        while p.len() > PRESENCE_KEPT
+            || p.front()
+                .is_some_and(|(_, _, at)| now.saturating_duration_since(*at) > self.window)
+        {
+            p.pop_front();
+        }
+    }
+
+    /// The presence changes delivered after node sequence `after`.
+    pub(crate) fn presence_after(&self, after: u64) -> Vec<Delivery> {
+        self.presence
+            .lock()
+            .iter()
+            .filter(|(s, _, _)| *s > after)
+            .map(|(_, d, _)| (**d).clone())
+            .collect()
+    }
+}
 
 /// How many locks the room table is split into.
 const SHARDS: usize = 64;
@@ -50,6 +107,12 @@ pub(crate) struct Rooms {
     broker: Arc<dyn RoomBroker>,
     /// Rooms with local members.
     gauge: Gauge<i64, AtomicI64>,
+    /// The node's delivery order: the last sequence number given to a kept event.
+    seq: AtomicU64,
+    /// Sessions waiting for their replay: namespace-wide deliveries are held for them.
+    held: RwLock<HashMap<ConnId, Arc<Session>>>,
+    /// With recovery on: what the node keeps to place a returning socket.
+    pub(crate) keeper: Option<Arc<Keeper>>,
 }
 
 /// One room with local members (or on its way to or from having some).
@@ -57,11 +120,16 @@ struct Entry {
     members: RwLock<Members>,
     /// Orders this room's subscribe and unsubscribe calls.
     gate: tokio::sync::Mutex<()>,
+    /// The position of the room's last event this node delivered (or its stream's at the
+    /// subscription): where a socket joining now starts.
+    tip: Mutex<Option<Position>>,
 }
 
 struct Members {
     /// By transport.
     by_transport: Vec<MemberMap>,
+    /// Recovering sessions, held until their replay is out.
+    held: HashMap<ConnId, Arc<Session>>,
     count: usize,
     /// The broker has the room subscribed (changed only under the gate).
     subscribed: bool,
@@ -93,6 +161,7 @@ impl Rooms {
         transports: Vec<Arc<dyn Transport>>,
         broker: Arc<dyn RoomBroker>,
         gauge: Gauge<i64, AtomicI64>,
+        keeper: Option<Arc<Keeper>>,
     ) -> Self {
         let mut all_transports: Vec<Arc<dyn Transport>> = Vec::with_capacity(transports.len() + 1);
         all_transports.push(Arc::new(Direct));
@@ -105,7 +174,15 @@ impl Rooms {
             transports: all_transports,
             broker,
             gauge,
+            seq: AtomicU64::new(0),
+            held: RwLock::new(HashMap::new()),
+            keeper,
         }
+    }
+
+    /// The last node sequence number given.
+    pub(crate) fn current_seq(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
     }
 
     /// The node's transports (not the direct one).
@@ -122,14 +199,21 @@ impl Rooms {
         if t.0 < self.transports.len() { t.0 } else { 0 }
     }
 
-    /// A session now receives namespace-wide deliveries.
+    /// A session now receives namespace-wide deliveries (held for it while it is held).
     pub(crate) fn register(&self, session: &Arc<Session>) {
+        if session.is_held() {
+            self.held
+                .write()
+                .insert(session.id().clone(), session.clone());
+            return;
+        }
         let slot = self.slot(session.transport);
         self.all.write()[slot].insert(session.id().clone(), session.conn.clone());
     }
 
     /// A session no longer receives namespace-wide deliveries.
     pub(crate) fn unregister(&self, session: &Session) {
+        self.held.write().remove(session.id());
         let slot = self.slot(session.transport);
         self.all.write()[slot].remove(session.id());
     }
@@ -150,23 +234,28 @@ impl Rooms {
                 Arc::new(Entry {
                     members: RwLock::new(Members {
                         by_transport: (0..n).map(|_| MemberMap::new()).collect(),
+                        held: HashMap::new(),
                         count: 0,
                         subscribed: false,
                         open: false,
                         removed: false,
                     }),
                     gate: tokio::sync::Mutex::new(()),
+                    tip: Mutex::new(None),
                 })
             })
             .clone()
     }
 
     /// Adds `session` to `room`; effective cluster-wide when it returns. The caller holds the
-    /// session's turn and has checked the socket is not in the room yet.
+    /// session's turn and has checked the socket is not in the room yet. `recovered` is the
+    /// position a recovering session had in the room (it joins held, until its replay is
+    /// out); otherwise the session starts at the room's current position.
     pub(crate) async fn join(
         &self,
         session: &Arc<Session>,
         room: &Room,
+        recovered: Option<Position>,
     ) -> Result<(), BrokerError> {
         loop {
             let entry = self.entry_or_create(room);
@@ -176,7 +265,7 @@ impl Rooms {
                     continue;
                 }
                 if m.open {
-                    self.add(&mut m, session, room);
+                    self.add(&mut m, &entry, session, room, recovered);
                     return Ok(());
                 }
             }
@@ -188,10 +277,25 @@ impl Rooms {
                 }
                 m.subscribed
             };
-            if !subscribed && let Err(e) = self.broker.subscribe(room).await {
-                drop(gate);
-                self.remove_if_unused(room, &entry);
-                return Err(e);
+            if !subscribed {
+                if let Err(e) = self.broker.subscribe(room).await {
+                    drop(gate);
+                    self.remove_if_unused(room, &entry);
+                    return Err(e);
+                }
+                // Where the room's stream is now, read after the subscription is in place:
+                // an event published since is both delivered and at or before it.
+                match self.broker.position(room).await {
+                    Ok(Some(p)) => {
+                        let mut tip = entry.tip.lock();
+                        let newer = tip.as_ref().is_none_or(|t| !t.after(&p));
+                        if newer {
+                            *tip = Some(p);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(room = %room, error = %e, "no history position"),
+                }
             }
             let mut m = entry.members.write();
             if !m.subscribed {
@@ -199,20 +303,50 @@ impl Rooms {
                 self.gauge.inc();
             }
             m.open = true;
-            self.add(&mut m, session, room);
+            self.add(&mut m, &entry, session, room, recovered);
             return Ok(());
         }
     }
 
-    fn add(&self, m: &mut Members, session: &Arc<Session>, room: &Room) {
-        let slot = self.slot(session.transport);
-        if m.by_transport[slot]
-            .insert(session.id().clone(), session.conn.clone())
-            .is_none()
-        {
+    fn add(
+        &self,
+        m: &mut Members,
+        entry: &Entry,
+        session: &Arc<Session>,
+        room: &Room,
+        recovered: Option<Position>,
+    ) {
+        let held = session.is_held();
+        let added = if held {
+            m.held
+                .insert(session.id().clone(), session.clone())
+                .is_none()
+        } else {
+            let slot = self.slot(session.transport);
+            m.by_transport[slot]
+                .insert(session.id().clone(), session.conn.clone())
+                .is_none()
+        };
+        if added {
             m.count += 1;
         }
-        session.conn.join(room);
+        if !held {
+            session.conn.join(room);
+        }
+        if let Some(t) = &session.tracker {
+            // Under the room's lock: every delivery numbered after `from` reaches it.
+            let base = recovered
+                .or_else(|| entry.tip.lock().clone())
+                .unwrap_or_else(no_history);
+            t.state.lock().rooms.insert(
+                room.clone(),
+                Floor {
+                    floor: base.clone(),
+                    base,
+                    from: self.current_seq(),
+                },
+            );
+        }
         let mut rooms = session.rooms.lock();
         if !rooms.contains(room) {
             rooms.push(room.clone());
@@ -229,12 +363,18 @@ impl Rooms {
         let last = {
             let mut m = entry.members.write();
             let slot = self.slot(session.transport);
-            let was_in = m.by_transport[slot].remove(session.id()).is_some();
+            let was_live = m.by_transport[slot].remove(session.id()).is_some();
+            let was_held = m.held.remove(session.id()).is_some();
             session.rooms.lock().retain(|r| r != room);
-            if !was_in {
+            if let Some(t) = &session.tracker {
+                t.state.lock().rooms.remove(room);
+            }
+            if !was_live && !was_held {
                 return false;
             }
-            session.conn.leave(room);
+            if was_live {
+                session.conn.leave(room);
+            }
             m.count -= 1;
             if m.count == 0 {
                 // Joins from now on wait for the unsubscribe below, then subscribe again.
@@ -290,7 +430,8 @@ impl Rooms {
         }
     }
 
-    /// Writes `delivery` to this node's recipients, each transport framing it once.
+    /// Writes `delivery` to this node's recipients, each transport framing it once; holds it
+    /// for recovering sessions.
     pub(crate) fn deliver(&self, delivery: &Delivery) {
         let except = delivery.except.as_ref();
         match &delivery.room {
@@ -299,13 +440,53 @@ impl Rooms {
                     return;
                 };
                 let m = entry.members.read();
+                // Numbered under the room's lock, so a join sees either all of it or none.
+                let (seq, offset) = match &delivery.position {
+                    Some(p) => {
+                        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+                        *entry.tip.lock() = Some(p.clone());
+                        match &self.keeper {
+                            Some(k) => {
+                                k.rings.push(room, seq, p.clone());
+                                (Some(seq), Some(ClientOffset::live(p, &k.tag, seq)))
+                            }
+                            None => (Some(seq), None),
+                        }
+                    }
+                    None => (None, None),
+                };
+                if !m.held.is_empty() {
+                    let shared = Arc::new(delivery.clone());
+                    for s in m.held.values() {
+                        if Some(s.id()) != except {
+                            s.hold(shared.clone(), seq);
+                        }
+                    }
+                }
                 for (t, members) in self.transports.iter().zip(&m.by_transport) {
                     if !members.is_empty() {
-                        t.deliver(delivery, Recipients::new(members, except, Some(room)));
+                        let to = Recipients::new(members, except, Some(room))
+                            .with_offset(offset.as_deref());
+                        t.deliver(delivery, to);
                     }
                 }
             }
             None => {
+                if let Some(k) = &self.keeper {
+                    let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+                    k.keep_presence(seq, delivery);
+                }
+                {
+                    let held = self.held.read();
+                    if !held.is_empty() {
+                        let shared = Arc::new(delivery.clone());
+                        for s in held.values() {
+                            if Some(s.id()) != except {
+                                s.hold(shared.clone(), None);
+                            }
+                        }
+                    }
+                }
                 let all = self.all.read();
                 for (t, members) in self.transports.iter().zip(all.iter()) {
                     if !members.is_empty() {
@@ -314,6 +495,68 @@ impl Rooms {
                 }
             }
         }
+    }
+
+    /// A held session's replay is out: it becomes a live member of its rooms and of the
+    /// namespace, after the deliveries held for it (those the replay did not carry) are
+    /// written, in the order they arrived. Its rooms are locked together, in name order, so
+    /// nothing of them is delivered meanwhile.
+    pub(crate) fn go_live(&self, session: &Arc<Session>) {
+        let Some(tracker) = &session.tracker else {
+            return;
+        };
+        let mut rooms = session.rooms();
+        rooms.sort();
+        let entries: Vec<(Room, Arc<Entry>)> = rooms
+            .iter()
+            .filter_map(|r| self.entry(r).map(|e| (r.clone(), e)))
+            .collect();
+        let mut guards: Vec<_> = entries.iter().map(|(_, e)| e.members.write()).collect();
+        let mut all = self.all.write();
+        let mut held_ns = self.held.write();
+        let now = self.current_seq();
+        let mut st = tracker.state.lock();
+        // What the replay carried, by room: held events at or before it are not sent again.
+        let mut carried: BTreeMap<Room, Position> = BTreeMap::new();
+        for (room, p, _) in &st.prelive {
+            carried.insert(room.clone(), p.clone());
+        }
+        let held = std::mem::take(&mut st.held);
+        for (d, seq) in held {
+            if let (Some(room), Some(p)) = (&d.room, &d.position) {
+                if carried.get(room).is_some_and(|c| !p.after(c)) {
+                    continue;
+                }
+                let offset = match (&self.keeper, seq) {
+                    (Some(k), Some(seq)) => Some(ClientOffset::live(p, &k.tag, seq)),
+                    _ => None,
+                };
+                session
+                    .conn
+                    .send_event(&d.event, &d.payload, offset.as_deref());
+                st.prelive.push((room.clone(), p.clone(), seq));
+                carried.insert(room.clone(), p.clone());
+            } else {
+                session.conn.send_event(&d.event, &d.payload, None);
+            }
+        }
+        let slot = self.slot(session.transport);
+        for ((room, _), m) in entries.iter().zip(guards.iter_mut()) {
+            if m.held.remove(session.id()).is_some() {
+                m.by_transport[slot].insert(session.id().clone(), session.conn.clone());
+                session.conn.join(room);
+            }
+            if let Some(f) = st.rooms.get_mut(room) {
+                f.from = now;
+                if let Some(c) = carried.get(room) {
+                    f.floor = c.clone();
+                }
+            }
+        }
+        if held_ns.remove(session.id()).is_some() {
+            all[slot].insert(session.id().clone(), session.conn.clone());
+        }
+        st.pending = false;
     }
 
     /// How many local members `room` has.

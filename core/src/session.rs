@@ -20,6 +20,7 @@ use crate::broker::{ConnId, Room};
 use crate::clock::iso8601_now;
 use crate::expiry::ExpiryKey;
 use crate::limits::TokenBucket;
+use crate::recovery::Tracker;
 use crate::transport::{CloseReason, Connection, TransportId};
 
 /// A live connection's state in the core.
@@ -33,6 +34,8 @@ pub struct Session {
     order: Arc<Turnstile>,
     /// Its place in the node's expiry timer, while it has one.
     pub(crate) expiry: Mutex<Option<ExpiryKey>>,
+    /// With recovery on and a client that tracks offsets: where it is in its rooms.
+    pub(crate) tracker: Option<Tracker>,
 }
 
 impl std::fmt::Debug for Session {
@@ -47,6 +50,7 @@ impl Session {
         transport: TransportId,
         identity: Identity,
         bucket: TokenBucket,
+        tracker: Option<Tracker>,
     ) -> Self {
         Session {
             conn,
@@ -56,6 +60,26 @@ impl Session {
             bucket: Mutex::new(bucket),
             order: Arc::new(Turnstile::default()),
             expiry: Mutex::new(None),
+            tracker,
+        }
+    }
+
+    /// Its recovery id (`pid`), when the client tracks offsets and recovery is on.
+    pub fn recovery_id(&self) -> Option<Arc<str>> {
+        self.tracker.as_ref().map(|t| t.pid.lock().clone())
+    }
+
+    /// Whether deliveries are held for it (its replay is not out yet).
+    pub(crate) fn is_held(&self) -> bool {
+        self.tracker
+            .as_ref()
+            .is_some_and(|t| t.state.lock().pending)
+    }
+
+    /// Keeps a delivery for it until its replay is out.
+    pub(crate) fn hold(&self, delivery: Arc<crate::broker::Delivery>, seq: Option<u64>) {
+        if let Some(t) = &self.tracker {
+            t.state.lock().held.push((delivery, seq));
         }
     }
 

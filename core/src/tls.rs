@@ -398,12 +398,12 @@ async fn accept_loop(
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = crate::tap::Tapped<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.ready.recv().await {
-            Some(conn) => conn,
+            Some((tls, addr)) => (crate::tap::Tapped::new(tls), addr),
             // The accept loop only ends once this listener is gone; never reached.
             None => std::future::pending().await,
         }

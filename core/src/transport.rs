@@ -20,6 +20,8 @@ pub enum CloseReason {
     RateAbuse,
     /// The node is shutting down.
     Shutdown,
+    /// The client came back on a newer connection (recovery took this session over).
+    Replaced,
 }
 
 // ANCHOR: connection
@@ -29,6 +31,12 @@ pub trait Connection: Any + Send + Sync {
     fn id(&self) -> &ConnId;
     /// Sends one event to this socket alone; `payload` is JSON text.
     fn send(&self, event: &str, payload: &RawValue);
+    /// Sends one room event with its offset (a recovering socket's replay); a connection
+    /// that does not track offsets sends it without.
+    fn send_event(&self, event: &str, payload: &RawValue, offset: Option<&str>) {
+        let _ = offset;
+        self.send(event, payload);
+    }
     /// The core put the socket in `room`: mirror it where the transport frames room
     /// deliveries itself (Socket.IO's rooms). Called while the core holds the room.
     fn join(&self, room: &Room) {
@@ -68,6 +76,7 @@ pub struct Recipients<'a> {
     members: &'a MemberMap,
     except: Option<&'a ConnId>,
     room: Option<&'a Room>,
+    offset: Option<&'a str>,
 }
 
 impl<'a> Recipients<'a> {
@@ -78,7 +87,20 @@ impl<'a> Recipients<'a> {
             members,
             except,
             room,
+            offset: None,
         }
+    }
+
+    /// The same recipients, for an event with `offset` (its place in this node's order,
+    /// for sockets that track offsets).
+    pub fn with_offset(mut self, offset: Option<&'a str>) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    /// The offset sockets that track offsets get with this event.
+    pub fn offset(&self) -> Option<&'a str> {
+        self.offset
     }
 
     /// The room delivered to; `None` for a namespace-wide delivery.

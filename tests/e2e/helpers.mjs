@@ -530,3 +530,14 @@ export function standardHooks(getServers) {
     }
   });
 }
+
+/**
+ * An emit answer without its `offset` (the event's place in the room's history, `epoch:n`),
+ * after checking the offset's form when there is one.
+ */
+export function withoutOffset(json) {
+  if (!json || typeof json !== 'object' || json.offset === undefined) return json;
+  assert.match(json.offset, /^[a-z0-9]+:\d+$/, `offset ${json.offset}`);
+  const { offset, ...rest } = json;
+  return rest;
+}

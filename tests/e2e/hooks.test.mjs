@@ -10,6 +10,7 @@ import path from 'node:path';
 import {
   REPO_ROOT, configToml, startServer, signJwt, connect, waitFor, expectNone, emitAck, emitApi,
   api, joinSession, assertErrorEvent, writeTemp, eventually, uid, standardHooks, runCli,
+withoutOffset,
 } from './helpers.mjs';
 
 const example = (name) => path.join(REPO_ROOT, 'scripts', name);
@@ -106,7 +107,7 @@ describe('Lua hooks', () => {
     const s = await joinedConversation(id);
     const res = await emitApi(server, status(id, 'drop-me'));
     assert.equal(res.status, 200, res.text);
-    assert.deepEqual(res.json, { room: `conversation:${id}`, event: 'message:status', dropped: true });
+    assert.deepEqual(withoutOffset(res.json), { room: `conversation:${id}`, event: 'message:status', dropped: true });
     await expectNone(s, 'message:status', 300);
     const next = waitFor(s, 'message:status');
     const ok = await emitApi(server, status(id, 'kept'));

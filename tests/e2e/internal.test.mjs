@@ -80,7 +80,9 @@ describe('with server.internal_listen', () => {
     const data = { conversationId, messageId: uid('m'), status: 'read' };
     const got = waitFor(socket, 'message:status');
     const res = await emitApi(inner, { event: 'message:status', data });
-    assert.deepEqual([res.status, res.json], [200, { event: 'message:status', room: `conversation:${conversationId}` }]);
+    const { offset, ...rest } = res.json;
+    assert.deepEqual([res.status, rest], [200, { event: 'message:status', room: `conversation:${conversationId}` }]);
+    assert.match(offset, /^[a-z0-9]+:\d+$/, 'the emit answer carries the event\'s history offset');
     assert.deepEqual(await got, data);
   });
 

@@ -151,7 +151,9 @@ describe('the README quick start, literally', () => {
     const arrived = waitFor(socket, 'message:received', 5000);
     const published = await sh(notice.curl, dir, {});
     assert.equal(published.code, 0, `the printed curl line failed:\n${published.stderr}`);
-    assert.deepEqual(JSON.parse(published.stdout), { event: 'message:received', room: 'conversation:42' });
+    const { offset, ...answer } = JSON.parse(published.stdout);
+    assert.deepEqual(answer, { event: 'message:received', room: 'conversation:42' });
+    assert.match(offset, /^[a-z0-9]+:\d+$/, 'the README shows the offset in the answer');
     const message = await arrived;
     assert.equal(message.conversationId, '42');
     assert.equal(message.senderId, 'demo');

@@ -32,6 +32,18 @@ pub(crate) fn run(figment: &Figment, config: &mut Config) -> Vec<ConfigIssue> {
         }
         config.server.static_dir = Some(resolved);
     }
+    if config.recovery.enabled && !config.history.enabled() {
+        issues.push(issue(
+            "recovery.enabled",
+            "needs room history: set history.size and history.ttl above 0".to_owned(),
+        ));
+    }
+    if config.recovery.enabled && config.recovery.max_disconnection.get().is_zero() {
+        issues.push(issue(
+            "recovery.max_disconnection",
+            "must be more than 0s when recovery is enabled".to_owned(),
+        ));
+    }
     if let Ok(all) = figment.extract::<FigValue>() {
         let mut found = Vec::new();
         placeholders(&all, &mut Vec::new(), &mut found);

@@ -208,6 +208,8 @@ mod tests {
             "rooms",
             "limits",
             "log",
+            "history",
+            "recovery",
         ];
         expected.sort_unstable();
         assert_eq!(found, expected);

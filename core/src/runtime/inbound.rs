@@ -183,13 +183,15 @@ impl Core for Inner {
                 format!("Not authorized to join {room}"),
             ));
         }
-        self.rooms.join(session, &room).await.map_err(|e| {
+        self.rooms.join(session, &room, None).await.map_err(|e| {
             self.backend_error("broker", &e.to_string());
             EventError::new(
                 ErrorKind::Backend,
                 format!("Could not join {room}: backend unavailable"),
             )
-        })
+        })?;
+        self.rooms_changed(session).await;
+        Ok(())
     }
 
     async fn leave(
@@ -199,7 +201,9 @@ impl Core for Inner {
         room: Room,
     ) -> Result<(), EventError> {
         ticket.turn().await;
-        self.rooms.leave(session, &room).await;
+        if self.rooms.leave(session, &room).await {
+            self.rooms_changed(session).await;
+        }
         Ok(())
     }
 

@@ -35,11 +35,22 @@ impl Gateway {
             h.start();
         }
         let rooms = Arc::downgrade(&self.0.rooms);
+        let me = Arc::downgrade(&self.0);
+        let control: crate::broker::ControlHandler = Arc::new(move |request| {
+            let me = me.clone();
+            Box::pin(async move {
+                match me.upgrade() {
+                    Some(inner) => inner.control(&request),
+                    None => serde_json::Value::Null,
+                }
+            })
+        });
         let inbox = Inbox::from_fn(move |d| {
             if let Some(rooms) = rooms.upgrade() {
                 rooms.deliver(d);
             }
-        });
+        })
+        .with_control(control);
         if let Err(e) = self.0.broker.start(inbox).await {
             tracing::warn!(error = %e, "room broker did not start; it keeps retrying");
         }
@@ -48,6 +59,7 @@ impl Gateway {
         if let Err(e) = self.0.presence.start(tx).await {
             tracing::warn!(error = %e, "presence store did not start; it keeps retrying");
         }
+        self.start_recovery();
     }
 
     /// Waits until the broker is ready, for at most `limit`; whether it is.
@@ -78,6 +90,8 @@ impl Gateway {
 
     /// Stops the plugins' background work (after transports closed their sockets).
     pub async fn shutdown(&self) {
+        // What another node needs to place this node's sessions, before the broker goes.
+        self.checkpoint(true).await;
         self.0.broker.shutdown().await;
         self.0.presence.shutdown().await;
     }
@@ -139,22 +153,9 @@ impl Gateway {
             transport,
             identity,
             TokenBucket::new(limits.events_per_second, limits.burst),
+            None,
         ));
-        self.0.metrics.connections.inc();
-        self.0.metrics.connects.inc();
-        let user = session.user_id();
-        *self.0.per_user.lock().entry(user.clone()).or_insert(0) += 1;
-        self.0.rooms.register(&session);
-        match self.0.presence.connect(&user, session.id()).await {
-            Ok(true) => {
-                self.announce("user:online", &user, Some(session.id().clone()))
-                    .await
-            }
-            Ok(false) => {}
-            Err(e) => self.backend_error("presence", &e.to_string()),
-        }
-        self.0.expiry.schedule(&session);
-        tracing::debug!(socket = %session.id(), user = %user, "connected");
+        self.register_session(&session).await;
         session
     }
 

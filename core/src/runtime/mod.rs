@@ -38,9 +38,11 @@ use crate::transport::{Transport, TransportId};
 mod inbound;
 mod lifecycle;
 mod publish;
+mod recover;
 
 pub(crate) use inbound::expires_at_payload;
 pub use publish::{Publish, PublishError, Published};
+pub use recover::{Connected, Leaving, RecoveryRequest};
 
 /// The parts a gateway runs with, already built.
 pub(crate) struct Parts {
@@ -71,7 +73,17 @@ pub(crate) struct Inner {
     pub(crate) log_limit: LogLimiter,
     pub(crate) expiry: Expiry,
     pub(crate) started: std::sync::atomic::AtomicBool,
+    /// Dropped sessions this node may still hand over, by recovery id.
+    pub(crate) dropped: Mutex<HashMap<Arc<str>, Dropped>>,
+    /// Live tracked sessions, by recovery id.
+    pub(crate) by_pid: Mutex<HashMap<Arc<str>, Weak<crate::session::Session>>>,
+    /// The delivery checkpoints last written, by room.
+    pub(crate) checkpointed:
+        Mutex<HashMap<crate::broker::Room, Vec<(u64, crate::broker::Position)>>>,
 }
+
+/// A dropped session this node keeps for recovery, and when it dropped.
+pub(crate) type Dropped = (Arc<crate::session::Session>, std::time::Instant);
 
 /// The running core of a node: transports call it, the HTTP API and Rust code publish through it.
 #[derive(Clone)]
@@ -154,8 +166,16 @@ impl Gateway {
                 }
             }
             let expiry = Expiry::new(parts.config.auth.refresh_notice.get(), parts.auth.leeway());
+            let cfg = &parts.config;
+            let keeper = cfg.recovery.enabled.then(|| {
+                Arc::new(crate::rooms::Keeper::new(
+                    crate::recovery::node_tag(&parts.node_id),
+                    cfg.history.size.max(1),
+                    cfg.recovery.max_disconnection.get() + Duration::from_secs(30),
+                ))
+            });
             Inner {
-                rooms: Arc::new(Rooms::new(built, parts.broker.clone(), rooms_gauge)),
+                rooms: Arc::new(Rooms::new(built, parts.broker.clone(), rooms_gauge, keeper)),
                 config: parts.config,
                 node_id: parts.node_id,
                 auth: parts.auth,
@@ -169,6 +189,9 @@ impl Gateway {
                 log_limit: LogLimiter::new(Duration::from_secs(10)),
                 expiry,
                 started: std::sync::atomic::AtomicBool::new(false),
+                dropped: Mutex::new(HashMap::new()),
+                by_pid: Mutex::new(HashMap::new()),
+                checkpointed: Mutex::new(HashMap::new()),
             }
         });
         Gateway(inner)

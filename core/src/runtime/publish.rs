@@ -33,6 +33,8 @@ pub struct Published {
     pub dropped: bool,
     /// Whether it reached only this node's members (the broker's backend was unreachable).
     pub local_only: bool,
+    /// Its place in the room's history, when it was kept.
+    pub offset: Option<crate::broker::Position>,
 }
 
 /// Why a publish failed.
@@ -97,15 +99,26 @@ impl Gateway {
             socket_id: None,
             claims: None,
         };
-        let reach = self
+        let sent = self
             .0
             .publish_routed(&req.event, Some(room.clone()), req.data, None, &ctx)
             .await?;
         Ok(Published {
             room,
-            dropped: reach.is_none(),
-            local_only: reach == Some(Reach::LocalOnly),
+            dropped: sent.is_none(),
+            local_only: sent.as_ref().is_some_and(|(r, _)| *r == Reach::LocalOnly),
+            offset: sent.and_then(|(_, p)| p),
         })
+    }
+
+    /// `room`'s kept events after `since` (from the oldest kept when `None`), at most `limit`.
+    pub async fn history(
+        &self,
+        room: &str,
+        since: Option<&crate::broker::Position>,
+        limit: usize,
+    ) -> Result<crate::broker::History, BrokerError> {
+        self.0.broker.history(&Room::from(room), since, limit).await
     }
 
     /// Sends `user:online`/`user:offline` to the whole namespace (except the new socket).
@@ -139,7 +152,8 @@ impl Gateway {
 impl Inner {
     /// Runs `on_outbound` once, serializes once and hands the delivery to the broker.
     ///
-    /// Returns how far it reached, or `None` when a hook dropped the event.
+    /// Returns how far it reached and, when kept, its place in the room's history; `None`
+    /// when a hook dropped the event.
     pub(crate) async fn publish_routed(
         &self,
         event: &str,
@@ -147,21 +161,34 @@ impl Inner {
         data: Value,
         except: Option<ConnId>,
         ctx: &HookCtx<'_>,
-    ) -> Result<Option<Reach>, BrokerError> {
+    ) -> Result<Option<(Reach, Option<crate::broker::Position>)>, BrokerError> {
         let Some(data) = self.run_hooks(event, data, ctx, Direction::Outbound) else {
             return Ok(None);
         };
+        // A room's events are kept, but those their set declares transient (typing).
+        let keep = room.is_some()
+            && self.config.history.enabled()
+            && self.events.outbound(event).is_none_or(|d| d.kept());
         let delivery = Delivery::encode(event, room, &data)
             .map_err(|e| BrokerError::Encode(e.to_string()))?
-            .except(except);
+            .except(except)
+            .kept(keep);
         self.metrics
             .events_out
             .get_or_create(&EventLabels {
                 event: event.to_owned(),
             })
             .inc();
-        match self.broker.publish(Arc::new(delivery)).await {
-            Ok(reach) => Ok(Some(reach)),
+        let sent = if keep {
+            self.broker.publish_kept(Arc::new(delivery)).await
+        } else {
+            self.broker
+                .publish(Arc::new(delivery))
+                .await
+                .map(|r| (r, None))
+        };
+        match sent {
+            Ok(sent) => Ok(Some(sent)),
             Err(e) => {
                 self.backend_error("broker", &e.to_string());
                 Err(e)

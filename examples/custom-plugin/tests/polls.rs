@@ -326,7 +326,17 @@ async fn a_backend_closes_a_poll_in_its_room() {
     let body: Value =
         serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes())
             .expect("json");
-    assert_eq!(body, json!({"event": "poll:closed", "room": "poll:lunch"}));
+    let offset = body["offset"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        offset
+            .split_once(':')
+            .is_some_and(|(e, n)| !e.is_empty() && n.parse::<u64>().is_ok()),
+        "the event's place in the room's history: {body}"
+    );
+    assert_eq!(
+        body,
+        json!({"event": "poll:closed", "room": "poll:lunch", "offset": offset})
+    );
     assert_eq!(alice.received("poll:closed").len(), 2);
 
     let resp = n

@@ -79,6 +79,8 @@
 //! sharded_pubsub = false
 //! ```
 
+mod history;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -90,10 +92,11 @@ use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
+use switchboard_core::config::HistoryConfig;
 use switchboard_core::config::RedisConfig;
 use switchboard_core::{
-    BoxError, BrokerError, ConfigError, Delivery, Factory, Inbox, Plugin, PluginContext, Reach,
-    Room, RoomBroker, async_trait, register_plugin,
+    BoxError, BrokerError, ConfigError, Delivery, Factory, History, Inbox, Plugin, PluginContext,
+    Position, Reach, Room, RoomBroker, async_trait, register_plugin,
 };
 use switchboard_redis_client::{ClientConfig, Health, PoolWatch};
 use tokio::sync::broadcast::error::RecvError;
@@ -121,11 +124,14 @@ struct EnvelopeOut<'a> {
     d: &'a Delivery,
 }
 
-/// The receiving side of [`EnvelopeOut`].
+/// The receiving side of [`EnvelopeOut`] (and of the history script's messages, which
+/// carry the event's position).
 #[derive(Deserialize)]
 struct EnvelopeIn {
     #[serde(default)]
     skip: Option<String>,
+    #[serde(default)]
+    p: Option<Position>,
     d: Delivery,
 }
 
@@ -156,6 +162,12 @@ struct Inner {
     inbox: OnceLock<Inbox>,
     node: String,
     sharded: bool,
+    key_prefix: String,
+    /// The channel other nodes reach this one on.
+    control: String,
+    history: history::HistorySettings,
+    scripts: history::Scripts,
+    asks: history::Asks,
     room_prefix: String,
     broadcast: String,
     sub: Client,
@@ -207,11 +219,30 @@ fn timed_out(command: &'static str, timeout: Duration) -> BrokerError {
 }
 
 impl RedisBroker {
-    /// A broker for the Redis in `redis`, on node `node`; connects on [`RoomBroker::start`].
+    /// A broker for the Redis in `redis`, on node `node`, keeping the default history;
+    /// connects on [`RoomBroker::start`].
     pub fn new(
         redis: &RedisConfig,
         cfg: &RedisBrokerConfig,
         node: impl Into<String>,
+    ) -> Result<Self, ConfigError> {
+        Self::with_history(
+            redis,
+            cfg,
+            node,
+            HistoryConfig::default(),
+            Duration::from_secs(120),
+        )
+    }
+
+    /// A broker keeping room history as `history` says, each room's epoch kept `window`
+    /// past its last event (the recovery window).
+    pub fn with_history(
+        redis: &RedisConfig,
+        cfg: &RedisBrokerConfig,
+        node: impl Into<String>,
+        history: HistoryConfig,
+        window: Duration,
     ) -> Result<Self, ConfigError> {
         cfg.validate("broker.redis")?;
         let sub = switchboard_redis_client::client(redis, cfg, Some(16 * 1024))?;
@@ -226,6 +257,14 @@ impl RedisBroker {
                     "rooms subscribed, delivering through Redis",
                     "delivering to this node's sockets only and reconnecting",
                 ),
+                control: format!("{}node:{node}", redis.key_prefix),
+                key_prefix: redis.key_prefix.clone(),
+                history: history::HistorySettings {
+                    config: history,
+                    meta_ttl: window,
+                },
+                scripts: history::Scripts::new(),
+                asks: history::Asks::default(),
                 node,
                 sharded: redis.sharded_pubsub,
                 room_prefix: format!("{}room:", redis.key_prefix),
@@ -396,7 +435,7 @@ impl Inner {
         client: &Client,
         channel: String,
         message: String,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<i64, BrokerError> {
         let call = async {
             if self.sharded {
                 client.spublish::<i64, _, _>(channel, message).await
@@ -405,16 +444,14 @@ impl Inner {
             }
         };
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(r) => r
-                .map(|_| ())
-                .map_err(|e| broker_error("PUBLISH", self.timeout, &e)),
+            Ok(r) => r.map_err(|e| broker_error("PUBLISH", self.timeout, &e)),
             Err(_) => Err(timed_out("PUBLISH", self.timeout)),
         }
     }
 
     /// Subscribes the broadcast channel and every subscribed room, lock shard by lock shard.
     async fn resubscribe(&self) -> Result<usize, BrokerError> {
-        self.subscribe_channels(vec![self.broadcast.clone()])
+        self.subscribe_channels(vec![self.broadcast.clone(), self.control.clone()])
             .await?;
         let mut total = 0;
         for shard in self.rooms.iter() {
@@ -431,16 +468,57 @@ impl Inner {
         Ok(total)
     }
 
+    /// Publishes a delivery that is not kept: through Redis, or to this node alone when
+    /// Redis does not take it.
+    pub(crate) async fn publish_plain(
+        &self,
+        delivery: Arc<Delivery>,
+    ) -> Result<Reach, BrokerError> {
+        let inner = self;
+        let channel = inner.channel(delivery.room.as_deref());
+        let (client, client_up) = inner.publisher(&channel);
+        let through_redis = inner.subscribed.load(Ordering::SeqCst) && client_up;
+        let skip = (!through_redis).then_some(inner.node.as_str());
+        let message = serde_json::to_string(&EnvelopeOut { skip, d: &delivery })
+            .map_err(|e| BrokerError::Encode(e.to_string()))?;
+        if through_redis {
+            match inner.send(client, channel, message).await {
+                Ok(_) => return Ok(Reach::Cluster),
+                Err(e) => inner.health.report(false, &e.to_string()),
+            }
+            inner.metrics.local_only.inc();
+            inner.deliver_locally(&delivery);
+            return Ok(Reach::LocalOnly);
+        }
+        inner.health.report(false, "not subscribed");
+        inner.metrics.local_only.inc();
+        inner.deliver_locally(&delivery);
+        // Other nodes may still hear Redis; this node skips its own tagged copy.
+        if client_up && inner.send(client, channel, message).await.is_ok() {
+            return Ok(Reach::Cluster);
+        }
+        Ok(Reach::LocalOnly)
+    }
+
     /// Delivers one message read from the subscription.
-    fn on_message(&self, msg: Message) {
+    fn on_message(self: &Arc<Self>, msg: Message) {
+        if *msg.channel == *self.control {
+            if let Some(bytes) = msg.value.as_bytes() {
+                self.on_control(bytes);
+            }
+            return;
+        }
         let decoded = match msg.value.as_bytes() {
             Some(bytes) => serde_json::from_slice::<EnvelopeIn>(bytes).map_err(|e| e.to_string()),
             None => Err("not a string".to_owned()),
         };
         match decoded {
-            Ok(env) => {
+            Ok(mut env) => {
                 if env.skip.as_deref() == Some(self.node.as_str()) {
                     return;
+                }
+                if env.p.is_some() {
+                    env.d.position = env.p;
                 }
                 self.metrics.received.inc();
                 self.deliver_locally(&env.d);
@@ -646,30 +724,68 @@ impl RoomBroker for RedisBroker {
     }
 
     async fn publish(&self, delivery: Arc<Delivery>) -> Result<Reach, BrokerError> {
-        let inner = &self.inner;
-        let channel = inner.channel(delivery.room.as_deref());
-        let (client, client_up) = inner.publisher(&channel);
-        let through_redis = inner.subscribed.load(Ordering::SeqCst) && client_up;
-        let skip = (!through_redis).then_some(inner.node.as_str());
-        let message = serde_json::to_string(&EnvelopeOut { skip, d: &delivery })
-            .map_err(|e| BrokerError::Encode(e.to_string()))?;
-        if through_redis {
-            match inner.send(client, channel, message).await {
-                Ok(()) => return Ok(Reach::Cluster),
-                Err(e) => inner.health.report(false, &e.to_string()),
-            }
-            inner.metrics.local_only.inc();
-            inner.deliver_locally(&delivery);
-            return Ok(Reach::LocalOnly);
+        self.inner.publish_plain(delivery).await
+    }
+
+    async fn publish_kept(
+        &self,
+        delivery: Arc<Delivery>,
+    ) -> Result<(Reach, Option<Position>), BrokerError> {
+        if !self.inner.history.config.enabled() {
+            return self.inner.publish_plain(delivery).await.map(|r| (r, None));
         }
-        inner.health.report(false, "not subscribed");
-        inner.metrics.local_only.inc();
-        inner.deliver_locally(&delivery);
-        // Other nodes may still hear Redis; this node skips its own tagged copy.
-        if client_up && inner.send(client, channel, message).await.is_ok() {
-            return Ok(Reach::Cluster);
+        self.inner.publish_kept(delivery).await
+    }
+
+    async fn position(&self, room: &Room) -> Result<Option<Position>, BrokerError> {
+        if !self.inner.history.config.enabled() {
+            return Ok(None);
         }
-        Ok(Reach::LocalOnly)
+        self.inner.position(room).await
+    }
+
+    async fn history(
+        &self,
+        room: &Room,
+        after: Option<&Position>,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        if !self.inner.history.config.enabled() {
+            return Err(BrokerError::Unsupported(
+                "history is off (history.size = 0)".to_owned(),
+            ));
+        }
+        self.inner.history(room, after, limit).await
+    }
+
+    async fn put_record(
+        &self,
+        key: &str,
+        fields: Vec<(String, String)>,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.inner.put_record(key, fields, ttl).await
+    }
+
+    async fn get_record(
+        &self,
+        key: &str,
+        fields: &[String],
+    ) -> Result<Vec<Option<String>>, BrokerError> {
+        self.inner.get_record(key, fields).await
+    }
+
+    async fn delete_record(&self, key: &str, fields: &[String]) -> Result<(), BrokerError> {
+        self.inner.delete_record(key, fields).await
+    }
+
+    async fn ask(
+        &self,
+        node: &str,
+        request: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, BrokerError> {
+        self.inner.ask(node, request, timeout).await
     }
 
     async fn ready(&self) -> bool {
@@ -697,7 +813,13 @@ fn flatten<T: Send + 'static>(handle: JoinHandle<T>) -> JoinHandle<()> {
 fn build(ctx: &PluginContext<'_>) -> Result<Arc<dyn RoomBroker>, BoxError> {
     let cfg: RedisBrokerConfig = ctx.section()?;
     let redis: RedisConfig = ctx.extract("redis")?;
-    let broker = RedisBroker::new(&redis, &cfg, ctx.node_id())?;
+    let broker = RedisBroker::with_history(
+        &redis,
+        &cfg,
+        ctx.node_id(),
+        ctx.config().history.clone(),
+        ctx.config().recovery.max_disconnection.get(),
+    )?;
     broker.register_metrics(ctx);
     Ok(Arc::new(broker))
 }

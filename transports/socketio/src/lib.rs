@@ -10,6 +10,10 @@
 
 use std::sync::Arc;
 
+mod connect_pid;
+
+use connect_pid::Pids;
+
 use axum::Router;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use futures_util::FutureExt;
@@ -20,7 +24,9 @@ use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessage};
+use socketioxide::socket::DisconnectReason;
 use socketioxide::socket::Socket;
+use switchboard_core::runtime::{Leaving, RecoveryRequest};
 use switchboard_core::{
     BoxError, CloseReason, ConnId, Connection, Delivery, Dur, Factory, GatewayHandle, Handshake,
     Plugin, PluginContext, Recipients, Room, Session, Size, Ticket, Transport, async_trait,
@@ -69,6 +75,12 @@ pub struct SocketIoTransport {
     router: Router,
 }
 
+/// The socketioxide room that mirrors a core room for the sockets that track offsets (they
+/// get each room event with its offset as the last argument).
+fn tracked(room: &str) -> String {
+    format!("{room}\u{1}o")
+}
+
 impl std::fmt::Debug for SocketIoTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SocketIoTransport")
@@ -91,14 +103,30 @@ impl SocketIoTransport {
             .ws_max_frame_size(frame)
             .ws_read_buffer_size(cfg.ws_read_buffer_size.bytes().max(64))
             .build_svc();
-        let middleware =
-            move |s: SocketRef, TryData(auth): TryData<Value>| admit(gateway.clone(), s, auth.ok());
-        let connected = |_: SocketRef| async {};
+        let pids = Arc::new(Pids::default());
+        let (admitting, registry) = (gateway.clone(), pids.clone());
+        let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
+            admit(admitting.clone(), registry.clone(), s, auth.ok())
+        };
+        // Runs once the client has the CONNECT packet: a recovered socket's replay, and the
+        // deliveries held for a socket that tracks offsets.
+        let connected = move |s: SocketRef| {
+            let gateway = gateway.clone();
+            async move {
+                if let (Some(session), Some(gw)) =
+                    (s.extensions.get::<Arc<Session>>(), gateway.get())
+                    && session.recovery_id().is_some()
+                {
+                    gw.replay(&session).await;
+                }
+            }
+        };
         io.ns(cfg.namespace.clone(), connected.with(middleware));
         let router = Router::new()
             .route_service("/socket.io/", svc.clone())
             .route_service("/socket.io", svc)
-            .layer(axum::middleware::from_fn(detach_request));
+            .layer(axum::middleware::from_fn(detach_request))
+            .layer(axum::middleware::from_fn_with_state(pids, add_pid));
         SocketIoTransport { cfg, io, router }
     }
 }
@@ -107,6 +135,8 @@ impl SocketIoTransport {
 struct SioConnection {
     id: ConnId,
     socket: SocketRef,
+    /// The client tracks offsets: room events carry theirs as the last argument.
+    tracks: bool,
 }
 
 impl Connection for SioConnection {
@@ -120,12 +150,30 @@ impl Connection for SioConnection {
         }
     }
 
+    fn send_event(&self, event: &str, payload: &RawValue, offset: Option<&str>) {
+        let sent = match offset {
+            Some(offset) if self.tracks => self.socket.emit(event, &(payload, offset)),
+            _ => self.socket.emit(event, payload),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(socket = %self.id, error = %e, "could not send to socket");
+        }
+    }
+
     fn join(&self, room: &Room) {
-        self.socket.join(room.to_string());
+        if self.tracks {
+            self.socket.join(tracked(room));
+        } else {
+            self.socket.join(room.to_string());
+        }
     }
 
     fn leave(&self, room: &Room) {
-        self.socket.leave(room.to_string());
+        if self.tracks {
+            self.socket.leave(tracked(room));
+        } else {
+            self.socket.leave(room.to_string());
+        }
     }
 
     fn close(&self, reason: CloseReason) {
@@ -173,6 +221,7 @@ fn payload_of(raw: &str) -> Result<Option<&RawValue>, serde_json::Error> {
 /// handler, and the presence API counts the socket as soon as the client sees `connect`.
 async fn admit(
     handle: GatewayHandle,
+    pids: Arc<Pids>,
     socket: SocketRef,
     auth: Option<Value>,
 ) -> Result<(), switchboard_core::AuthError> {
@@ -190,12 +239,29 @@ async fn admit(
         };
         gw.authenticate(&handshake).await?
     };
+    // socket.io-client tracks offsets; a client that does not sends `recovery: false`.
+    let field = |k: &str| auth.as_ref().and_then(|a| a.get(k));
+    let tracks =
+        gw.config().recovery.enabled && field("recovery").and_then(Value::as_bool) != Some(false);
+    let request = RecoveryRequest {
+        tracks_offsets: tracks,
+        pid: field("pid").and_then(Value::as_str).map(str::to_owned),
+        offset: field("offset").and_then(Value::as_str).map(str::to_owned),
+        // socketioxide sends nothing before CONNECT: hold deliveries until the client has it.
+        hold: tracks,
+    };
     let conn = Arc::new(SioConnection {
         id: ConnId::new(socket.id.as_str()),
         socket: socket.clone(),
+        tracks: request.tracks_offsets,
     });
-    let session = gw.connect_via(handle.transport(), conn, identity).await;
-    socket.extensions.insert(session);
+    let connected = gw
+        .connect_with(handle.transport(), conn, identity, request)
+        .await;
+    if let Some(pid) = connected.session.recovery_id() {
+        pids.register(socket.id.as_str(), &pid);
+    }
+    socket.extensions.insert(connected.session);
 
     let events = handle.clone();
     socket.on_fallback(
@@ -222,9 +288,9 @@ async fn admit(
         },
     );
     let closed = handle.clone();
-    socket.on_disconnect(move |s: SocketRef| {
+    socket.on_disconnect(move |s: SocketRef, reason: DisconnectReason| {
         let closed = closed.clone();
-        async move { release(&closed, &s).await }
+        async move { release(&closed, &s, leaving(reason)).await }
     });
 
     // If the connect packet cannot be sent (the client vanished mid-handshake), socketioxide
@@ -234,18 +300,72 @@ async fn admit(
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
         if !watched.connected() {
-            release(&handle, &watched).await;
+            release(&handle, &watched, Leaving::Dropped).await;
         }
     });
     Ok(())
 }
 
+/// What recovery keeps of a socket that ended for `reason`: as socket.io does, a session
+/// that dropped (transport closed or failed, ping timeout) or whose server is closing may
+/// come back; one closed on purpose may not.
+fn leaving(reason: DisconnectReason) -> Leaving {
+    match reason {
+        DisconnectReason::TransportClose
+        | DisconnectReason::TransportError
+        | DisconnectReason::HeartbeatTimeout
+        | DisconnectReason::MultipleHttpPollingError => Leaving::Dropped,
+        DisconnectReason::ClosingServer => Leaving::Shutdown,
+        DisconnectReason::PacketParsingError
+        | DisconnectReason::ClientNSDisconnect
+        | DisconnectReason::ServerNSDisconnect => Leaving::Closed,
+    }
+}
+
+/// Arms a WebSocket upgrade's tap and rewrites long-polling responses, so a socket's
+/// `CONNECT` packet carries its `pid` (see `connect_pid`).
+async fn add_pid(
+    axum::extract::State(pids): axum::extract::State<Arc<Pids>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let query = req.uri().query().unwrap_or("");
+    let websocket = query.split('&').any(|kv| kv == "transport=websocket");
+    let polling_get = req.method() == http::Method::GET && !websocket;
+    if websocket
+        && let Some(peer) = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<switchboard_core::PeerSocket>>()
+    {
+        peer.0.tap().arm(pids.rewriter());
+    }
+    let res = next.run(req).await;
+    if !(polling_get && pids.any()) {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let body = match std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|b| pids.rewrite_body(b))
+    {
+        Some(new) => {
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            axum::body::Body::from(new)
+        }
+        None => axum::body::Body::from(bytes),
+    };
+    axum::response::Response::from_parts(parts, body)
+}
+
 /// Ends a socket's session once, whoever gets here first.
-async fn release(handle: &GatewayHandle, socket: &SocketRef) {
+async fn release(handle: &GatewayHandle, socket: &SocketRef, leaving: Leaving) {
     if let Some(session) = socket.extensions.remove::<Arc<Session>>()
         && let Some(gw) = handle.get()
     {
-        gw.disconnect(&session).await;
+        gw.disconnect_with(&session, leaving).await;
     }
 }
 
@@ -307,14 +427,30 @@ impl Transport for SocketIoTransport {
             .except()
             .and_then(|id| id.as_str().parse().ok())
             .and_then(|sid| ns.get_socket(sid));
-        let op = match (to.room(), sender) {
-            (Some(room), Some(s)) => s.to(room.to_string()),
-            (Some(room), None) => ns.to(room.to_string()),
-            (None, Some(s)) => s.broadcast(),
-            (None, None) => ns,
+        let to_rooms = |rooms: Vec<String>| match &sender {
+            Some(s) => s.to(rooms),
+            None => ns.clone().to(rooms),
         };
         // The local adapter broadcasts at once: its future is ready when first polled.
-        match op.emit(&*d.event, &*d.payload).now_or_never() {
+        let sent = match (to.room(), to.offset()) {
+            (Some(room), Some(offset)) => {
+                let plain = to_rooms(vec![room.to_string()])
+                    .emit(&*d.event, &*d.payload)
+                    .now_or_never();
+                let with_offset = to_rooms(vec![tracked(room)])
+                    .emit(&*d.event, &(&*d.payload, offset))
+                    .now_or_never();
+                plain.and(with_offset)
+            }
+            (Some(room), None) => to_rooms(vec![room.to_string(), tracked(room)])
+                .emit(&*d.event, &*d.payload)
+                .now_or_never(),
+            (None, _) => match &sender {
+                Some(s) => s.broadcast().emit(&*d.event, &*d.payload).now_or_never(),
+                None => ns.emit(&*d.event, &*d.payload).now_or_never(),
+            },
+        };
+        match sent {
             Some(Ok(())) => {}
             Some(Err(e)) => tracing::debug!(event = %d.event, error = %e, "broadcast incomplete"),
             None => tracing::warn!(event = %d.event, "broadcast did not complete at once; dropped"),

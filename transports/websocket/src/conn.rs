@@ -112,6 +112,8 @@ struct Outbox {
 pub(crate) struct WsConn {
     id: ConnId,
     hub: Arc<Hub>,
+    /// Recovery is on: room events carry their offset.
+    pub(crate) tracks: bool,
     outbox: Mutex<Outbox>,
     /// Pings sent since the last pong.
     unanswered: AtomicU8,
@@ -119,10 +121,11 @@ pub(crate) struct WsConn {
 
 impl WsConn {
     /// A new socket handle with a fresh id.
-    pub(crate) fn new(hub: Arc<Hub>, raw: Option<PeerSocket>) -> Arc<WsConn> {
+    pub(crate) fn new(hub: Arc<Hub>, raw: Option<PeerSocket>, tracks: bool) -> Arc<WsConn> {
         Arc::new(WsConn {
             id: next_socket_id(),
             hub,
+            tracks,
             outbox: Mutex::new(Outbox {
                 raw,
                 ..Outbox::default()
@@ -263,6 +266,13 @@ impl Connection for WsConn {
 
     fn send(&self, event: &str, payload: &RawValue) {
         self.push(frame::event(event, payload));
+    }
+
+    fn send_event(&self, event: &str, payload: &RawValue, offset: Option<&str>) {
+        match offset {
+            Some(o) if self.tracks => self.push(frame::event_with_offset(event, payload, o)),
+            _ => self.push(frame::event(event, payload)),
+        }
     }
 
     fn close(&self, reason: CloseReason) {
@@ -441,9 +451,9 @@ mod tests {
         use switchboard_core::{Delivery, Recipients, Room, Transport};
         let hub = Arc::new(Hub::new(16, Duration::from_secs(25)));
         let (a, b, c) = (
-            WsConn::new(hub.clone(), None),
-            WsConn::new(hub.clone(), None),
-            WsConn::new(hub.clone(), None),
+            WsConn::new(hub.clone(), None, false),
+            WsConn::new(hub.clone(), None, false),
+            WsConn::new(hub.clone(), None, false),
         );
         for conn in [&a, &b, &c] {
             hub.insert(conn);
@@ -493,7 +503,7 @@ mod tests {
     #[test]
     fn a_full_queue_closes_the_slow_consumer() {
         let hub = Arc::new(Hub::new(2, Duration::from_secs(25)));
-        let c = WsConn::new(hub, None);
+        let c = WsConn::new(hub, None, false);
         for i in 0..3u8 {
             c.push(Bytes::from(vec![i]));
         }
@@ -516,7 +526,11 @@ mod tests {
             .expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
         let raw = PeerSocket::new(Arc::new(server));
-        let c = WsConn::new(Arc::new(Hub::new(8, Duration::from_secs(25))), Some(raw));
+        let c = WsConn::new(
+            Arc::new(Hub::new(8, Duration::from_secs(25))),
+            Some(raw),
+            false,
+        );
 
         c.push(Bytes::from_static(b"queued,"));
         assert_eq!(drain_raw(&c), 1, "the task holds the writer role at first");
@@ -551,11 +565,11 @@ mod tests {
     #[test]
     fn the_first_close_request_wins_and_pushes_wake_the_task() {
         let hub = Arc::new(Hub::new(8, Duration::from_secs(25)));
-        let c = WsConn::new(hub, None);
+        let c = WsConn::new(hub, None, false);
         c.close(CloseReason::TokenExpired);
         c.close(CloseReason::Shutdown);
         assert_eq!(c.arm(Waker::noop()), Some(Close::TOKEN_EXPIRED));
-        let c2 = WsConn::new(Arc::new(Hub::new(8, Duration::from_secs(25))), None);
+        let c2 = WsConn::new(Arc::new(Hub::new(8, Duration::from_secs(25))), None, false);
         assert_eq!(c2.arm(Waker::noop()), None);
         c2.finish();
         c2.push(Bytes::from_static(b"x"));

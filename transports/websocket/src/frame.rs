@@ -57,8 +57,9 @@ struct IdOnly<'a> {
 /// What the handshake's first frame says.
 #[derive(Debug, PartialEq)]
 pub(crate) enum FirstFrame {
-    /// `{"op": "connect", "token": ...}`; the token as given (`Null` when absent).
-    Connect(Value),
+    /// `{"op": "connect", "token": ..., "recover"?: {...}}`; the token as given (`Null`
+    /// when absent).
+    Connect(Value, Option<Recover>),
     /// Anything else: refused as carrying no token.
     Other,
 }
@@ -123,7 +124,17 @@ pub(crate) fn decode_event(text: &str) -> Result<EventFrame<'_>, BadFrame<'_>> {
     })
 }
 
-/// Decodes the handshake's first text frame; other keys than `op` and `token` are ignored.
+/// `"recover": {"session", "offset"}` of a reconnecting client's first frame.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Recover {
+    /// The session it had (the `session` of its last `connected`).
+    pub(crate) session: Option<String>,
+    /// The last offset it received.
+    pub(crate) offset: Option<String>,
+}
+
+/// Decodes the handshake's first text frame; other keys than `op`, `token` and `recover`
+/// are ignored.
 pub(crate) fn decode_first(text: &str) -> FirstFrame {
     #[derive(Deserialize)]
     struct Connect<'a> {
@@ -131,9 +142,18 @@ pub(crate) fn decode_first(text: &str) -> FirstFrame {
         op: Cow<'a, str>,
         #[serde(default)]
         token: Value,
+        #[serde(default)]
+        recover: Value,
     }
     match serde_json::from_str::<Connect<'_>>(text) {
-        Ok(c) if c.op == "connect" => FirstFrame::Connect(c.token),
+        Ok(c) if c.op == "connect" => {
+            let text = |k: &str| c.recover.get(k).and_then(Value::as_str).map(str::to_owned);
+            let recover = c.recover.is_object().then(|| Recover {
+                session: text("session"),
+                offset: text("offset"),
+            });
+            FirstFrame::Connect(c.token, recover)
+        }
         _ => FirstFrame::Other,
     }
 }
@@ -224,6 +244,20 @@ pub(crate) fn event(name: &str, payload: &RawValue) -> Bytes {
     f.finish()
 }
 
+/// The server event frame with its offset: `{"event": name, "data": payload, "offset": ...}`.
+pub(crate) fn event_with_offset(name: &str, payload: &RawValue, offset: &str) -> Bytes {
+    let data = payload.get();
+    let mut f = FrameBuf::with_capacity(name.len() + data.len() + offset.len() + 34);
+    f.push_str("{\"event\":");
+    f.push_json_str(name);
+    f.push_str(",\"data\":");
+    f.push_str(data);
+    f.push_str(",\"offset\":");
+    f.push_json_str(offset);
+    f.push_str("}");
+    f.finish()
+}
+
 /// The ack frame `{"ack": id, "data": ...}`; `id` is echoed exactly as the client wrote it.
 pub(crate) fn ack(id: &RawValue, data: &Value) -> Bytes {
     let data = serde_json::to_string(data).unwrap_or_else(|_| "null".to_owned());
@@ -237,13 +271,30 @@ pub(crate) fn ack(id: &RawValue, data: &Value) -> Bytes {
     f.finish()
 }
 
-/// The handshake reply `{"op": "connected", "userId": ..., "socketId": ...}`.
-pub(crate) fn connected(user_id: &str, socket_id: &str) -> Bytes {
-    let mut f = FrameBuf::with_capacity(user_id.len() + socket_id.len() + 48);
+/// The handshake reply `{"op": "connected", "userId": ..., "socketId": ...}`, with
+/// recovery on `"session"` too, and `"recovered"` when the client asked to recover.
+pub(crate) fn connected(
+    user_id: &str,
+    socket_id: &str,
+    session: Option<&str>,
+    recovered: Option<bool>,
+) -> Bytes {
+    let mut f = FrameBuf::with_capacity(user_id.len() + socket_id.len() + 96);
     f.push_str("{\"op\":\"connected\",\"userId\":");
     f.push_json_str(user_id);
     f.push_str(",\"socketId\":");
     f.push_json_str(socket_id);
+    if let Some(s) = session {
+        f.push_str(",\"session\":");
+        f.push_json_str(s);
+    }
+    if let Some(r) = recovered {
+        f.push_str(if r {
+            ",\"recovered\":true"
+        } else {
+            ",\"recovered\":false"
+        });
+    }
     f.push_str("}");
     f.finish()
 }
@@ -320,15 +371,38 @@ pub(crate) mod tests {
     fn first_frame_is_connect_or_not() {
         assert_eq!(
             decode_first(r#"{"op":"connect","token":"abc"}"#),
-            FirstFrame::Connect(json!("abc"))
+            FirstFrame::Connect(json!("abc"), None)
         );
         assert_eq!(
             decode_first(r#"{"op":"connect"}"#),
-            FirstFrame::Connect(Value::Null)
+            FirstFrame::Connect(Value::Null, None)
         );
         assert_eq!(
             decode_first(r#"{"op":"connect","token":5,"client":"x"}"#),
-            FirstFrame::Connect(json!(5))
+            FirstFrame::Connect(json!(5), None)
+        );
+        assert_eq!(
+            decode_first(r#"{"op":"connect","token":"t","recover":{"session":"s","offset":"o"}}"#),
+            FirstFrame::Connect(
+                json!("t"),
+                Some(Recover {
+                    session: Some("s".into()),
+                    offset: Some("o".into())
+                })
+            )
+        );
+        let offset = event_with_offset(
+            "e",
+            &RawValue::from_string("{}".into()).expect("raw"),
+            "p~t.1",
+        );
+        assert_eq!(
+            tests::payload(&offset),
+            r#"{"event":"e","data":{},"offset":"p~t.1"}"#
+        );
+        assert_eq!(
+            tests::payload(&connected("u", "s", Some("pid"), Some(true))),
+            r#"{"op":"connected","userId":"u","socketId":"s","session":"pid","recovered":true}"#
         );
         assert_eq!(
             decode_first(r#"{"event":"conversation:join"}"#),
@@ -355,7 +429,7 @@ pub(crate) mod tests {
             json!({"ack": 7, "data": {"success": true}})
         );
         assert_eq!(
-            parse(&connected("u\"1", "abc")),
+            parse(&connected("u\"1", "abc", None, None)),
             json!({"op": "connected", "userId": "u\"1", "socketId": "abc"})
         );
         let refusal = op_error("Authentication failed: Invalid token");

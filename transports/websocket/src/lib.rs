@@ -231,13 +231,20 @@ impl Transport for WebSocketTransport {
     }
 
     fn deliver(&self, delivery: &Delivery, to: Recipients<'_>) {
-        let mut recipients = to.of::<WsConn>().peekable();
-        if recipients.peek().is_none() {
-            return;
-        }
-        let frame = frame::event(&delivery.event, &delivery.payload);
-        for conn in recipients {
-            conn.push(frame.clone());
+        // Each frame built once, when a recipient needs it: plain, and with the offset.
+        let (mut plain, mut with_offset) = (None, None);
+        for conn in to.of::<WsConn>() {
+            let frame = match to.offset() {
+                Some(o) if conn.tracks => with_offset
+                    .get_or_insert_with(|| {
+                        frame::event_with_offset(&delivery.event, &delivery.payload, o)
+                    })
+                    .clone(),
+                _ => plain
+                    .get_or_insert_with(|| frame::event(&delivery.event, &delivery.payload))
+                    .clone(),
+            };
+            conn.push(frame);
         }
     }
 
@@ -305,7 +312,8 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
     let raw = req
         .extensions()
         .get::<ConnectInfo<PeerSocket>>()
-        .map(|c| c.0.clone());
+        .map(|c| c.0.clone())
+        .filter(PeerSocket::is_direct);
     let Some(upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
         return refuse(
             StatusCode::UPGRADE_REQUIRED,

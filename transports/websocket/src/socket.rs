@@ -26,18 +26,20 @@ use http::HeaderMap;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use switchboard_core::runtime::{Leaving, RecoveryRequest};
 use switchboard_core::{
     AuthError, Gateway, GatewayHandle, Handshake, Identity, PeerSocket, Session,
 };
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig as WsProtocol};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
 use crate::conn::{Close, Hub, WsConn};
-use crate::frame::{self, FirstFrame};
+use crate::frame::{self, FirstFrame, Recover};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -77,22 +79,62 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, mut start: Box<Start>) {
         return;
     };
     let raw = start.raw.take();
-    let Some((mut ws, identity)) = Box::pin(open(&ctx, &gw, start)).await else {
+    let Some((mut ws, identity, recover)) = Box::pin(open(&ctx, &gw, start)).await else {
         return;
     };
-    let conn = WsConn::new(ctx.hub.clone(), raw);
-    conn.push(frame::connected(
-        &identity.user_id,
-        conn.socket_id().as_str(),
-    ));
+    let tracks = gw.config().recovery.enabled;
+    let conn = WsConn::new(ctx.hub.clone(), raw, tracks);
     ctx.hub.insert(&conn);
-    let session = Box::pin(gw.connect_via(ctx.gw.transport(), conn.clone(), identity)).await;
+    let session = if tracks {
+        // Held until `connected` is queued, so nothing goes out before it.
+        let asked = recover.is_some();
+        let recover = recover.unwrap_or_default();
+        let request = RecoveryRequest {
+            tracks_offsets: true,
+            pid: recover.session,
+            offset: recover.offset,
+            hold: true,
+        };
+        let user = identity.user_id.clone();
+        let connected =
+            Box::pin(gw.connect_with(ctx.gw.transport(), conn.clone(), identity, request)).await;
+        let pid = connected.session.recovery_id();
+        conn.push(frame::connected(
+            &user,
+            conn.socket_id().as_str(),
+            pid.as_deref(),
+            asked.then_some(connected.recovered),
+        ));
+        Box::pin(gw.replay(&connected.session)).await;
+        connected.session
+    } else {
+        conn.push(frame::connected(
+            &identity.user_id,
+            conn.socket_id().as_str(),
+            None,
+            None,
+        ));
+        Box::pin(gw.connect_via(ctx.gw.transport(), conn.clone(), identity)).await
+    };
 
-    let (close, offset) = run(&gw, &mut ws, &conn, &session).await;
+    let (end, offset) = run(&gw, &mut ws, &conn, &session).await;
 
     ctx.hub.remove(&conn);
     conn.finish();
-    Box::pin(gw.disconnect(&session)).await;
+    let (close, leaving) = match end {
+        End::Ours(c) if c == Close::SHUTDOWN => (Some(c), Leaving::Shutdown),
+        // A ping timeout or a slow consumer is a connection that failed: it may come back.
+        End::Ours(c) if c == Close::PING_TIMEOUT || c == Close::SLOW_CONSUMER => {
+            (Some(c), Leaving::Dropped)
+        }
+        // The server closed it on purpose (expiry, abuse, a kick): nothing to come back to.
+        End::Ours(c) => (Some(c), Leaving::Closed),
+        // The client closed it with a close frame: on purpose.
+        End::PeerClosed => (None, Leaving::Closed),
+        // The connection was lost (reset, no close frame, a failed write): it may come back.
+        End::Lost => (None, Leaving::Dropped),
+    };
+    Box::pin(gw.disconnect_with(&session, leaving)).await;
     drop(session);
     Box::pin(finish(
         &mut ws,
@@ -105,7 +147,11 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, mut start: Box<Start>) {
 }
 
 /// Completes the upgrade and the connect handshake; a refused socket is closed here.
-async fn open(ctx: &Ctx, gw: &Gateway, start: Box<Start>) -> Option<(Box<Ws>, Identity)> {
+async fn open(
+    ctx: &Ctx,
+    gw: &Gateway,
+    start: Box<Start>,
+) -> Option<(Box<Ws>, Identity, Option<Recover>)> {
     let Start {
         upgrade,
         authorization,
@@ -123,7 +169,7 @@ async fn open(ctx: &Ctx, gw: &Gateway, start: Box<Start>) -> Option<(Box<Ws>, Id
     let mut ws =
         Box::new(WebSocketStream::from_raw_socket(io, Role::Server, Some(ctx.protocol)).await);
     let refusal = match handshake(gw, &mut ws, authorization, query).await {
-        Ok(identity) if !ctx.hub.is_closing() => return Some((ws, identity)),
+        Ok((identity, recover)) if !ctx.hub.is_closing() => return Some((ws, identity, recover)),
         Ok(_) => Refusal {
             message: None,
             close: Some(Close::SHUTDOWN),
@@ -141,7 +187,7 @@ async fn handshake(
     ws: &mut Ws,
     authorization: Option<http::HeaderValue>,
     query: Option<String>,
-) -> Result<Identity, Refusal> {
+) -> Result<(Identity, Option<Recover>), Refusal> {
     let deadline = Instant::now() + gw.config().limits.handshake_timeout.get();
     let first = loop {
         let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
@@ -173,8 +219,10 @@ async fn handshake(
     };
     let mut headers = HeaderMap::new();
     let auth;
+    let mut recover = None;
     let handshake = match first {
-        FirstFrame::Connect(token) => {
+        FirstFrame::Connect(token, r) => {
+            recover = r;
             if let Some(value) = authorization {
                 headers.insert(http::header::AUTHORIZATION, value);
             }
@@ -193,7 +241,7 @@ async fn handshake(
         },
     };
     match gw.authenticate(&handshake).await {
-        Ok(identity) => Ok(identity),
+        Ok(identity) => Ok((identity, recover)),
         Err(e) => Err(Refusal {
             message: Some(e.to_string()),
             close: Some(match e {
@@ -255,14 +303,24 @@ fn poll_write_queue(
     }
 }
 
-/// The socket's life after `connected`: returns the close to send, if any, and how much of
-/// the front queued frame is already written.
+/// How a socket's life ended.
+enum End {
+    /// The server closes it with this code.
+    Ours(Close),
+    /// The client sent a close frame.
+    PeerClosed,
+    /// The connection failed or was cut without a close frame.
+    Lost,
+}
+
+/// The socket's life after `connected`: returns how it ended, and how much of the front
+/// queued frame is already written.
 async fn run(
     gw: &Gateway,
     ws: &mut Ws,
     conn: &Arc<WsConn>,
     session: &Arc<Session>,
-) -> (Option<Close>, usize) {
+) -> (End, usize) {
     let mut offset = 0;
     loop {
         let wake = poll_fn(|cx| {
@@ -292,7 +350,7 @@ async fn run(
             Poll::Pending
         })
         .await;
-        let close = match wake {
+        let end = match wake {
             Wake::Read(Message::Text(text)) => {
                 Box::pin(on_text(gw, conn, session, text)).await;
                 continue;
@@ -302,17 +360,18 @@ async fn run(
                 continue;
             }
             Wake::Read(Message::Ping(_) | Message::Frame(_)) => continue,
-            Wake::Read(Message::Binary(_)) => Some(Close::BINARY),
+            Wake::Read(Message::Binary(_)) => End::Ours(Close::BINARY),
             // The peer closes: tungstenite has queued its reply; nothing more is sent.
-            Wake::Read(Message::Close(_)) | Wake::Ended => None,
-            Wake::ReadError(e) => close_for(&e),
-            Wake::Close(close) => Some(close),
+            Wake::Read(Message::Close(_)) => End::PeerClosed,
+            Wake::Ended => End::Lost,
+            Wake::ReadError(e) => close_for(&e).map_or(End::Lost, End::Ours),
+            Wake::Close(close) => End::Ours(close),
             Wake::WriteError(e) => {
                 tracing::debug!(socket = %conn.socket_id(), error = %e, "websocket write failed");
-                None
+                End::Lost
             }
         };
-        return (close, offset);
+        return (end, offset);
     }
 }
 
@@ -342,6 +401,8 @@ fn close_for(e: &WsError) -> Option<Close> {
     match e {
         WsError::Capacity(_) => Some(Close::TOO_BIG),
         WsError::Utf8(_) => Some(Close::INVALID_UTF8),
+        // A connection cut without a close frame is lost, not a protocol violation.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         WsError::Protocol(_) | WsError::AttackAttempt => Some(Close::PROTOCOL),
         _ => None,
     }
