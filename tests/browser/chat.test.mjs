@@ -4,6 +4,8 @@
 // Two users, alice and bob, sign in with minted tokens and join conversation 42; then,
 // live: a message POSTed to /api/v1/emit shows in both pages, `message:status` changes the
 // tick, bob typing shows on alice's page, and bob closing his page turns him offline there.
+// Then carol's page, loaded through a TCP proxy, loses its connection while messages are
+// published, and shows them once it reconnects (connection state recovery).
 //
 // Run: tests/browser/run.sh (installs chromium and the npm packages when missing).
 // Environment: SB_BIN (default <repo>/target/debug/switchboard), CHROMIUM (default
@@ -18,6 +20,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { startProxy } from "../e2e/proxy.mjs";
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const BIN = process.env.SB_BIN ?? join(REPO, "target/debug/switchboard");
@@ -32,6 +35,7 @@ let base; // http://127.0.0.1:PORT
 let server; // the switchboard child process
 let serverLog = "";
 let context; // the browser
+let proxy; // a TCP proxy in front of the gateway, to cut a page's connection
 const pageErrors = [];
 
 function freePort() {
@@ -92,8 +96,8 @@ async function waitForText(page, selector, text) {
   }
 }
 
-async function signIn(page, token, user) {
-  await page.goto(`${base}/`);
+async function signIn(page, token, user, origin = base) {
+  await page.goto(`${origin}/`);
   await page.locator("#token").fill(token);
   await page.locator("#signin").click();
   await waitForText(page, "#status", `Connected as ${user}`);
@@ -115,6 +119,7 @@ before(async () => {
   work = mkdtempSync(join(tmpdir(), "switchboard-browser-"));
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
+  proxy = await startProxy(port);
   const configPath = join(work, "switchboard.toml");
   writeFileSync(
     configPath,
@@ -122,7 +127,9 @@ before(async () => {
       "[server]",
       `listen = "127.0.0.1:${port}"`,
       `static_dir = ${JSON.stringify(PAGE_DIR)}`,
-      `cors_origins = [${JSON.stringify(base)}]`,
+      `cors_origins = [${JSON.stringify(base)}, ${JSON.stringify(proxy.url)}]`,
+      "[recovery]",
+      "enabled = true",
       "[auth.jwt]",
       'secret = "browser-test-secret-0123456789-abcdefghij"',
       "[api]",
@@ -132,7 +139,11 @@ before(async () => {
       "",
     ].join("\n"),
   );
-  tokens = { alice: mint(configPath, "alice"), bob: mint(configPath, "bob") };
+  tokens = {
+    alice: mint(configPath, "alice"),
+    bob: mint(configPath, "bob"),
+    carol: mint(configPath, "carol"),
+  };
 
   server = spawn(BIN, ["serve", "--config", configPath], { stdio: ["ignore", "pipe", "pipe"] });
   server.stdout.on("data", (d) => (serverLog += d));
@@ -159,6 +170,7 @@ before(async () => {
 
 after(async () => {
   await context?.close().catch(() => {});
+  await proxy?.close();
   if (server && server.exitCode === null) {
     const exited = new Promise((r) => server.once("exit", r));
     server.kill("SIGTERM");
@@ -265,4 +277,55 @@ test("alice and bob see messages, status ticks, typing and presence live", async
   await waitForText(alice, '#people li[data-user="bob"] .presence', "offline");
 
   assert.deepEqual(pageErrors, [], "no script errors in the pages");
+});
+
+function message(messageId, body) {
+  return {
+    conversationId: "42",
+    messageId,
+    senderId: "alice",
+    type: "text",
+    content: { body },
+    status: "sent",
+    timestamp: new Date().toISOString(),
+  };
+}
+
+test("messages published while the page was offline appear once it reconnects", async () => {
+  const carol = await context.newPage();
+  try {
+    await signIn(carol, tokens.carol, "carol", proxy.url);
+    await emit("message:received", message("r1", "before the drop"));
+    await waitForText(carol, 'li[data-message-id="r1"] .body', "before the drop");
+
+    // The network goes away: the connection is cut and reconnecting is refused.
+    proxy.hold();
+    proxy.cut();
+    await carol.waitForFunction(() => document.querySelector("#status")?.textContent.startsWith("Disconnected"), null, {
+      timeout: TIMEOUT,
+    });
+    const missed = [
+      ["r2", "while you were offline"],
+      ["r3", "and another one"],
+    ];
+    for (const [id, body] of missed) await emit("message:received", message(id, body));
+    await emit("message:status", { conversationId: "42", messageId: "r1", status: "read" });
+    assert.equal(await carol.locator('li[data-message-id="r2"]').count(), 0, "nothing arrives while offline");
+
+    // The network is back: socket.io-client reconnects by itself and recovers.
+    proxy.release();
+    await waitForText(carol, "#status", "Connected as carol (recovered)");
+    for (const [id, body] of missed) await waitForText(carol, `li[data-message-id="${id}"] .body`, body);
+    await carol.locator('li[data-message-id="r1"] .tick[data-status="read"]').waitFor({ timeout: TIMEOUT });
+    const order = await carol.locator("#messages li").evaluateAll((lis) => lis.map((li) => li.dataset.messageId));
+    assert.deepEqual(order.filter((id) => id.startsWith("r")), ["r1", "r2", "r3"], "in order, each once");
+    await waitForText(carol, "#conversation-title", "Conversation 42");
+
+    // And it is live again.
+    await emit("message:received", message("r4", "live again"));
+    await waitForText(carol, 'li[data-message-id="r4"] .body', "live again");
+    assert.deepEqual(pageErrors, [], "no script errors in the pages");
+  } finally {
+    await carol.close();
+  }
 });

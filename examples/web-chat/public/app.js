@@ -64,9 +64,15 @@ function signIn(token) {
   state.socket = socket;
 
   socket.on("connect", () => {
-    setStatus("online", `Connected as ${me}`);
     showChat();
-    // Rooms do not survive a reconnect: join again.
+    if (socket.recovered) {
+      // Connection state recovery (`recovery.enabled`): back in the conversation, and
+      // what arrived while offline has been replayed, in order, before anything live.
+      setStatus("online", `Connected as ${me} (recovered)`);
+      return;
+    }
+    setStatus("online", `Connected as ${me}`);
+    // A fresh connection (first connect, or recovery not possible): join again.
     if (state.conversationId) join(state.conversationId);
   });
   socket.on("connect_error", (err) => {
