@@ -50,7 +50,7 @@ pub use refresh::AUTH_REFRESH;
 pub use registry::{BoxError, Factory, Plugin, PluginContext, PluginKind};
 pub use runtime::{Gateway, GatewayHandle, Publish, PublishError, Published};
 pub use session::{Session, Ticket};
-pub use transport::{CloseReason, Connection, Recipients, Transport, TransportId};
+pub use transport::{CloseReason, Connection, QueueFull, Recipients, Transport, TransportId};
 pub use units::{Dur, Size};
 
 #[doc(hidden)]

@@ -36,6 +36,8 @@ pub struct Session {
     pub(crate) expiry: Mutex<Option<ExpiryKey>>,
     /// With recovery on and a client that tracks offsets: where it is in its rooms.
     pub(crate) tracker: Option<Tracker>,
+    /// Turns `true` once the core has unregistered the closed session.
+    pub(crate) ended: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Session {
@@ -61,6 +63,7 @@ impl Session {
             order: Arc::new(Turnstile::default()),
             expiry: Mutex::new(None),
             tracker,
+            ended: tokio::sync::watch::Sender::new(false),
         }
     }
 

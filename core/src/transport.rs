@@ -22,7 +22,14 @@ pub enum CloseReason {
     Shutdown,
     /// The client came back on a newer connection (recovery took this session over).
     Replaced,
+    /// The backend disconnected the user (`POST /api/v1/users/{userId}/disconnect`): the
+    /// client must not reconnect by itself.
+    Kicked,
 }
+
+/// A socket's outgoing queue is full: nothing was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
 
 // ANCHOR: connection
 /// One live socket, as the core sees it, whatever its transport.
@@ -36,6 +43,18 @@ pub trait Connection: Any + Send + Sync {
     fn send_event(&self, event: &str, payload: &RawValue, offset: Option<&str>) {
         let _ = offset;
         self.send(event, payload);
+    }
+    /// Like [`send_event`](Self::send_event), but sends nothing and says so when the
+    /// socket's outgoing queue is full, so that a replay can wait for room instead of
+    /// losing an event. The default sends and never says it is full.
+    fn try_send_event(
+        &self,
+        event: &str,
+        payload: &RawValue,
+        offset: Option<&str>,
+    ) -> Result<(), QueueFull> {
+        self.send_event(event, payload, offset);
+        Ok(())
     }
     /// The core put the socket in `room`: mirror it where the transport frames room
     /// deliveries itself (Socket.IO's rooms). Called while the core holds the room.

@@ -268,6 +268,39 @@ for (const transports of TRANSPORTS) {
   });
 }
 
+describe('recovery of more events than the socket can queue', () => {
+  let server;
+  let proxy;
+  before(async () => {
+    server = await startServer({
+      toml: recoveryToml(),
+      env: { SWITCHBOARD_TRANSPORTS__SOCKETIO__MAX_BUFFER_SIZE: '16' },
+    });
+    proxy = await startProxy(server.port);
+  });
+  after(async () => {
+    await proxy.close();
+    await server.stop();
+  });
+
+  for (const transports of TRANSPORTS) {
+    it(`200 missed events through a 16-packet queue all arrive, once and in order (${transports[0]})`, async () => {
+      const conv = uid('conv');
+      const socket = await connected(client(proxy.url, { token: signJwt({ sub: 'alice' }), transports }));
+      await join(socket, conv);
+      await publish(server, conv, ['m0']);
+      await eventually(() => ids(socket).length === 1);
+      await drop(proxy, socket);
+      await publish(server, conv, range('m', 1, 201));
+      assert.equal(await back(proxy, socket), true, 'socket.recovered');
+      await eventually(() => ids(socket).length >= 201, 10000);
+      await publish(server, conv, ['m201']);
+      await eventually(() => ids(socket).length >= 202, 5000);
+      assert.deepEqual(ids(socket), range('m', 0, 202));
+    });
+  }
+});
+
 describe('recovery on one node, a server-side disconnect', () => {
   let server;
   let proxy;

@@ -184,6 +184,7 @@ impl Gateway {
             Ok(false) => {}
             Err(e) => self.backend_error("presence", &e.to_string()),
         }
+        session.ended.send_replace(true);
         tracing::debug!(socket = %session.id(), user = %user, "disconnected");
     }
 }

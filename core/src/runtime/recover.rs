@@ -24,6 +24,8 @@ use crate::transport::{CloseReason, Connection, TransportId};
 
 /// How long a node waits for the node that held a session to hand it over.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How soon a replay tries again after a socket's queue was full.
+const REPLAY_RETRY: Duration = Duration::from_millis(2);
 /// How often the node writes its delivery checkpoints.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// How long a live session's record is kept without being written again.
@@ -192,7 +194,19 @@ impl Gateway {
             };
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             let offset = ClientOffset::replay(p, &tag, attach, i);
-            session.conn.send_event(&d.event, &d.payload, Some(&offset));
+            // A replay can be longer than the socket's outgoing queue: wait for the client
+            // to read rather than lose an event. A client that stops reading is closed by
+            // its transport's keep-alive (then the session ends, and it may recover again).
+            while session
+                .conn
+                .try_send_event(&d.event, &d.payload, Some(&offset))
+                .is_err()
+            {
+                if *session.ended.borrow() {
+                    return;
+                }
+                tokio::time::sleep(REPLAY_RETRY).await;
+            }
             let mut st = t.state.lock();
             st.prelive.push((room.clone(), p.clone(), None));
             st.replayed += 1;

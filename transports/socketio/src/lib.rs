@@ -20,17 +20,17 @@ use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessage};
 use socketioxide::socket::DisconnectReason;
 use socketioxide::socket::Socket;
+use socketioxide::{SendError, SocketError, SocketIo};
 use switchboard_core::runtime::{Leaving, RecoveryRequest};
 use switchboard_core::{
     BoxError, CloseReason, ConnId, Connection, Delivery, Dur, Factory, GatewayHandle, Handshake,
-    Plugin, PluginContext, Recipients, Room, Session, Size, Ticket, Transport, async_trait,
-    register_plugin,
+    Plugin, PluginContext, QueueFull, Recipients, Room, Session, Size, Ticket, Transport,
+    async_trait, register_plugin,
 };
 
 /// `transports.socketio.*`.
@@ -157,6 +157,26 @@ impl Connection for SioConnection {
         };
         if let Err(e) = sent {
             tracing::debug!(socket = %self.id, error = %e, "could not send to socket");
+        }
+    }
+
+    fn try_send_event(
+        &self,
+        event: &str,
+        payload: &RawValue,
+        offset: Option<&str>,
+    ) -> Result<(), QueueFull> {
+        let sent = match offset {
+            Some(offset) if self.tracks => self.socket.emit(event, &(payload, offset)),
+            _ => self.socket.emit(event, payload),
+        };
+        match sent {
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => Err(QueueFull),
+            Err(e) => {
+                tracing::debug!(socket = %self.id, error = %e, "could not send to socket");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
     }
 

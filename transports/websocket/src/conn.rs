@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use serde_json::value::RawValue;
-use switchboard_core::{CloseReason, ConnId, Connection, PeerSocket};
+use switchboard_core::{CloseReason, ConnId, Connection, PeerSocket, QueueFull};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Bytes;
 
@@ -63,6 +63,10 @@ impl Close {
     pub(crate) const RATE_ABUSE: Close = Close {
         code: 4429,
         reason: "Over the event rate for too long",
+    };
+    pub(crate) const KICKED: Close = Close {
+        code: 4403,
+        reason: "Disconnected by the server",
     };
     pub(crate) const SHUTDOWN: Close = Close {
         code: 1001,
@@ -275,11 +279,32 @@ impl Connection for WsConn {
         }
     }
 
+    fn try_send_event(
+        &self,
+        event: &str,
+        payload: &RawValue,
+        offset: Option<&str>,
+    ) -> Result<(), QueueFull> {
+        // Leave half the queue for what the socket is sent meanwhile (replies, errors).
+        {
+            let o = self.outbox.lock();
+            if o.done || o.close.is_some() {
+                return Ok(());
+            }
+            if o.frames.len() >= (self.hub.max_queued / 2).max(1) {
+                return Err(QueueFull);
+            }
+        }
+        self.send_event(event, payload, offset);
+        Ok(())
+    }
+
     fn close(&self, reason: CloseReason) {
         self.request_close(match reason {
             CloseReason::TokenExpired => Close::TOKEN_EXPIRED,
             CloseReason::RateAbuse => Close::RATE_ABUSE,
             CloseReason::Shutdown => Close::SHUTDOWN,
+            CloseReason::Kicked => Close::KICKED,
             _ => Close::SERVER,
         });
     }
