@@ -16,7 +16,10 @@
 #   --servers LIST   comma-separated, from switchboard,bare,node,bare-native (default:
 #                    switchboard,bare,node; node is skipped when Node.js is not
 #                    installed); NAME=PATH adds another Switchboard binary under that
-#                    name, for before/after runs
+#                    name, for before/after runs; NAME@CONFIG runs this Switchboard with
+#                    another config file under that name, for feature on/off runs
+#                    (benches/history-off.toml, benches/recovery.toml, with
+#                    SWITCHBOARD_BROKER__PLUGIN=redis for the Redis broker)
 #   --protocol P     socketio (default) or native: the load generator speaks the native
 #                    WebSocket protocol (CONTRACT §5, /ws) and the default servers are
 #                    switchboard,bare-native (bare and node do not speak it, and are refused)
@@ -154,8 +157,12 @@ files=()
 i=0
 for spec in "${list[@]}"; do
   port=$((PORT + i)); i=$((i + 1))
-  name=${spec%%=*}
+  name=${spec%%=*}; name=${name%%@*}
   case "$spec" in
+    *@*)
+      start_pinned "$SERVER_CPU" "$BIN/switchboard" serve --config "${spec#*@}" \
+        --listen "127.0.0.1:$port" 2> "$OUT/$name.log" &
+      ;;
     *=*)
       start_pinned "$SERVER_CPU" "${spec#*=}" serve --config benches/switchboard.toml \
         --listen "127.0.0.1:$port" 2> "$OUT/$name.log" &
