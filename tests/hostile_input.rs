@@ -184,7 +184,21 @@ proptest! {
                 "status {} for {}", status, body
             );
             if status == StatusCode::OK {
-                prop_assert!(v.get("room").and_then(Value::as_str).is_some());
+                match &v {
+                    // A batch: one result per item, each with its status and its answer or error.
+                    Value::Array(items) => {
+                        for item in items {
+                            let code = item.get("status").and_then(Value::as_u64);
+                            prop_assert!(code.is_some(), "a batch item without a status: {}", item);
+                            if code == Some(200) {
+                                prop_assert!(item.get("room").or_else(|| item.get("user")).and_then(Value::as_str).is_some(), "{}", item);
+                            } else {
+                                prop_assert!(item.get("error").and_then(Value::as_str).is_some(), "{}", item);
+                            }
+                        }
+                    }
+                    _ => prop_assert!(v.get("room").or_else(|| v.get("user")).and_then(Value::as_str).is_some()),
+                }
             } else {
                 prop_assert!(v.get("error").and_then(Value::as_str).is_some(), "{}", v);
             }

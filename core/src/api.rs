@@ -1,4 +1,6 @@
-//! The HTTP API (CONTRACT §3): emit, presence, health, readiness and metrics.
+//! The HTTP API (CONTRACT §3): emit (to rooms, to users, in batches), the control calls
+//! (rooms, users, nodes), presence, history, health, readiness and metrics; and the
+//! admin page (§6).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -11,6 +13,8 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::runtime::{Gateway, Publish, PublishError};
+
+mod admin;
 
 /// A JSON error response `{"error": ..., "details": ...}`.
 #[derive(Debug)]
@@ -53,6 +57,12 @@ pub fn router(gw: Gateway) -> Router {
         .route("/api/v1/presence", get(presence))
         .route("/api/v1/presence/{user_id}", get(presence_user))
         .route("/api/v1/history/{room}", get(history))
+        .route("/api/v1/rooms", get(rooms_list))
+        .route("/api/v1/rooms/join", post(rooms_join))
+        .route("/api/v1/rooms/leave", post(rooms_leave))
+        .route("/api/v1/rooms/{room}", get(room_detail))
+        .route("/api/v1/users/{user_id}/disconnect", post(user_disconnect))
+        .route("/api/v1/nodes", get(nodes))
         .route("/api/{*rest}", axum::routing::any(api_not_found))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -60,12 +70,15 @@ pub fn router(gw: Gateway) -> Router {
             require_key,
         ))
         .layer(DefaultBodyLimit::max(body_limit));
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(api)
-        .with_state(gw)
+        .merge(api);
+    if gw.config().admin.enabled {
+        router = router.merge(admin::router());
+    }
+    router.with_state(gw)
 }
 
 /// `GET /healthz`: the process is up (served on every listener).
@@ -101,22 +114,51 @@ async fn require_key(
     };
     // Compare against every key in constant time, without stopping at the first match.
     let mut ok = 0u8;
-    for k in &gw.config().api.keys {
+    let config = gw.config();
+    let admin: &[String] = if config.admin.enabled {
+        &config.admin.keys
+    } else {
+        &[]
+    };
+    for k in config
+        .api
+        .keys
+        .iter()
+        .chain(admin)
+        .filter(|k| !k.is_empty())
+    {
         ok |= k.as_bytes().ct_eq(key.as_bytes()).unwrap_u8();
     }
     if ok == 1 {
         next.run(req).await
     } else {
-        gw.metrics().error("api_unauthorized");
+        gw.metrics()
+            .error_with("api_unauthorized", "a call with an invalid API key");
         ApiError::new(StatusCode::UNAUTHORIZED, "Invalid API key").into_response()
     }
 }
 
-async fn emit(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
+/// Most emits one batch may carry.
+const MAX_BATCH: usize = 1000;
+
+/// One emit: into a room (`room`, or the one the event's plugin derives) or to a user.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmitBody {
+    event: String,
+    data: Value,
+    #[serde(default)]
+    room: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+/// Checks the body is JSON of at most the body limit, and parses it.
+fn json_body(
+    gw: &Gateway,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Value, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -146,21 +188,122 @@ async fn emit(
             ApiError::new(status, "Could not read the body")
         }
     })?;
-    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+    serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "Body is not valid JSON")
             .details(json!(e.to_string()))
-    })?;
-    let req: Publish = serde_path_to_error::deserialize(&value).map_err(|e| {
+    })
+}
+
+/// Reads a JSON object body of type `T`; a wrong shape is a 400 naming the field.
+fn typed<T: serde::de::DeserializeOwned>(value: &Value, shape: &str) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!(
-                "Body must be {{\"event\": string, \"data\": object, \"room\"?: string}}: {}",
-                e.into_inner()
-            ),
+            format!("Body must be {shape}: {}", e.into_inner()),
         )
         .details(json!({ "field": path }))
-    })?;
+    })
+}
+
+/// Checks an id the API takes (a user id, a room): non-empty, not too long.
+fn check_id(gw: &Gateway, field: &str, value: &str, extra: usize) -> Result<(), ApiError> {
+    let max = gw.config().limits.max_id_chars + extra;
+    if value.trim().is_empty() || value.chars().count() > max {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{field}: must be a non-empty string of at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn control_error(e: &crate::runtime::ControlError) -> ApiError {
+    match e {
+        crate::runtime::ControlError::NoSuchUser(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+        }
+        _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+const EMIT_SHAPE: &str = "{\"event\": string, \"data\": object, \"room\"?: string} or {\"event\", \"data\", \"user\": string}";
+
+async fn emit(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let value = json_body(&gw, &headers, body)?;
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "An empty batch: send at least one emit",
+                ));
+            }
+            if items.len() > MAX_BATCH {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "A batch carries at most {MAX_BATCH} emits; this one has {}",
+                        items.len()
+                    ),
+                ));
+            }
+            let mut results = Vec::with_capacity(items.len());
+            for item in &items {
+                let (status, mut body) = match emit_one(&gw, item).await {
+                    Ok(v) => (StatusCode::OK, v),
+                    Err(e) => (e.status, json!({ "error": e.error, "details": e.details })),
+                };
+                body["status"] = Value::from(status.as_u16());
+                results.push(body);
+            }
+            Ok(axum::Json(Value::Array(results)).into_response())
+        }
+        other => emit_one(&gw, &other)
+            .await
+            .map(|v| axum::Json(v).into_response()),
+    }
+}
+
+/// One emit of a body or of a batch item: its answer, or its error.
+async fn emit_one(gw: &Gateway, value: &Value) -> Result<Value, ApiError> {
+    let body: EmitBody = typed(value, EMIT_SHAPE)?;
+    if body.event.is_empty() || body.event.chars().count() > 128 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "event: must be a non-empty string of at most 128 characters",
+        ));
+    }
+    if let Some(user) = body.user {
+        if body.room.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "Give \"room\" or \"user\", not both",
+            )
+            .details(json!({ "field": "user" })));
+        }
+        check_id(gw, "user", &user, 0)?;
+        let event = body.event.clone();
+        return match gw.send_to_user(&user, &body.event, body.data).await {
+            Ok(sent) => {
+                let mut out = json!({ "user": user, "event": event, "sockets": sent.sockets });
+                if sent.dropped {
+                    out["dropped"] = Value::Bool(true);
+                }
+                Ok(out)
+            }
+            Err(e) => Err(publish_error(gw, e)),
+        };
+    }
+    let req = Publish {
+        event: body.event,
+        data: body.data,
+        room: body.room,
+    };
     let event = req.event.clone();
     match gw.publish(req).await {
         Ok(p) => {
@@ -174,20 +317,185 @@ async fn emit(
             if let Some(offset) = &p.offset {
                 out["offset"] = Value::from(offset.to_string());
             }
-            Ok((StatusCode::OK, axum::Json(out)).into_response())
+            Ok(out)
         }
-        Err(e @ PublishError::UnknownEvent(_)) => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
-        }
-        Err(PublishError::Invalid(msg)) => {
-            gw.metrics().error("api_invalid");
-            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg))
-        }
-        Err(e @ PublishError::Broker(_)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-        )),
+        Err(e) => Err(publish_error(gw, e)),
     }
+}
+
+fn publish_error(gw: &Gateway, e: PublishError) -> ApiError {
+    match e {
+        e @ (PublishError::UnknownEvent(_) | PublishError::NoSuchUser(_)) => {
+            ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+        }
+        PublishError::Invalid(msg) => {
+            gw.metrics().error_with("api_invalid", &msg);
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg)
+        }
+        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+    }
+}
+
+/// `{"room", "userId"}` of `POST /api/v1/rooms/join` and `/leave`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomUser {
+    room: String,
+    #[serde(rename = "userId")]
+    user_id: String,
+}
+
+const ROOM_USER_SHAPE: &str = "{\"room\": string, \"userId\": string}";
+
+async fn rooms_join(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let value = json_body(&gw, &headers, body)?;
+    let b: RoomUser = typed(&value, ROOM_USER_SHAPE)?;
+    check_id(&gw, "room", &b.room, 64)?;
+    check_id(&gw, "userId", &b.user_id, 0)?;
+    let n = gw
+        .join_user(&b.user_id, &b.room)
+        .await
+        .map_err(|e| control_error(&e))?;
+    Ok(axum::Json(json!({ "room": b.room, "userId": b.user_id, "sockets": n })).into_response())
+}
+
+async fn rooms_leave(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let value = json_body(&gw, &headers, body)?;
+    let b: RoomUser = typed(&value, ROOM_USER_SHAPE)?;
+    check_id(&gw, "room", &b.room, 64)?;
+    check_id(&gw, "userId", &b.user_id, 0)?;
+    let n = gw
+        .leave_user(&b.user_id, &b.room)
+        .await
+        .map_err(|e| control_error(&e))?;
+    Ok(axum::Json(json!({ "room": b.room, "userId": b.user_id, "sockets": n })).into_response())
+}
+
+/// `{"reason"?}` of `POST /api/v1/users/{userId}/disconnect`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn user_disconnect(
+    State(gw): State<Gateway>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    check_id(&gw, "userId", &user_id, 0)?;
+    // The body is optional: none, or `{"reason": "..."}`.
+    let empty = body
+        .as_ref()
+        .is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace));
+    let b: DisconnectBody = if empty {
+        DisconnectBody::default()
+    } else {
+        let value = json_body(&gw, &headers, body)?;
+        typed(&value, "{\"reason\"?: string}")?
+    };
+    let reason = b.reason.unwrap_or_default();
+    if reason.chars().count() > 200 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reason: at most 200 characters",
+        ));
+    }
+    let n = gw
+        .disconnect_user(&user_id, &reason)
+        .await
+        .map_err(|e| control_error(&e))?;
+    Ok(axum::Json(json!({ "userId": user_id, "sockets": n })).into_response())
+}
+
+/// `?prefix=&limit=&cursor=` of `GET /api/v1/rooms`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomsQuery {
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    limit: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+async fn rooms_list(
+    State(gw): State<Gateway>,
+    query: Result<axum::extract::Query<RoomsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Bad query: {}", e.body_text()),
+        )
+    })?;
+    let limit = match q.limit.as_deref() {
+        None | Some("") => 100,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "limit: must be a whole number from 1 to 1000",
+                ));
+            }
+        },
+    };
+    let prefix = q.prefix.unwrap_or_default();
+    let all = gw
+        .cluster_rooms(&prefix)
+        .await
+        .map_err(|e| control_error(&e))?;
+    let cursor = q.cursor.filter(|c| !c.is_empty());
+    let mut page: Vec<Value> = Vec::with_capacity(limit.min(all.len()));
+    let mut next = Value::Null;
+    let after = all
+        .iter()
+        .filter(|(room, _)| cursor.as_ref().is_none_or(|c| room.as_str() > c.as_str()));
+    for (room, view) in after {
+        if page.len() == limit {
+            next = page
+                .last()
+                .and_then(|v| v.get("room"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            break;
+        }
+        page.push(json!({ "room": room, "users": view.users.len(), "sockets": view.sockets }));
+    }
+    Ok(axum::Json(json!({ "rooms": page, "next": next })).into_response())
+}
+
+async fn room_detail(
+    State(gw): State<Gateway>,
+    Path(room): Path<String>,
+) -> Result<Response, ApiError> {
+    check_id(&gw, "room", &room, 64)?;
+    let all = gw
+        .cluster_rooms(&room)
+        .await
+        .map_err(|e| control_error(&e))?;
+    let view = all.get(&room).cloned().unwrap_or_default();
+    Ok(
+        axum::Json(json!({ "room": room, "users": view.users, "sockets": view.sockets }))
+            .into_response(),
+    )
+}
+
+async fn nodes(State(gw): State<Gateway>) -> Result<Response, ApiError> {
+    let nodes = gw.nodes_info().await.map_err(|e| control_error(&e))?;
+    Ok(axum::Json(json!({ "nodes": nodes })).into_response())
 }
 
 async fn presence(State(gw): State<Gateway>) -> Result<Response, ApiError> {

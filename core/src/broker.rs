@@ -437,6 +437,12 @@ pub trait RoomBroker: Send + Sync + 'static {
         Err(BrokerError::Unsupported(format!("no node `{node}` to ask")))
     }
 
+    /// The ids of the nodes that share this broker and are alive now, this one included;
+    /// empty for a broker that links no nodes (this node alone).
+    async fn nodes(&self) -> Result<Vec<String>, BrokerError> {
+        Ok(Vec::new())
+    }
+
     /// Whether the backend answers (for `/readyz`).
     async fn ready(&self) -> bool {
         true

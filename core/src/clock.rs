@@ -24,6 +24,11 @@ pub fn iso8601_secs(secs: u64) -> String {
     format_iso(t)
 }
 
+/// A time, in ISO 8601 (UTC, milliseconds).
+pub fn iso8601_at(at: SystemTime) -> String {
+    format_iso(time::OffsetDateTime::from(at))
+}
+
 fn format_iso(t: time::OffsetDateTime) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"

@@ -72,6 +72,18 @@ pub struct Config {
     pub history: HistoryConfig,
     /// Connection state recovery.
     pub recovery: RecoveryConfig,
+    /// The admin page.
+    pub admin: AdminConfig,
+}
+
+/// `admin.*`: the admin page at `/admin/` (CONTRACT §6).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin page.
+    pub enabled: bool,
+    /// Keys that open it (and, with it on, the HTTP API it is built on).
+    pub keys: Vec<String>,
 }
 
 /// `history.*`: each room's recent events, kept by the broker (for recovery and

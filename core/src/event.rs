@@ -483,6 +483,28 @@ impl EventTable {
     pub fn build(sets: &[EventSet]) -> Result<Self, ConfigError> {
         let mut table = EventTable::default();
         let mut issues = Vec::new();
+        for set in sets {
+            let claims = set
+                .inbound
+                .iter()
+                .map(InboundEvent::name)
+                .filter(|n| {
+                    *n != crate::refresh::AUTH_REFRESH || set.name != crate::refresh::SET_NAME
+                })
+                .chain(set.outbound.iter().map(OutboundEvent::name));
+            for name in claims {
+                if let Some(rule) = reserved(name) {
+                    issues.push(ConfigIssue {
+                        key: "events.plugins".to_owned(),
+                        reason: format!(
+                            "`{}` declares the event `{name}`, which {rule}; rename it",
+                            set.name
+                        ),
+                        origin: None,
+                    });
+                }
+            }
+        }
         let mut clash = |what: &str, name: &str, first: &str, second: &str| {
             issues.push(ConfigIssue {
                 key: "events.plugins".to_owned(),
@@ -547,6 +569,35 @@ impl EventTable {
             .map(|(_, k)| k)
             .find(|k| k.id_of(room).is_some())
     }
+}
+
+/// Socket.IO's own event names: a client library treats them specially (`connect` from a
+/// server makes socket.io-client drop the connection).
+pub const SOCKETIO_RESERVED: &[&str] = &[
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+/// Why `name` cannot be published by a backend or claimed by a plugin, if it cannot:
+/// Socket.IO's own events and the gateway's (`error`, `user:*`, `auth:*`, `*:joined`,
+/// `*:left`).
+pub fn reserved(name: &str) -> Option<&'static str> {
+    if SOCKETIO_RESERVED.contains(&name) {
+        return Some("is reserved by Socket.IO");
+    }
+    if name == "error"
+        || name.starts_with("user:")
+        || name.starts_with("auth:")
+        || name.ends_with(":joined")
+        || name.ends_with(":left")
+    {
+        return Some("is the gateway's own (error, user:*, auth:*, *:joined, *:left)");
+    }
+    None
 }
 
 /// Reads the id field of a room kind's join or leave, with the same messages as
@@ -796,6 +847,57 @@ mod tests {
     #[allow(dead_code)]
     struct Join {
         conversation_id: String,
+    }
+
+    #[test]
+    fn socketio_and_gateway_names_are_reserved() {
+        for name in [
+            "connect",
+            "connect_error",
+            "disconnect",
+            "disconnecting",
+            "newListener",
+            "removeListener",
+        ] {
+            assert_eq!(reserved(name), Some("is reserved by Socket.IO"), "{name}");
+        }
+        for name in [
+            "error",
+            "user:online",
+            "user:offline",
+            "auth:refreshed",
+            "conversation:joined",
+            "poll:left",
+        ] {
+            assert!(
+                reserved(name).is_some_and(|r| r.contains("gateway")),
+                "{name}"
+            );
+        }
+        for name in [
+            "message:received",
+            "session:completed",
+            "poll:voted",
+            "connected",
+            "errors",
+            "users:x",
+        ] {
+            assert_eq!(reserved(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_set_claiming_a_reserved_name_is_refused_at_start_up() {
+        let set =
+            EventSet::new("bad").on_value("disconnect", |_ctx, _v| async { Ok(Outcome::Done) });
+        let err = EventTable::build(&[crate::refresh::events(), set]).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("`bad` declares the event `disconnect`, which is reserved by Socket.IO"),
+            "{text}"
+        );
+        // The auth layer's own auth:refresh is not a claim.
+        assert!(EventTable::build(&[crate::refresh::events()]).is_ok());
     }
 
     #[test]

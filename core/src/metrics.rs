@@ -1,7 +1,9 @@
 //! Prometheus metrics: connections, events in/out by name, errors by kind, and plugin metrics.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -38,6 +40,29 @@ pub struct Metrics {
     pub events_out: Family<EventLabels, Counter>,
     /// Failures, by kind.
     pub errors: Family<KindLabels, Counter>,
+    totals: Arc<Totals>,
+}
+
+/// How many recent failures a node keeps to show (`GET /api/v1/nodes`).
+const RECENT_ERRORS: usize = 20;
+
+/// Totals over every label, and the recent failures.
+#[derive(Default)]
+struct Totals {
+    events_in: AtomicU64,
+    events_out: AtomicU64,
+    recent: Mutex<VecDeque<RecentError>>,
+}
+
+/// One recent failure on this node.
+#[derive(Debug, Clone)]
+pub struct RecentError {
+    /// When it happened.
+    pub at: SystemTime,
+    /// Its kind, as counted in `switchboard_errors_total`.
+    pub kind: String,
+    /// What went wrong.
+    pub message: String,
 }
 
 impl Default for Metrics {
@@ -79,7 +104,43 @@ impl Metrics {
             events_in,
             events_out,
             errors,
+            totals: Arc::new(Totals::default()),
         }
+    }
+
+    /// Counts one client event received (`label`: its name, or `unknown`).
+    pub fn count_in(&self, label: &str) {
+        self.events_in
+            .get_or_create(&EventLabels {
+                event: label.to_owned(),
+            })
+            .inc();
+        self.totals.events_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one published event.
+    pub fn count_out(&self, event: &str) {
+        self.events_out
+            .get_or_create(&EventLabels {
+                event: event.to_owned(),
+            })
+            .inc();
+        self.totals.events_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Client events received since start, every name together.
+    pub fn events_in_total(&self) -> u64 {
+        self.totals.events_in.load(Ordering::Relaxed)
+    }
+
+    /// Events published since start, every name together.
+    pub fn events_out_total(&self) -> u64 {
+        self.totals.events_out.load(Ordering::Relaxed)
+    }
+
+    /// The most recent failures, oldest first.
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        self.totals.recent.lock().iter().cloned().collect()
     }
 
     /// Registers a plugin's metric under the `switchboard_` prefix.
@@ -94,11 +155,25 @@ impl Metrics {
 
     /// Counts one failure of `kind`.
     pub fn error(&self, kind: &str) {
+        self.error_with(kind, kind);
+    }
+
+    /// Counts one failure of `kind`, and keeps `message` among the recent ones.
+    pub fn error_with(&self, kind: &str, message: &str) {
         self.errors
             .get_or_create(&KindLabels {
                 kind: kind.to_owned(),
             })
             .inc();
+        let mut recent = self.totals.recent.lock();
+        if recent.len() == RECENT_ERRORS {
+            recent.pop_front();
+        }
+        recent.push_back(RecentError {
+            at: SystemTime::now(),
+            kind: kind.to_owned(),
+            message: message.chars().take(300).collect(),
+        });
     }
 
     /// The Prometheus text exposition of every metric.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The browser test: the web-chat example in headless Chromium against the real binary.
+# The browser tests: the web-chat example and the admin page in headless Chromium against
+# the real binary (the admin test starts its own redis-server and two nodes).
 # Installs Debian's chromium when missing (apt-get, as root), the pinned npm packages when
 # missing (npm ci), builds the binary unless SB_BIN names one, and runs the test.
 #   tests/browser/run.sh                        # from anywhere
-#   UPDATE_SCREENSHOT=1 tests/browser/run.sh    # also rewrites docs/images/web-chat.png
+#   UPDATE_SCREENSHOT=1 tests/browser/run.sh    # also rewrites docs/images/web-chat.png and admin.png
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"

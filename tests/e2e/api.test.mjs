@@ -133,10 +133,17 @@ describe('POST /api/v1/emit errors', () => {
     assertJsonError(await emitApi(server, undefined, { rawBody: '{"event": "message:status", "data": {' }), 400);
   });
 
-  it('a body that is JSON but not an object -> 400 or 422 JSON', async () => {
+  it('a body that is JSON but not an object (nor a batch) -> 400 JSON', async () => {
+    for (const raw of ['1', '"x"', 'null', 'true']) {
+      assertJsonError(await emitApi(server, undefined, { rawBody: raw }), 400);
+    }
+  });
+
+  it('a batch of things that are not emit bodies -> 200 with a 400 per item', async () => {
     const r = await emitApi(server, undefined, { rawBody: '[1,2,3]' });
-    assert.ok([400, 422].includes(r.status), `status ${r.status}: ${r.text}`);
-    assertJsonError(r, r.status);
+    assert.equal(r.status, 200, r.text);
+    assert.deepEqual(r.json.map((x) => x.status), [400, 400, 400]);
+    for (const x of r.json) assert.match(x.error, /Body must be/);
   });
 
   it('wrong content-type (text/plain with a valid JSON body) -> 415 JSON', async () => {

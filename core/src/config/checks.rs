@@ -38,6 +38,12 @@ pub(crate) fn run(figment: &Figment, config: &mut Config) -> Vec<ConfigIssue> {
             "needs room history: set history.size and history.ttl above 0".to_owned(),
         ));
     }
+    if config.admin.enabled && config.admin.keys.iter().all(|k| k.trim().is_empty()) {
+        issues.push(issue(
+            "admin.keys",
+            "set at least one key to open the admin page (admin.enabled is true)".to_owned(),
+        ));
+    }
     if config.recovery.enabled && config.recovery.max_disconnection.get().is_zero() {
         issues.push(issue(
             "recovery.max_disconnection",

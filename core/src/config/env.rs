@@ -210,6 +210,7 @@ mod tests {
             "log",
             "history",
             "recovery",
+            "admin",
         ];
         expected.sort_unstable();
         assert_eq!(found, expected);

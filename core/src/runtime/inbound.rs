@@ -15,7 +15,6 @@ use crate::config::LimitsConfig;
 use crate::event::{self, Core, ErrorKind, EventError, InboundCtx, Outcome};
 use crate::hooks::{Direction, HookCtx, Source};
 use crate::limits::Rate;
-use crate::metrics::EventLabels;
 use crate::session::{Session, Ticket};
 use crate::transport::CloseReason;
 
@@ -35,11 +34,7 @@ impl Gateway {
         let known = self.0.events.inbound(event).is_some();
         self.0
             .metrics
-            .events_in
-            .get_or_create(&EventLabels {
-                event: if known { event } else { "unknown" }.to_owned(),
-            })
-            .inc();
+            .count_in(if known { event } else { "unknown" });
         let result = self
             .inbound_inner(session, ticket, event, size, payload)
             .await;

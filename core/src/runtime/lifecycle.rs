@@ -40,7 +40,7 @@ impl Gateway {
             let me = me.clone();
             Box::pin(async move {
                 match me.upgrade() {
-                    Some(inner) => inner.control(&request),
+                    Some(inner) => inner.control_local(request).await,
                     None => serde_json::Value::Null,
                 }
             })
@@ -123,7 +123,7 @@ impl Gateway {
                 "Connection refused: this node is at its connection limit".to_owned(),
             ));
         }
-        let mine = self.0.per_user.lock().get(user).copied().unwrap_or(0);
+        let mine = self.0.per_user.lock().get(user).map_or(0, Vec::len);
         if limits.max_connections_per_user > 0 && mine >= limits.max_connections_per_user {
             return Err(AuthError::Refused(format!(
                 "Connection refused: at most {} connections per user",
@@ -172,9 +172,9 @@ impl Gateway {
         let user = session.user_id();
         {
             let mut per_user = self.0.per_user.lock();
-            if let Some(n) = per_user.get_mut(&user) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
+            if let Some(mine) = per_user.get_mut(&user) {
+                mine.retain(|s| !Arc::ptr_eq(s, session));
+                if mine.is_empty() {
                     per_user.remove(&user);
                 }
             }
@@ -215,7 +215,11 @@ async fn announce_store_changes(
             }
             PresenceChange::Online { user, conn } => {
                 // Not when every connection of the user closed meanwhile.
-                let live = gw.0.per_user.lock().get(&user).is_some_and(|n| *n > 0);
+                let live =
+                    gw.0.per_user
+                        .lock()
+                        .get(&user)
+                        .is_some_and(|v| !v.is_empty());
                 if live {
                     gw.announce("user:online", &user, Some(conn)).await;
                 }

@@ -35,11 +35,13 @@ use crate::presence::PresenceStore;
 use crate::rooms::Rooms;
 use crate::transport::{Transport, TransportId};
 
+mod control;
 mod inbound;
 mod lifecycle;
 mod publish;
 mod recover;
 
+pub use control::{ControlError, RoomView, SentToUser};
 pub(crate) use inbound::expires_at_payload;
 pub use publish::{Publish, PublishError, Published};
 pub use recover::{Connected, Leaving, RecoveryRequest};
@@ -68,8 +70,10 @@ pub(crate) struct Inner {
     pub(crate) hooks: Vec<Arc<dyn Hooks>>,
     pub(crate) metrics: Metrics,
     pub(crate) access: RoomAccess,
-    /// Open connections per user on this node.
-    pub(crate) per_user: Mutex<HashMap<String, usize>>,
+    /// Open sessions per user on this node.
+    pub(crate) per_user: Mutex<HashMap<String, Vec<Arc<crate::session::Session>>>>,
+    /// When the node started (`GET /api/v1/nodes`).
+    pub(crate) started_at: std::time::Instant,
     pub(crate) log_limit: LogLimiter,
     pub(crate) expiry: Expiry,
     pub(crate) started: std::sync::atomic::AtomicBool,
@@ -186,6 +190,7 @@ impl Gateway {
                 metrics: parts.metrics,
                 access: parts.access,
                 per_user: Mutex::new(HashMap::new()),
+                started_at: std::time::Instant::now(),
                 log_limit: LogLimiter::new(Duration::from_secs(10)),
                 expiry,
                 started: std::sync::atomic::AtomicBool::new(false),
@@ -250,7 +255,8 @@ impl Gateway {
 
 impl Inner {
     pub(crate) fn backend_error(&self, what: &'static str, message: &str) {
-        self.metrics.error("backend");
+        self.metrics
+            .error_with("backend", &format!("{what}: {message}"));
         if self.log_limit.allow(what) {
             tracing::warn!(backend = what, error = %message, "backend call failed; local delivery continues");
         }

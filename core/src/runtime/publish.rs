@@ -10,7 +10,6 @@ use super::{Gateway, Inner};
 use crate::broker::{BrokerError, ConnId, Delivery, Reach, Room};
 use crate::error::{Cause, Classify};
 use crate::hooks::{Direction, HookCtx, Source, Verdict};
-use crate::metrics::EventLabels;
 
 /// A request to publish one event.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +49,12 @@ pub enum PublishError {
     /// The broker did not take it.
     #[error("{0}")]
     Broker(#[from] BrokerError),
+    /// Not every node could be reached (a user-targeted send).
+    #[error("{0}")]
+    Control(String),
+    /// The user has no socket on any node (a user-targeted send).
+    #[error("user {0} has no socket on any node")]
+    NoSuchUser(String),
 }
 
 impl Classify for PublishError {
@@ -57,19 +62,34 @@ impl Classify for PublishError {
         match self {
             PublishError::UnknownEvent(_) | PublishError::Invalid(_) => Cause::Client,
             PublishError::Broker(e) => e.cause(),
+            PublishError::Control(_) => Cause::Backend,
+            PublishError::NoSuchUser(_) => Cause::Client,
         }
     }
     fn retryable(&self) -> bool {
         match self {
             PublishError::UnknownEvent(_) | PublishError::Invalid(_) => false,
             PublishError::Broker(e) => e.retryable(),
+            PublishError::Control(_) => true,
+            PublishError::NoSuchUser(_) => false,
         }
+    }
+}
+
+/// A backend may not publish Socket.IO's own events or the gateway's ([`crate::event::reserved`]).
+pub(crate) fn refuse_reserved(event: &str) -> Result<(), PublishError> {
+    match crate::event::reserved(event) {
+        Some(rule) => Err(PublishError::Invalid(format!(
+            "event: `{event}` {rule}, and cannot be published"
+        ))),
+        None => Ok(()),
     }
 }
 
 impl Gateway {
     /// Publishes an event from a backend (HTTP API or Rust code): validate, route, hook, deliver.
     pub async fn publish(&self, req: Publish) -> Result<Published, PublishError> {
+        refuse_reserved(&req.event)?;
         let limits = &self.0.config.limits;
         let routed = match self.0.events.outbound(&req.event) {
             Some(decl) => Some(
@@ -173,12 +193,7 @@ impl Inner {
             .map_err(|e| BrokerError::Encode(e.to_string()))?
             .except(except)
             .kept(keep);
-        self.metrics
-            .events_out
-            .get_or_create(&EventLabels {
-                event: event.to_owned(),
-            })
-            .inc();
+        self.metrics.count_out(event);
         let sent = if keep {
             self.broker.publish_kept(Arc::new(delivery)).await
         } else {

@@ -264,7 +264,12 @@ impl Gateway {
         self.0.metrics.connections.inc();
         self.0.metrics.connects.inc();
         let user = session.user_id();
-        *self.0.per_user.lock().entry(user.clone()).or_insert(0) += 1;
+        self.0
+            .per_user
+            .lock()
+            .entry(user.clone())
+            .or_default()
+            .push(session.clone());
         self.0.rooms.register(session);
         match self.0.presence.connect(&user, session.id()).await {
             Ok(true) => {

@@ -115,7 +115,7 @@ impl Inner {
     }
 
     /// Runs a history script on the room's pooled connection.
-    async fn run_script(
+    pub(crate) async fn run_script(
         &self,
         client: &Client,
         script: &Script,

@@ -80,6 +80,7 @@
 //! ```
 
 mod history;
+mod nodes;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -669,6 +670,7 @@ impl RoomBroker for RedisBroker {
             tasks.extend(inner.pool.spawn(|_| {}));
             tasks.push(flatten(inner.sub.connect()));
             tasks.push(flatten(inner.pool.pool().connect()));
+            tasks.push(tokio::spawn(nodes::heartbeat(Arc::downgrade(inner))));
         }
         // Give a healthy Redis the time to answer, so the node is ready when it starts serving.
         let deadline = Instant::now() + inner.timeout;
@@ -788,12 +790,17 @@ impl RoomBroker for RedisBroker {
         self.inner.ask(node, request, timeout).await
     }
 
+    async fn nodes(&self) -> Result<Vec<String>, BrokerError> {
+        self.inner.nodes().await
+    }
+
     async fn ready(&self) -> bool {
         self.inner.ready()
     }
 
     async fn shutdown(&self) {
         let inner = &self.inner;
+        inner.leave_nodes().await;
         let tasks: Vec<_> = inner.tasks.lock().drain(..).collect();
         for t in &tasks {
             t.abort();

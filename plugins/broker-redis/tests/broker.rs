@@ -466,3 +466,33 @@ async fn a_node_that_unsubscribed_still_publishes_to_the_others() {
         assert!(a.rec.payloads("conversation:u").is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sharing_a_redis_list_each_other_until_one_stops() {
+    let server = RedisServer::start();
+    let cfg = redis_config(&server, false);
+    let (a, b) = (node(&cfg).await, node(&cfg).await);
+    let (ida, idb) = (a.broker.node_id().to_owned(), b.broker.node_id().to_owned());
+    let mut both = vec![ida.clone(), idb.clone()];
+    both.sort();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.broker.nodes().await.ok() == Some(both.clone())
+                && b.broker.nodes().await.ok() == Some(both.clone())
+        })
+        .await,
+        "each node lists both"
+    );
+    // A node that stops cleanly leaves the list at once.
+    b.broker.shutdown().await;
+    assert_eq!(a.broker.nodes().await.expect("nodes"), vec![ida.clone()]);
+    // A node whose Redis is gone says so rather than answering a list that may be wrong.
+    drop(server);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.broker.nodes().await.is_err()
+        })
+        .await,
+        "an error once Redis is gone"
+    );
+}

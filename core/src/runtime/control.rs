@@ -1,0 +1,436 @@
+//! The backend's control of the cluster (CONTRACT §3): requests every node carries out for
+//! its own sockets (join or leave a user's sockets, disconnect a user, send to a user,
+//! describe its rooms and itself), and asking every node at once.
+//!
+//! A call is answered only once every node alive has answered (through the broker's
+//! [`ask`](crate::RoomBroker::ask); this node directly). A node that does not answer in
+//! time fails the call, naming it: never an answer that does not hold.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{Gateway, Inner};
+use crate::broker::Room;
+use crate::session::Session;
+use crate::transport::CloseReason;
+
+/// How long a call waits for every node's answer.
+pub(crate) const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a disconnect waits for a closed socket to be gone from its node.
+const CLOSE_WAIT: Duration = Duration::from_millis(1500);
+
+/// A control call that did not hold on every node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// Nodes did not answer in time, or could not be asked (each with why).
+    #[error("{}", unreachable_message(.0))]
+    Unreachable(Vec<(String, String)>),
+    /// The list of nodes could not be read.
+    #[error("could not list the nodes: {0}")]
+    Nodes(String),
+    /// The user has no socket on any node.
+    #[error("user {0} has no socket on any node")]
+    NoSuchUser(String),
+    /// A node answered that it could not do it.
+    #[error("node {node}: {reason}")]
+    Failed {
+        /// The node.
+        node: String,
+        /// What it said.
+        reason: String,
+    },
+}
+
+fn unreachable_message(nodes: &[(String, String)]) -> String {
+    let list: Vec<String> = nodes
+        .iter()
+        .map(|(n, why)| format!("{n} ({why})"))
+        .collect();
+    format!(
+        "not every node answered within {} ms: {}",
+        CONTROL_TIMEOUT.as_millis(),
+        list.join(", ")
+    )
+}
+
+/// A room as one node or the cluster sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomView {
+    /// The users with sockets in it.
+    pub users: BTreeSet<String>,
+    /// Its sockets.
+    pub sockets: usize,
+}
+
+impl Gateway {
+    /// Carries out `request` on every node alive, this one included; each node's answer.
+    pub(crate) async fn ask_all(
+        &self,
+        request: Value,
+    ) -> Result<Vec<(String, Value)>, ControlError> {
+        let me = self.0.node_id.to_string();
+        let mut nodes = self
+            .0
+            .broker
+            .nodes()
+            .await
+            .map_err(|e| ControlError::Nodes(e.to_string()))?;
+        nodes.retain(|n| *n != me);
+        let others = nodes.iter().map(|node| {
+            let request = request.clone();
+            async move {
+                let answer = self.0.broker.ask(node, request, CONTROL_TIMEOUT).await;
+                (node.clone(), answer)
+            }
+        });
+        let (local, answers) = tokio::join!(
+            self.0.control_local(request.clone()),
+            futures_util::future::join_all(others)
+        );
+        let mut out = vec![(me, local)];
+        let mut unreachable = Vec::new();
+        for (node, answer) in answers {
+            match answer {
+                Ok(v) if v.is_null() => {
+                    unreachable.push((node, "it answers no control requests".to_owned()))
+                }
+                Ok(v) => out.push((node, v)),
+                Err(e) => unreachable.push((node, e.to_string())),
+            }
+        }
+        if !unreachable.is_empty() {
+            return Err(ControlError::Unreachable(unreachable));
+        }
+        for (node, answer) in &out {
+            if let Some(reason) = answer.get("error").and_then(Value::as_str) {
+                return Err(ControlError::Failed {
+                    node: node.clone(),
+                    reason: reason.to_owned(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sums a count of every node's answer (`sockets`: done; `of`: the user's sockets).
+    pub(crate) fn sum_of(answers: &[(String, Value)], field: &str) -> u64 {
+        answers
+            .iter()
+            .filter_map(|(_, a)| a.get(field).and_then(Value::as_u64))
+            .sum()
+    }
+
+    /// The user's sockets that it was done to, or [`ControlError::NoSuchUser`] when the user
+    /// has none on any node.
+    fn done_to(user: &str, answers: &[(String, Value)]) -> Result<u64, ControlError> {
+        if Self::sum_of(answers, "of") == 0 {
+            return Err(ControlError::NoSuchUser(user.to_owned()));
+        }
+        Ok(Self::sum_of(answers, "sockets"))
+    }
+
+    /// Every room with members on any node whose name starts with `prefix`, by name.
+    pub(crate) async fn cluster_rooms(
+        &self,
+        prefix: &str,
+    ) -> Result<BTreeMap<String, RoomView>, ControlError> {
+        let answers = self
+            .ask_all(json!({ "kind": "rooms", "prefix": prefix }))
+            .await?;
+        let mut all: BTreeMap<String, RoomView> = BTreeMap::new();
+        for (_, answer) in answers {
+            let Some(rooms) = answer.get("rooms").and_then(Value::as_object) else {
+                continue;
+            };
+            for (room, v) in rooms {
+                let view = all.entry(room.clone()).or_default();
+                view.sockets += v
+                    .get("sockets")
+                    .and_then(Value::as_u64)
+                    .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+                if let Some(users) = v.get("users").and_then(Value::as_array) {
+                    view.users
+                        .extend(users.iter().filter_map(Value::as_str).map(str::to_owned));
+                }
+            }
+        }
+        Ok(all)
+    }
+}
+
+impl Inner {
+    /// Answers a request of another node, or of this one's own [`Gateway::ask_all`].
+    pub(crate) async fn control_local(self: &Arc<Self>, request: Value) -> Value {
+        let kind = request.get("kind").and_then(Value::as_str).unwrap_or("");
+        let text = |k: &str| {
+            request
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        match kind {
+            "handover" => self.control(&request),
+            "info" => self.info(),
+            "rooms" => self.local_rooms(&text("prefix")),
+            "join" => {
+                self.join_user(&text("user"), Room::from(text("room")))
+                    .await
+            }
+            "leave" => {
+                self.leave_user(&text("user"), Room::from(text("room")))
+                    .await
+            }
+            "disconnect" => self.disconnect_user(&text("user"), &text("reason")).await,
+            "send" => {
+                let event = text("event");
+                let data = request.get("data").cloned().unwrap_or(Value::Null);
+                self.send_user(&text("user"), &event, &data)
+            }
+            _ => json!({ "error": format!("unknown request `{kind}`") }),
+        }
+    }
+
+    /// This node's sessions of `user`.
+    fn sessions_of(&self, user: &str) -> Vec<Arc<Session>> {
+        self.per_user.lock().get(user).cloned().unwrap_or_default()
+    }
+
+    fn info(&self) -> Value {
+        let (users, connections) = {
+            let per_user = self.per_user.lock();
+            (
+                per_user.len(),
+                per_user.values().map(Vec::len).sum::<usize>(),
+            )
+        };
+        let errors: Vec<Value> = self
+            .metrics
+            .recent_errors()
+            .into_iter()
+            .map(|e| {
+                json!({ "at": crate::clock::iso8601_at(e.at), "kind": e.kind, "message": e.message })
+            })
+            .collect();
+        json!({
+            "id": &*self.node_id,
+            "connections": connections,
+            "users": users,
+            "uptimeSecs": self.started_at.elapsed().as_secs(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "eventsIn": self.metrics.events_in_total(),
+            "eventsOut": self.metrics.events_out_total(),
+            "errors": errors,
+        })
+    }
+
+    fn local_rooms(&self, prefix: &str) -> Value {
+        let mut rooms: BTreeMap<Room, (BTreeSet<String>, usize)> = BTreeMap::new();
+        let sessions: Vec<Arc<Session>> =
+            self.per_user.lock().values().flatten().cloned().collect();
+        for s in sessions {
+            let user = s.user_id();
+            for room in s.rooms() {
+                if !room.starts_with(prefix) {
+                    continue;
+                }
+                let e = rooms.entry(room).or_default();
+                e.0.insert(user.clone());
+                e.1 += 1;
+            }
+        }
+        let rooms: serde_json::Map<String, Value> = rooms
+            .into_iter()
+            .map(|(room, (users, sockets))| {
+                (
+                    room.to_string(),
+                    json!({ "users": users, "sockets": sockets }),
+                )
+            })
+            .collect();
+        json!({ "rooms": rooms })
+    }
+
+    /// The reply a socket's own join (`joined`) or leave of `room` produces.
+    fn room_reply(&self, room: &Room, joined: bool) -> (String, Value) {
+        match self
+            .events
+            .room_kind(room)
+            .and_then(|k| k.id_of(room).map(|id| (k, id)))
+        {
+            Some((k, id)) if joined => k.joined(id),
+            Some((k, id)) => k.left(id),
+            None if joined => ("room:joined".to_owned(), json!({ "room": &**room })),
+            None => ("room:left".to_owned(), json!({ "room": &**room })),
+        }
+    }
+
+    async fn join_user(&self, user: &str, room: Room) -> Value {
+        let mut n = 0usize;
+        let sessions = self.sessions_of(user);
+        let of = sessions.len();
+        for session in sessions {
+            let ticket = session.ticket();
+            ticket.turn().await;
+            if session.in_room(&room) {
+                n += 1;
+                continue;
+            }
+            if let Err(e) = self.rooms.join(&session, &room, None).await {
+                self.backend_error("broker", &e.to_string());
+                return json!({ "error": format!("could not join {room}: {e}") });
+            }
+            drop(ticket);
+            self.rooms_changed(&session).await;
+            let (event, data) = self.room_reply(&room, true);
+            session.send_value(&event, &data);
+            n += 1;
+        }
+        json!({ "sockets": n, "of": of })
+    }
+
+    async fn leave_user(&self, user: &str, room: Room) -> Value {
+        let mut n = 0usize;
+        let sessions = self.sessions_of(user);
+        let of = sessions.len();
+        for session in sessions {
+            let ticket = session.ticket();
+            ticket.turn().await;
+            let left = self.rooms.leave(&session, &room).await;
+            drop(ticket);
+            if left {
+                self.rooms_changed(&session).await;
+                let (event, data) = self.room_reply(&room, false);
+                session.send_value(&event, &data);
+                n += 1;
+            }
+        }
+        json!({ "sockets": n, "of": of })
+    }
+
+    async fn disconnect_user(&self, user: &str, reason: &str) -> Value {
+        let sessions = self.sessions_of(user);
+        let message = if reason.is_empty() {
+            "Disconnected by the server".to_owned()
+        } else {
+            format!("Disconnected by the server: {reason}")
+        };
+        for session in &sessions {
+            session.send_error(&message);
+            session.close(CloseReason::Kicked);
+            // Out of every room now: nothing more reaches it while its transport closes.
+            let ticket = session.ticket();
+            ticket.turn().await;
+            self.rooms.leave_all(session).await;
+        }
+        for session in &sessions {
+            let mut ended = session.ended.subscribe();
+            if tokio::time::timeout(CLOSE_WAIT, ended.wait_for(|e| *e))
+                .await
+                .is_err()
+            {
+                tracing::debug!(socket = %session.id(), "a disconnected socket is still closing");
+            }
+        }
+        tracing::info!(user = %user, sockets = sessions.len(), reason = %reason, "disconnected a user's sockets");
+        json!({ "sockets": sessions.len(), "of": sessions.len() })
+    }
+
+    fn send_user(&self, user: &str, event: &str, data: &Value) -> Value {
+        let sessions = self.sessions_of(user);
+        for s in &sessions {
+            s.send_value(event, data);
+        }
+        json!({ "sockets": sessions.len(), "of": sessions.len() })
+    }
+}
+
+/// What a user-targeted send did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentToUser {
+    /// The user's sockets it reached, on every node.
+    pub sockets: u64,
+    /// Whether a hook dropped it.
+    pub dropped: bool,
+}
+
+impl Gateway {
+    /// Sends `event` to every socket of `user`, on every node (not kept in any history).
+    pub async fn send_to_user(
+        &self,
+        user: &str,
+        event: &str,
+        data: Value,
+    ) -> Result<SentToUser, super::PublishError> {
+        super::publish::refuse_reserved(event)?;
+        if let Some(decl) = self.0.events.outbound(event) {
+            decl.route(&data, &self.0.config.limits)
+                .map_err(|e| super::PublishError::Invalid(e.message))?;
+        }
+        let ctx = crate::hooks::HookCtx {
+            direction: crate::hooks::Direction::Outbound,
+            room: None,
+            source: crate::hooks::Source::Api,
+            user_id: Some(user),
+            socket_id: None,
+            claims: None,
+        };
+        let Some(data) = self.run_hooks(event, data, &ctx, crate::hooks::Direction::Outbound)
+        else {
+            return Ok(SentToUser {
+                sockets: 0,
+                dropped: true,
+            });
+        };
+        self.0.metrics.count_out(event);
+        let answers = self
+            .ask_all(json!({ "kind": "send", "user": user, "event": event, "data": data }))
+            .await
+            .map_err(|e| match e {
+                ControlError::NoSuchUser(u) => super::PublishError::NoSuchUser(u),
+                other => super::PublishError::Control(other.to_string()),
+            })?;
+        let sockets = Self::done_to(user, &answers)
+            .map_err(|_| super::PublishError::NoSuchUser(user.to_owned()))?;
+        Ok(SentToUser {
+            sockets,
+            dropped: false,
+        })
+    }
+
+    /// Puts every socket of `user`, on every node, in `room`; how many are in it now
+    /// ([`ControlError::NoSuchUser`] when the user has no socket).
+    pub async fn join_user(&self, user: &str, room: &str) -> Result<u64, ControlError> {
+        let answers = self
+            .ask_all(json!({ "kind": "join", "user": user, "room": room }))
+            .await?;
+        Self::done_to(user, &answers)
+    }
+
+    /// Takes every socket of `user`, on every node, out of `room`; how many were in it.
+    pub async fn leave_user(&self, user: &str, room: &str) -> Result<u64, ControlError> {
+        let answers = self
+            .ask_all(json!({ "kind": "leave", "user": user, "room": room }))
+            .await?;
+        Self::done_to(user, &answers)
+    }
+
+    /// Closes every socket of `user`, on every node; how many there were.
+    pub async fn disconnect_user(&self, user: &str, reason: &str) -> Result<u64, ControlError> {
+        let answers = self
+            .ask_all(json!({ "kind": "disconnect", "user": user, "reason": reason }))
+            .await?;
+        Self::done_to(user, &answers)
+    }
+
+    /// Every node's description (`GET /api/v1/nodes`), by node id.
+    pub async fn nodes_info(&self) -> Result<Vec<Value>, ControlError> {
+        let answers = self.ask_all(json!({ "kind": "info" })).await?;
+        let mut nodes: Vec<Value> = answers.into_iter().map(|(_, a)| a).collect();
+        nodes.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        Ok(nodes)
+    }
+}
