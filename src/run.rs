@@ -126,7 +126,24 @@ pub fn serve_with(
         };
         let bound = listener.local_addr().unwrap_or(addr);
         on_bound(&node, bound);
-        tracing::info!(listen = %bound, "{program} serving");
+        {
+            let gw = node.gateway();
+            let c = gw.config();
+            tracing::info!(
+                listen = %bound,
+                node = %gw.node_id(),
+                transports = %gw.transport_names().join(","),
+                auth = %c.auth.plugin,
+                presence = %c.presence.plugin,
+                broker = %c.broker.plugin,
+                events = %c.events.plugins.join(","),
+                lua_scripts = %lua_scripts(c),
+                recovery = c.recovery.enabled,
+                admin = c.admin.enabled,
+                version = %env!("CARGO_PKG_VERSION"),
+                "{program} serving"
+            );
+        }
         match node.serve(listener, shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("stopped");
@@ -138,4 +155,20 @@ pub fn serve_with(
             }
         }
     })
+}
+
+/// The Lua scripts the config names (`hooks.lua.scripts`), for the start-up line.
+fn lua_scripts(c: &switchboard_core::Config) -> String {
+    c.hooks
+        .get("lua")
+        .and_then(|lua| lua.as_dict())
+        .and_then(|lua| lua.get("scripts"))
+        .and_then(|s| s.as_array())
+        .map(|list| {
+            list.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
 }

@@ -78,7 +78,33 @@ pub fn router(gw: Gateway) -> Router {
     if gw.config().admin.enabled {
         router = router.merge(admin::router());
     }
-    router.with_state(gw)
+    router
+        .route_layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            count_request,
+        ))
+        .with_state(gw)
+}
+
+/// Counts each request by its declared route and its status.
+async fn count_request(
+    State(gw): State<Gateway>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    gw.metrics()
+        .http_requests
+        .get_or_create(&crate::metrics::HttpLabels {
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
 }
 
 /// `GET /healthz`: the process is up (served on every listener).

@@ -10,6 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Labels of a per-event counter.
@@ -26,6 +27,28 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// Labels of the per-transport connection gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    /// The transport (`socketio`, `websocket`, `direct`).
+    pub transport: String,
+}
+
+/// Labels of the HTTP request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route as declared (`/api/v1/rooms/{room}`), or `unmatched`.
+    pub route: String,
+    /// The response status code.
+    pub status: u16,
+}
+
+/// Labels of the build info gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
 /// The node's metrics; plugins register their own through [`Metrics::register`].
 #[derive(Clone)]
 pub struct Metrics {
@@ -40,7 +63,21 @@ pub struct Metrics {
     pub events_out: Family<EventLabels, Counter>,
     /// Failures, by kind.
     pub errors: Family<KindLabels, Counter>,
+    /// Open client connections, by transport.
+    pub transport_connections: Family<TransportLabels, Gauge<i64, AtomicI64>>,
+    /// HTTP requests served, by route and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// How long handling one client event takes, from its arrival to its ack.
+    pub inbound_seconds: Histogram,
+    /// How long a publish takes, from the call to the broker taking it (with the memory
+    /// broker: until every local socket's write is queued).
+    pub publish_seconds: Histogram,
     totals: Arc<Totals>,
+}
+
+/// Buckets from 50 µs to about 1.6 s, doubling.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_05, 2.0, 16)
 }
 
 /// How many recent failures a node keeps to show (`GET /api/v1/nodes`).
@@ -97,6 +134,37 @@ impl Metrics {
             events_out.clone(),
         );
         registry.register("errors", "Failures, by kind", errors.clone());
+        let transport_connections = Family::<TransportLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "transport_connections",
+            "Open client connections, by transport",
+            transport_connections.clone(),
+        );
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests served, by route and status",
+            http_requests.clone(),
+        );
+        let inbound_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "inbound_seconds",
+            "Time to handle one client event, from its arrival to its ack",
+            inbound_seconds.clone(),
+        );
+        let publish_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "publish_seconds",
+            "Time a publish takes until the broker has it",
+            publish_seconds.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge<i64, AtomicI64>>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "The gateway's version (value 1)", build_info);
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
             connections,
@@ -104,6 +172,10 @@ impl Metrics {
             events_in,
             events_out,
             errors,
+            transport_connections,
+            http_requests,
+            inbound_seconds,
+            publish_seconds,
             totals: Arc::new(Totals::default()),
         }
     }

@@ -462,6 +462,23 @@ describe('config errors and checks', () => {
     await server.stop();
   });
 
+  it('the start-up line names the node, its transports and plugins; connects and disconnects are logged at info', async () => {
+    const server = await startServer({ toml: configToml({ extra: '[recovery]\nenabled = true\n' }) });
+    servers.push(server);
+    const line = server.logs().split('\n').find((l) => l.includes('switchboard serving'));
+    assert.ok(line, server.logs());
+    assert.match(line, / node="?[0-9a-f]{32}"?/);
+    for (const part of ['transports=socketio,websocket', 'auth=jwt', 'presence=memory', 'broker=memory', 'events=conversation,typing,session', 'recovery=true']) {
+      assert.ok(line.includes(part), `${part} in ${line}`);
+    }
+    const user = `log-${Date.now()}`;
+    const socket = await connect(server, { token: signJwt({ sub: user }) });
+    await eventually(() => new RegExp(`INFO .* connected socket=\\S+ user=${user} transport=socketio`).test(server.logs()), 5000);
+    socket.disconnect();
+    await eventually(() => new RegExp(`INFO .* disconnected socket=\\S+ user=${user} transport=socketio reason=closed`).test(server.logs()), 5000);
+    await server.stop();
+  });
+
   it('logs carry no ANSI colour when stderr is not a terminal, even without NO_COLOR', async () => {
     const server = await startServer({ toml: configToml(), env: { NO_COLOR: '' } });
     servers.push(server);

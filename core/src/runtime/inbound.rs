@@ -35,10 +35,16 @@ impl Gateway {
         self.0
             .metrics
             .count_in(if known { event } else { "unknown" });
+        let started = Instant::now();
         let result = self
             .inbound_inner(session, ticket, event, size, payload)
             .await;
-        self.reply(session, result)
+        let ack = self.reply(session, result);
+        self.0
+            .metrics
+            .inbound_seconds
+            .observe(started.elapsed().as_secs_f64());
+        ack
     }
 
     /// Answers a frame the transport could not decode with `error`; returns the ack.

@@ -169,6 +169,13 @@ impl Gateway {
         self.0.rooms.unregister(session);
         drop(last);
         self.0.metrics.connections.dec();
+        self.0
+            .metrics
+            .transport_connections
+            .get_or_create(&crate::metrics::TransportLabels {
+                transport: self.transport_name(session.transport()).to_owned(),
+            })
+            .dec();
         let user = session.user_id();
         {
             let mut per_user = self.0.per_user.lock();

@@ -247,6 +247,29 @@ impl Gateway {
         self.0.rooms.subscribed()
     }
 
+    /// The name of the transport a session came through (`direct` for Rust code's own).
+    pub fn transport_name(&self, t: crate::transport::TransportId) -> &str {
+        match t.0.checked_sub(1) {
+            Some(i) => self
+                .0
+                .rooms
+                .transports()
+                .get(i)
+                .map_or("unknown", |t| t.name()),
+            None => "direct",
+        }
+    }
+
+    /// The names of the node's transports, in order.
+    pub fn transport_names(&self) -> Vec<String> {
+        self.0
+            .rooms
+            .transports()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect()
+    }
+
     /// Logs a backend failure at a bounded rate and counts it.
     pub(crate) fn backend_error(&self, what: &'static str, message: &str) {
         self.0.backend_error(what, message);

@@ -119,10 +119,15 @@ impl Gateway {
             socket_id: None,
             claims: None,
         };
+        let started = std::time::Instant::now();
         let sent = self
             .0
             .publish_routed(&req.event, Some(room.clone()), req.data, None, &ctx)
             .await?;
+        self.0
+            .metrics
+            .publish_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(Published {
             room,
             dropped: sent.is_none(),

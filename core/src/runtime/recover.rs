@@ -55,6 +55,17 @@ pub struct Connected {
     pub recovered: bool,
 }
 
+impl Leaving {
+    /// `dropped`, `shutdown` or `closed`, as logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Leaving::Dropped => "dropped",
+            Leaving::Shutdown => "shutdown",
+            Leaving::Closed => "closed",
+        }
+    }
+}
+
 /// Why a session ended, which decides what recovery keeps of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leaving {
@@ -223,6 +234,13 @@ impl Gateway {
 
     /// Ends a session, keeping what recovery needs as `leaving` says.
     pub async fn disconnect_with(&self, session: &Arc<Session>, leaving: Leaving) {
+        tracing::info!(
+            socket = %session.id(),
+            user = %session.user_id(),
+            transport = %self.transport_name(session.transport()),
+            reason = %leaving.as_str(),
+            "disconnected"
+        );
         let Some(t) = &session.tracker else {
             self.disconnect(session).await;
             return;
@@ -263,6 +281,13 @@ impl Gateway {
     pub(crate) async fn register_session(&self, session: &Arc<Session>) {
         self.0.metrics.connections.inc();
         self.0.metrics.connects.inc();
+        self.0
+            .metrics
+            .transport_connections
+            .get_or_create(&crate::metrics::TransportLabels {
+                transport: self.transport_name(session.transport()).to_owned(),
+            })
+            .inc();
         let user = session.user_id();
         self.0
             .per_user
@@ -280,7 +305,12 @@ impl Gateway {
             Err(e) => self.backend_error("presence", &e.to_string()),
         }
         self.0.expiry.schedule(session);
-        tracing::debug!(socket = %session.id(), user = %user, "connected");
+        tracing::info!(
+            socket = %session.id(),
+            user = %user,
+            transport = %self.transport_name(session.transport()),
+            "connected"
+        );
     }
 
     /// Works out where a session that dropped is in each of its rooms.

@@ -49,6 +49,14 @@ impl Counters {
             "Lua script reloads, by result",
             c.reloads.clone(),
         );
+        // Both results from start-up, at 0, so a dashboard's rate() has a series to read.
+        for result in ["ok", "error"] {
+            c.reloads
+                .get_or_create(&ReloadLabels {
+                    result: result.to_owned(),
+                })
+                .inc_by(0);
+        }
         c
     }
 
