@@ -151,6 +151,21 @@ pub struct Delivery {
     /// indicators); only the publishing node reads it.
     #[serde(skip)]
     pub keep: bool,
+    /// When it was published, in µs since the Unix epoch (0: unknown), for the
+    /// publish-to-write latency each node measures.
+    #[serde(default, rename = "t", skip_serializing_if = "is_zero")]
+    pub published_us: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Microseconds since the Unix epoch.
+pub(crate) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl Delivery {
@@ -163,6 +178,7 @@ impl Delivery {
             payload,
             position: None,
             keep: false,
+            published_us: now_us(),
         }
     }
 
@@ -200,6 +216,7 @@ impl Delivery {
             payload: self.payload.clone(),
             position: Some(position),
             keep: self.keep,
+            published_us: self.published_us,
         }
     }
 }

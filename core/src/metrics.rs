@@ -72,6 +72,8 @@ pub struct Metrics {
     /// How long a publish takes, from the call to the broker taking it (with the memory
     /// broker: until every local socket's write is queued).
     pub publish_seconds: Histogram,
+    /// From a room event's publish, on any node, to this node's writes to its members.
+    pub publish_to_write_seconds: Histogram,
     totals: Arc<Totals>,
 }
 
@@ -158,6 +160,12 @@ impl Metrics {
             "Time a publish takes until the broker has it",
             publish_seconds.clone(),
         );
+        let publish_to_write_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "publish_to_write_seconds",
+            "Time from a publish, on any node, to this node's writes to its sockets",
+            publish_to_write_seconds.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge<i64, AtomicI64>>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -176,6 +184,7 @@ impl Metrics {
             http_requests,
             inbound_seconds,
             publish_seconds,
+            publish_to_write_seconds,
             totals: Arc::new(Totals::default()),
         }
     }

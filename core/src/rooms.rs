@@ -107,6 +107,8 @@ pub(crate) struct Rooms {
     broker: Arc<dyn RoomBroker>,
     /// Rooms with local members.
     gauge: Gauge<i64, AtomicI64>,
+    /// Publish-to-write latency of room events.
+    latency: prometheus_client::metrics::histogram::Histogram,
     /// The node's delivery order: the last sequence number given to a kept event.
     seq: AtomicU64,
     /// Sessions waiting for their replay: namespace-wide deliveries are held for them.
@@ -161,6 +163,7 @@ impl Rooms {
         transports: Vec<Arc<dyn Transport>>,
         broker: Arc<dyn RoomBroker>,
         gauge: Gauge<i64, AtomicI64>,
+        latency: prometheus_client::metrics::histogram::Histogram,
         keeper: Option<Arc<Keeper>>,
     ) -> Self {
         let mut all_transports: Vec<Arc<dyn Transport>> = Vec::with_capacity(transports.len() + 1);
@@ -174,6 +177,7 @@ impl Rooms {
             transports: all_transports,
             broker,
             gauge,
+            latency,
             seq: AtomicU64::new(0),
             held: RwLock::new(HashMap::new()),
             keeper,
@@ -469,6 +473,10 @@ impl Rooms {
                             .with_offset(offset.as_deref());
                         t.deliver(delivery, to);
                     }
+                }
+                if delivery.published_us > 0 && m.count > 0 {
+                    let us = crate::broker::now_us().saturating_sub(delivery.published_us);
+                    self.latency.observe(us as f64 / 1e6);
                 }
             }
             None => {

@@ -179,7 +179,13 @@ impl Gateway {
                 ))
             });
             Inner {
-                rooms: Arc::new(Rooms::new(built, parts.broker.clone(), rooms_gauge, keeper)),
+                rooms: Arc::new(Rooms::new(
+                    built,
+                    parts.broker.clone(),
+                    rooms_gauge,
+                    parts.metrics.publish_to_write_seconds.clone(),
+                    keeper,
+                )),
                 config: parts.config,
                 node_id: parts.node_id,
                 auth: parts.auth,
