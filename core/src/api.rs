@@ -378,15 +378,7 @@ async fn rooms_join(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let value = json_body(&gw, &headers, body)?;
-    let b: RoomUser = typed(&value, ROOM_USER_SHAPE)?;
-    check_id(&gw, "room", &b.room, 64)?;
-    check_id(&gw, "userId", &b.user_id, 0)?;
-    let n = gw
-        .join_user(&b.user_id, &b.room)
-        .await
-        .map_err(|e| control_error(&e))?;
-    Ok(axum::Json(json!({ "room": b.room, "userId": b.user_id, "sockets": n })).into_response())
+    room_user(&gw, &headers, body, true).await
 }
 
 async fn rooms_leave(
@@ -394,14 +386,26 @@ async fn rooms_leave(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let value = json_body(&gw, &headers, body)?;
+    room_user(&gw, &headers, body, false).await
+}
+
+/// `rooms/join` (`join`) or `rooms/leave`: every socket of the user, on every node.
+async fn room_user(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    join: bool,
+) -> Result<Response, ApiError> {
+    let value = json_body(gw, headers, body)?;
     let b: RoomUser = typed(&value, ROOM_USER_SHAPE)?;
-    check_id(&gw, "room", &b.room, 64)?;
-    check_id(&gw, "userId", &b.user_id, 0)?;
-    let n = gw
-        .leave_user(&b.user_id, &b.room)
-        .await
-        .map_err(|e| control_error(&e))?;
+    check_id(gw, "room", &b.room, 64)?;
+    check_id(gw, "userId", &b.user_id, 0)?;
+    let n = if join {
+        gw.join_user(&b.user_id, &b.room).await
+    } else {
+        gw.leave_user(&b.user_id, &b.room).await
+    }
+    .map_err(|e| control_error(&e))?;
     Ok(axum::Json(json!({ "room": b.room, "userId": b.user_id, "sockets": n })).into_response())
 }
 

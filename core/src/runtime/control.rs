@@ -389,10 +389,7 @@ impl Gateway {
         let answers = self
             .ask_all(json!({ "kind": "send", "user": user, "event": event, "data": data }))
             .await
-            .map_err(|e| match e {
-                ControlError::NoSuchUser(u) => super::PublishError::NoSuchUser(u),
-                other => super::PublishError::Control(other.to_string()),
-            })?;
+            .map_err(|e| super::PublishError::Control(e.to_string()))?;
         let sockets = Self::done_to(user, &answers)
             .map_err(|_| super::PublishError::NoSuchUser(user.to_owned()))?;
         Ok(SentToUser {
@@ -404,25 +401,29 @@ impl Gateway {
     /// Puts every socket of `user`, on every node, in `room`; how many are in it now
     /// ([`ControlError::NoSuchUser`] when the user has no socket).
     pub async fn join_user(&self, user: &str, room: &str) -> Result<u64, ControlError> {
-        let answers = self
-            .ask_all(json!({ "kind": "join", "user": user, "room": room }))
-            .await?;
-        Self::done_to(user, &answers)
+        self.ask_user(user, json!({ "kind": "join", "user": user, "room": room }))
+            .await
     }
 
     /// Takes every socket of `user`, on every node, out of `room`; how many were in it.
     pub async fn leave_user(&self, user: &str, room: &str) -> Result<u64, ControlError> {
-        let answers = self
-            .ask_all(json!({ "kind": "leave", "user": user, "room": room }))
-            .await?;
-        Self::done_to(user, &answers)
+        self.ask_user(user, json!({ "kind": "leave", "user": user, "room": room }))
+            .await
     }
 
     /// Closes every socket of `user`, on every node; how many there were.
     pub async fn disconnect_user(&self, user: &str, reason: &str) -> Result<u64, ControlError> {
-        let answers = self
-            .ask_all(json!({ "kind": "disconnect", "user": user, "reason": reason }))
-            .await?;
+        self.ask_user(
+            user,
+            json!({ "kind": "disconnect", "user": user, "reason": reason }),
+        )
+        .await
+    }
+
+    /// Carries out a request about `user` on every node; how many of the user's sockets it
+    /// was done to.
+    async fn ask_user(&self, user: &str, request: Value) -> Result<u64, ControlError> {
+        let answers = self.ask_all(request).await?;
         Self::done_to(user, &answers)
     }
 
