@@ -360,6 +360,11 @@ impl Rooms {
     /// Takes `session` out of `room`; `false` when it was not in it. The caller holds the
     /// session's turn.
     pub(crate) async fn leave(&self, session: &Session, room: &Room) -> bool {
+        self.take_out(session, room, true).await
+    }
+
+    /// [`Rooms::leave`]; `forget` also drops the room from the session's recovery state.
+    async fn take_out(&self, session: &Session, room: &Room, forget: bool) -> bool {
         let Some(entry) = self.entry(room) else {
             session.rooms.lock().retain(|r| r != room);
             return false;
@@ -370,7 +375,7 @@ impl Rooms {
             let was_live = m.by_transport[slot].remove(session.id()).is_some();
             let was_held = m.held.remove(session.id()).is_some();
             session.rooms.lock().retain(|r| r != room);
-            if let Some(t) = &session.tracker {
+            if forget && let Some(t) = &session.tracker {
                 t.state.lock().rooms.remove(room);
             }
             if !was_live && !was_held {
@@ -407,11 +412,12 @@ impl Rooms {
         true
     }
 
-    /// Takes `session` out of every room (it closed). The caller holds its turn.
+    /// Takes `session` out of every room (it closed). Its recovery state keeps where it was
+    /// in each, for a node that takes it over. The caller holds its turn.
     pub(crate) async fn leave_all(&self, session: &Session) {
         let rooms = session.rooms();
         for room in &rooms {
-            self.leave(session, room).await;
+            self.take_out(session, room, false).await;
         }
     }
 

@@ -325,6 +325,10 @@ impl Inner {
             let ticket = session.ticket();
             ticket.turn().await;
             self.rooms.leave_all(session).await;
+            if let Some(t) = &session.tracker {
+                // Nothing to come back to, however its transport ends.
+                t.state.lock().rooms.clear();
+            }
         }
         for session in &sessions {
             let mut ended = session.ended.subscribe();

@@ -169,6 +169,7 @@ impl Gateway {
             }
             *t.pid.lock() = Arc::from(new_pid());
             self.0.rooms.leave_all(&session).await;
+            t.state.lock().rooms.clear();
             if !request.hold {
                 self.0.rooms.go_live(&session);
             }
@@ -246,35 +247,46 @@ impl Gateway {
             return;
         };
         let pid = t.pid.lock().clone();
-        let handed_over = t.state.lock().handed_over;
-        tracing::debug!(socket = %session.id(), ?leaving, handed_over, "leaving");
-        // The rooms as they were: leaving them below forgets them.
-        let rooms = t.state.lock().rooms.clone();
+        // Its recovery state keeps its rooms through this: a node that takes the session
+        // over meanwhile (it finds it still live) places it in all of them.
         self.disconnect(session).await;
-        self.0.by_pid.lock().remove(&pid);
-        if handed_over {
+        let forget = |by_pid: &mut HashMap<Arc<str>, Weak<Session>>| {
+            // Not a newer session of the same id (a recovery on this node).
+            if by_pid
+                .get(&pid)
+                .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(session)))
+            {
+                by_pid.remove(&pid);
+            }
+        };
+        let handed_over = || t.state.lock().handed_over;
+        if leaving == Leaving::Closed {
+            forget(&mut self.0.by_pid.lock());
+            if !handed_over()
+                && let Err(e) = self.0.broker.delete_record(&session_key(&pid), &[]).await
+            {
+                self.backend_error("broker", &e.to_string());
+            }
+            tracing::debug!(socket = %session.id(), handed_over = handed_over(), "closed");
             return;
         }
-        match leaving {
-            Leaving::Closed => {
-                if let Err(e) = self.0.broker.delete_record(&session_key(&pid), &[]).await {
-                    self.backend_error("broker", &e.to_string());
-                }
-            }
-            Leaving::Dropped | Leaving::Shutdown => {
-                t.state.lock().rooms = rooms;
-                let state = if leaving == Leaving::Shutdown {
-                    "closing"
-                } else {
-                    "dropped"
-                };
-                self.0.save_record(session, state).await;
-                self.0
-                    .dropped
-                    .lock()
-                    .insert(pid, (session.clone(), Instant::now()));
-            }
+        if !handed_over() {
+            // Written before another node can take it over, so its own write comes later.
+            let state = if leaving == Leaving::Shutdown {
+                "closing"
+            } else {
+                "dropped"
+            };
+            self.0.save_record(session, state).await;
         }
+        // One step for a handover to see: live (by id), or dropped, never neither.
+        let mut dropped = self.0.dropped.lock();
+        forget(&mut self.0.by_pid.lock());
+        let handed_over = handed_over();
+        if !handed_over {
+            dropped.insert(pid, (session.clone(), Instant::now()));
+        }
+        tracing::debug!(socket = %session.id(), ?leaving, handed_over, "kept for recovery");
     }
 
     /// Registers a session with presence and the namespace (the common part of connecting).
@@ -592,22 +604,34 @@ impl Inner {
         let Some(keeper) = &self.rooms.keeper else {
             return Err("recovery is off on this node".to_owned());
         };
-        let dropped = self.dropped.lock().remove(pid).map(|(s, _)| s);
-        let session = match dropped {
-            Some(s) => s,
-            None => {
-                // Still live here: the client came back before this node saw it go.
-                let live = self
-                    .by_pid
-                    .lock()
-                    .get(pid)
-                    .and_then(Weak::upgrade)
-                    .ok_or_else(|| "this node holds no such session".to_owned())?;
-                if let Some(t) = &live.tracker {
-                    t.state.lock().handed_over = true;
+        let session = {
+            // Under the lock a closing session takes to become dropped (see
+            // `Gateway::disconnect_with`): it is found in one place or the other.
+            let mut dropped = self.dropped.lock();
+            match dropped.remove(pid).map(|(s, _)| s) {
+                Some(s) => s,
+                None => {
+                    // Still live here (or closing): the client came back before this node
+                    // saw it go.
+                    let live = self
+                        .by_pid
+                        .lock()
+                        .get(pid)
+                        .and_then(Weak::upgrade)
+                        .ok_or_else(|| "this node holds no such session".to_owned())?;
+                    let Some(t) = &live.tracker else {
+                        return Err("the session tracks no offsets".to_owned());
+                    };
+                    {
+                        let mut st = t.state.lock();
+                        if st.pending {
+                            return Err("the session was still being recovered".to_owned());
+                        }
+                        st.handed_over = true;
+                    }
+                    live.close(CloseReason::Replaced);
+                    live
                 }
-                live.close(CloseReason::Replaced);
-                live
             }
         };
         let Some(t) = &session.tracker else {
