@@ -1,4 +1,5 @@
-//! The `switchboard` binary: `serve` (default), `check`, `plugins`, `token`, `init`.
+//! The `switchboard` binary: `serve` (default), `check`, `plugins`, `token`, `schema`,
+//! `init`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use switchboard::auth_jwt::{JwtConfig, mint};
 use switchboard::config::{ConfigIssue, DEFAULT_CONFIG_FILE, Loader, Overrides};
 use switchboard::embedded::{self, Embedded};
 use switchboard::registry::{self, PluginKind};
+use switchboard::schema::Format;
 use switchboard::{ConfigError, LoadedConfig, init, run};
 
 /// A real-time gateway: Socket.IO with JWT auth, rooms, presence and an HTTP publish API.
@@ -34,8 +36,18 @@ enum Command {
     Plugins,
     /// Mint a token signed with the configured HS* secret.
     Token(TokenArgs),
+    /// Print the events the configured plugins declare, as a document.
+    Schema(SchemaArgs),
     /// Write a commented config file with fresh random secrets.
     Init(InitArgs),
+}
+
+#[derive(Args, Debug)]
+struct SchemaArgs {
+    /// `asyncapi` (AsyncAPI 3.0), `json-schema` (one schema per event) or `typescript`
+    /// (types for socket.io-client and for emit bodies).
+    #[arg(long, value_name = "FORMAT", default_value = "asyncapi")]
+    format: Format,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -100,6 +112,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Token(args)) => token(&config, args),
+        Some(Command::Schema(args)) => schema(&config, args.format),
         Some(Command::Init(args)) => init_config(&args),
     }
 }
@@ -173,6 +186,17 @@ fn check(config: &ConfigArg) -> ExitCode {
     }
     eprintln!("{PROGRAM}: configuration OK ({source})");
     ExitCode::SUCCESS
+}
+
+fn schema(config: &ConfigArg, format: Format) -> ExitCode {
+    let p = match prepare(config, None) {
+        Ok(p) => p,
+        Err(e) => return config_failure(&e),
+    };
+    match run::build_node(p.loaded, p.issues) {
+        Ok(node) => run::print_schema(&node, format),
+        Err(e) => config_failure(&e),
+    }
 }
 
 fn strip_nulls(v: &mut serde_json::Value) {

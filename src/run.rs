@@ -83,6 +83,12 @@ pub fn build_node(loaded: LoadedConfig, mut issues: Vec<ConfigIssue>) -> Result<
     }
 }
 
+/// Prints the events `node` declares as a `format` document on stdout (`schema`).
+pub fn print_schema(node: &Node, format: switchboard_core::schema::Format) -> ExitCode {
+    print!("{}", node.catalog().render(format));
+    ExitCode::SUCCESS
+}
+
 /// Logs, builds every configured plugin, binds `server.listen` and serves until SIGINT or
 /// SIGTERM, then closes every socket cleanly. Returns the process exit status.
 pub fn serve(program: &str, loaded: LoadedConfig) -> ExitCode {

@@ -3,17 +3,22 @@
 //! handler gets, its errors and the payload validation helpers.
 //!
 //! An [`EventSet`] is data: the core dispatches from it, answers events nobody declared,
-//! refuses at start-up an event two sets declare, and later work (docs, schemas) reads it.
+//! refuses at start-up an event two sets declare, and `switchboard schema` reads it (each
+//! payload type's [`JsonSchema`] is what it prints).
 //!
 //! ```
 //! use serde::Deserialize;
 //! use switchboard_core::config::LimitsConfig;
 //! use switchboard_core::event::{EventSet, Outcome, Validate, check_id};
+//! use switchboard_core::schema::{Id, JsonSchema};
 //! use switchboard_core::{EventError, Room};
 //!
-//! #[derive(Deserialize)]
+//! #[derive(Deserialize, JsonSchema)]
 //! #[serde(rename_all = "camelCase")]
-//! struct Closed { poll_id: String }
+//! struct Closed {
+//!     #[schemars(with = "Id")]
+//!     poll_id: String,
+//! }
 //!
 //! impl Validate for Closed {
 //!     fn validate(&self, event: &str, limits: &LimitsConfig) -> Result<(), EventError> {
@@ -34,6 +39,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -145,20 +151,120 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Outcome, EventError>
 type InboundFn = Arc<dyn Fn(InboundCtx, Value) -> HandlerFuture + Send + Sync>;
 type RouteFn = Arc<dyn Fn(&Value, &LimitsConfig) -> Result<Room, EventError> + Send + Sync>;
 
-/// An event's payload, as declared: its Rust type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An event's payload, as declared: its name in schemas, its JSON Schema and its check.
+#[derive(Clone)]
 pub struct Payload {
-    /// The Rust type that validates it (`MessageReceived`), or a description for payloads
-    /// the core builds itself (room kinds).
-    pub type_name: &'static str,
+    /// The name its schema goes by (`MessageStatus`, `ConversationRoom`), or `any`.
+    pub type_name: Cow<'static, str>,
+    shape: Shape,
+}
+
+type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+type CheckFn = fn(&str, &Value, &LimitsConfig) -> Result<(), EventError>;
+
+/// Where a payload's schema and check come from.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// A Rust type: its derived schema, and its [`Validate::parse`].
+    Typed { schema: SchemaFn, check: CheckFn },
+    /// A Rust type that is only described (a reply the core does not parse).
+    Described(SchemaFn),
+    /// A room kind's join or leave: `{<field>: id}`.
+    RoomRef(&'static str),
+    /// A room kind's reply: `{<field>: id, success: true}`.
+    RoomReply(&'static str),
+    /// Any JSON, unchecked.
+    Any,
+}
+
+fn subschema<P: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<P>()
+}
+
+fn check<P: Validate>(event: &str, v: &Value, limits: &LimitsConfig) -> Result<(), EventError> {
+    P::parse(event, v, limits).map(|_| ())
 }
 
 impl Payload {
-    fn of<P>() -> Self {
-        let full = std::any::type_name::<P>();
+    fn of<P: Validate>() -> Self {
         Payload {
-            type_name: full.rsplit("::").next().unwrap_or(full),
+            type_name: P::schema_name(),
+            shape: Shape::Typed {
+                schema: subschema::<P>,
+                check: check::<P>,
+            },
         }
+    }
+
+    fn described<P: JsonSchema>() -> Self {
+        Payload {
+            type_name: P::schema_name(),
+            shape: Shape::Described(subschema::<P>),
+        }
+    }
+
+    fn any() -> Self {
+        Payload {
+            type_name: Cow::Borrowed("any"),
+            shape: Shape::Any,
+        }
+    }
+
+    fn room(name: String, shape: Shape) -> Self {
+        Payload {
+            type_name: Cow::Owned(name),
+            shape,
+        }
+    }
+
+    /// Its JSON Schema: a reference into `g`'s definitions (`true` for any JSON).
+    pub fn schema(&self, g: &mut SchemaGenerator) -> Schema {
+        let (field, reply) = match self.shape {
+            Shape::Typed { schema, .. } | Shape::Described(schema) => return schema(g),
+            Shape::Any => return Schema::from(true),
+            Shape::RoomRef(field) => (field, false),
+            Shape::RoomReply(field) => (field, true),
+        };
+        let id = g.subschema_for::<crate::schema::Id>();
+        let mut properties = serde_json::Map::new();
+        properties.insert(field.to_owned(), id.to_value());
+        let mut required = vec![field];
+        if reply {
+            properties.insert("success".to_owned(), json!({ "const": true }));
+            required.push("success");
+        }
+        let def = json!({
+            "type": "object",
+            "properties": properties,
+            "required": required,
+        });
+        g.definitions_mut().insert(self.type_name.to_string(), def);
+        Schema::from(
+            json!({ "$ref": format!("#/$defs/{}", self.type_name) })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Checks `payload` as the event's handler or route would, without running it.
+    pub fn check(
+        &self,
+        event: &str,
+        payload: &Value,
+        limits: &LimitsConfig,
+    ) -> Result<(), EventError> {
+        match self.shape {
+            Shape::Typed { check, .. } => check(event, payload, limits),
+            Shape::RoomRef(field) => parse_id(event, field, payload, limits).map(|_| ()),
+            Shape::Described(_) | Shape::RoomReply(_) | Shape::Any => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.type_name)
     }
 }
 
@@ -167,7 +273,7 @@ impl Payload {
 pub struct InboundEvent {
     name: Cow<'static, str>,
     payload: Payload,
-    reply: Option<Cow<'static, str>>,
+    reply: Option<(Cow<'static, str>, Payload)>,
     handler: InboundFn,
 }
 
@@ -177,12 +283,16 @@ impl InboundEvent {
         &self.name
     }
     /// Its payload.
-    pub fn payload(&self) -> Payload {
-        self.payload
+    pub fn payload(&self) -> &Payload {
+        &self.payload
     }
     /// The event the sender gets back, when the set declared one.
     pub fn reply(&self) -> Option<&str> {
-        self.reply.as_deref()
+        self.reply.as_ref().map(|(name, _)| name.as_ref())
+    }
+    /// The reply event's payload, when the set declared one (also the ack's).
+    pub fn reply_payload(&self) -> Option<&Payload> {
+        self.reply.as_ref().map(|(_, p)| p)
     }
     pub(crate) fn call(&self, ctx: InboundCtx, payload: Value) -> HandlerFuture {
         (self.handler)(ctx, payload)
@@ -215,8 +325,8 @@ impl OutboundEvent {
         &self.name
     }
     /// Its payload.
-    pub fn payload(&self) -> Payload {
-        self.payload
+    pub fn payload(&self) -> &Payload {
+        &self.payload
     }
     /// The room rule, as documentation (`conversation:{conversationId}`).
     pub fn room_rule(&self) -> &'static str {
@@ -415,15 +525,16 @@ impl EventSet {
                     Ok(Outcome::reply(reply, data))
                 })
             });
+            let pascal = pascal_case(kind);
+            let reply = format!("{kind}:{}", if joining { "joined" } else { "left" });
+            let reply_type = format!("{pascal}{}", if joining { "Joined" } else { "Left" });
             self.inbound.push(InboundEvent {
                 name,
-                payload: Payload {
-                    type_name: id_field,
-                },
-                reply: Some(Cow::Owned(format!(
-                    "{kind}:{}",
-                    if joining { "joined" } else { "left" }
-                ))),
+                payload: Payload::room(format!("{pascal}Room"), Shape::RoomRef(id_field)),
+                reply: Some((
+                    Cow::Owned(reply),
+                    Payload::room(reply_type, Shape::RoomReply(id_field)),
+                )),
                 handler: f,
             });
         }
@@ -439,17 +550,26 @@ impl EventSet {
     {
         self.inbound.push(InboundEvent {
             name: Cow::Borrowed(event),
-            payload: Payload { type_name: "Value" },
+            payload: Payload::any(),
             reply: None,
             handler: Arc::new(move |ctx, v| Box::pin(handler(ctx, v))),
         });
         self
     }
 
-    /// Names the reply event of the inbound event declared last (for docs and schemas).
+    /// Names the reply event of the inbound event declared last (for docs and schemas),
+    /// whose payload is any JSON.
     pub fn replying(mut self, reply: &'static str) -> Self {
         if let Some(last) = self.inbound.last_mut() {
-            last.reply = Some(Cow::Borrowed(reply));
+            last.reply = Some((Cow::Borrowed(reply), Payload::any()));
+        }
+        self
+    }
+
+    /// Names the reply event of the inbound event declared last, with its payload type.
+    pub fn replying_with<R: JsonSchema>(mut self, reply: &'static str) -> Self {
+        if let Some(last) = self.inbound.last_mut() {
+            last.reply = Some((Cow::Borrowed(reply), Payload::described::<R>()));
         }
         self
     }
@@ -473,6 +593,7 @@ impl EventSet {
 /// Every declared event of a node, by name: what the core dispatches from.
 #[derive(Debug, Default)]
 pub struct EventTable {
+    sets: Vec<EventSet>,
     inbound: HashMap<String, (String, InboundEvent)>,
     outbound: HashMap<String, (String, OutboundEvent)>,
     rooms: Vec<(String, RoomKind)>,
@@ -481,7 +602,10 @@ pub struct EventTable {
 impl EventTable {
     /// Indexes `sets`; an event or room kind two sets declare is an error naming both.
     pub fn build(sets: &[EventSet]) -> Result<Self, ConfigError> {
-        let mut table = EventTable::default();
+        let mut table = EventTable {
+            sets: sets.to_vec(),
+            ..EventTable::default()
+        };
         let mut issues = Vec::new();
         for set in sets {
             let claims = set
@@ -552,6 +676,11 @@ impl EventTable {
         }
     }
 
+    /// The sets, in the order the node took them (the auth layer's first).
+    pub fn sets(&self) -> &[EventSet] {
+        &self.sets
+    }
+
     /// The declaration of client event `name`.
     pub fn inbound(&self, name: &str) -> Option<&InboundEvent> {
         self.inbound.get(name).map(|(_, e)| e)
@@ -598,6 +727,19 @@ pub fn reserved(name: &str) -> Option<&'static str> {
         return Some("is the gateway's own (error, user:*, auth:*, *:joined, *:left)");
     }
     None
+}
+
+/// `waiting-input` → `WaitingInput`: a room kind as a type name.
+fn pascal_case(word: &str) -> String {
+    word.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut chars = w.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect()
 }
 
 /// Reads the id field of a room kind's join or leave, with the same messages as
@@ -807,7 +949,12 @@ pub fn depth(v: &Value) -> usize {
 }
 
 /// Deserializes `payload` into `T` and checks it, the shared first step of every handler.
-pub trait Validate: DeserializeOwned {
+///
+/// Its [`JsonSchema`] is what `switchboard schema` prints; mark id fields
+/// `#[schemars(with = "Id")]` (`Option<Id>` when optional) and fields checked against a
+/// list with `schema_with` and [`crate::schema::one_of`], so the schema says what
+/// `validate` checks.
+pub trait Validate: DeserializeOwned + JsonSchema {
     /// Checks the fields serde cannot (id lengths, enums); errors name the field.
     fn validate(&self, event: &str, limits: &LimitsConfig) -> Result<(), EventError>;
 

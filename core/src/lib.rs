@@ -24,6 +24,7 @@ mod refresh;
 pub mod registry;
 mod rooms;
 pub mod runtime;
+pub mod schema;
 pub mod session;
 pub mod tap;
 pub mod tls;

@@ -329,6 +329,15 @@ impl Node {
         &self.effective
     }
 
+    /// The node's events with their schemas, for `switchboard schema`.
+    pub fn catalog(&self) -> crate::schema::Catalog {
+        crate::schema::Catalog::new(
+            self.gateway.events(),
+            self.gateway.config(),
+            &self.effective,
+        )
+    }
+
     /// The loaded config.
     pub fn loaded(&self) -> &LoadedConfig {
         &self.loaded

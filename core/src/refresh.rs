@@ -3,10 +3,23 @@
 //! Every node has it, whatever `events.plugins` says; a plugin that declares `auth:refresh`
 //! is refused at start-up.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::config::LimitsConfig;
 use crate::event::{EventError, EventSet, InboundCtx, Outcome, Validate};
+
+/// When the connection's token expires: the payload of `auth:expiring` and
+/// `auth:refreshed` (described for schemas; the runtime builds it).
+#[derive(JsonSchema)]
+#[schemars(rename = "ExpiresAt")]
+#[allow(dead_code)]
+pub(crate) struct ExpiresAt {
+    /// The token's `exp` (ISO 8601), null when it has none.
+    #[serde(rename = "expiresAt")]
+    #[schemars(required)]
+    expires_at: Option<String>,
+}
 
 /// The event a client sends to replace its token on a live connection.
 pub const AUTH_REFRESH: &str = "auth:refresh";
@@ -15,7 +28,7 @@ pub const AUTH_REFRESH: &str = "auth:refresh";
 pub(crate) const SET_NAME: &str = "the auth layer";
 
 /// `{token}`: the payload of `auth:refresh`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub(crate) struct Refresh {
     /// A token for the same `sub`.
     token: String,
@@ -37,5 +50,5 @@ pub(crate) fn events() -> EventSet {
                 crate::runtime::expires_at_payload(exp),
             ))
         })
-        .replying("auth:refreshed")
+        .replying_with::<ExpiresAt>("auth:refreshed")
 }

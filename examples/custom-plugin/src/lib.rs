@@ -24,6 +24,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use switchboard_core::config::LimitsConfig;
 use switchboard_core::event::{Validate, check_id};
+use switchboard_core::schema::{Id, JsonSchema, Schema, SchemaGenerator};
 use switchboard_core::{
     BoxError, ErrorKind, EventError, EventHandler, EventSet, Factory, InboundCtx, Outcome, Plugin,
     PluginContext, Room, register_plugin,
@@ -57,12 +58,14 @@ impl Default for PollsConfig {
 
 // ANCHOR: payloads
 /// `{pollId, option}`: what a client sends with `poll:vote`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Vote {
     /// The poll.
+    #[schemars(with = "Id")]
     pub poll_id: String,
     /// The option voted for.
+    #[schemars(with = "Id")]
     pub option: String,
 }
 
@@ -74,14 +77,17 @@ impl Validate for Vote {
 }
 
 /// `{pollId, option, userId}`: what the room receives for each vote.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Voted {
     /// The poll.
+    #[schemars(with = "Id")]
     pub poll_id: String,
     /// The option voted for.
+    #[schemars(with = "Id")]
     pub option: String,
     /// Who voted (the voter's token `sub`, never taken from the payload).
+    #[schemars(with = "Id")]
     pub user_id: String,
 }
 
@@ -94,13 +100,25 @@ impl Validate for Voted {
 }
 
 /// `{pollId, results}`: a backend closes a poll with its tally, option → vote count.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Closed {
     /// The poll.
+    #[schemars(with = "Id")]
     pub poll_id: String,
     /// Votes per option.
+    #[schemars(schema_with = "results_schema")]
     pub results: BTreeMap<String, u64>,
+}
+
+/// Option → count, each option checked as an id.
+fn results_schema(g: &mut SchemaGenerator) -> Schema {
+    let option = g.subschema_for::<Id>();
+    schemars::json_schema!({
+        "type": "object",
+        "propertyNames": option,
+        "additionalProperties": { "type": "integer", "minimum": 0 },
+    })
 }
 
 impl Validate for Closed {

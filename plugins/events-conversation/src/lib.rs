@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use switchboard_core::config::LimitsConfig;
 use switchboard_core::event::{Validate, check_enum, check_id};
+use switchboard_core::schema::{Id, JsonSchema, Schema, SchemaGenerator, one_of};
 use switchboard_core::{
     BoxError, EventError, EventHandler, EventSet, Factory, Plugin, PluginContext, Room,
     register_plugin,
@@ -18,10 +19,11 @@ pub fn room(conversation_id: &str) -> Room {
 }
 
 /// `{conversationId}`: the payload of `conversation:join`/`leave` (and typing events).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationRef {
     /// The conversation.
+    #[schemars(with = "Id")]
     pub conversation_id: String,
 }
 
@@ -32,23 +34,29 @@ impl Validate for ConversationRef {
 }
 
 /// `message:received`: a new message in a conversation.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageReceived {
     /// The conversation.
+    #[schemars(with = "Id")]
     pub conversation_id: String,
     /// The message.
+    #[schemars(with = "Id")]
     pub message_id: String,
     /// Who sent it.
+    #[schemars(with = "Id")]
     pub sender_id: String,
     /// The message type (`text`, `image`, ...).
     #[serde(rename = "type")]
+    #[schemars(with = "Id")]
     pub kind: String,
     /// The content, any JSON.
     pub content: Value,
     /// The delivery status.
+    #[schemars(with = "Id")]
     pub status: String,
     /// When it was sent (ISO 8601).
+    #[schemars(with = "Id")]
     pub timestamp: String,
 }
 
@@ -66,15 +74,22 @@ impl Validate for MessageReceived {
 /// Message statuses `message:status` accepts.
 pub const STATUSES: &[&str] = &["sent", "delivered", "read"];
 
+fn statuses_schema(_: &mut SchemaGenerator) -> Schema {
+    one_of(STATUSES)
+}
+
 /// `message:status`: a message's delivery status changed.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageStatus {
     /// The conversation.
+    #[schemars(with = "Id")]
     pub conversation_id: String,
     /// The message.
+    #[schemars(with = "Id")]
     pub message_id: String,
     /// `sent`, `delivered` or `read`.
+    #[schemars(schema_with = "statuses_schema")]
     pub status: String,
 }
 

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use switchboard_core::config::LimitsConfig;
 use switchboard_core::event::{Validate, check_enum, check_id};
+use switchboard_core::schema::{Id, JsonSchema, Schema, SchemaGenerator, one_of};
 use switchboard_core::{
     BoxError, EventError, EventHandler, EventSet, Factory, Plugin, PluginContext, Room,
     register_plugin,
@@ -17,10 +18,11 @@ pub fn room(session_id: &str) -> Room {
 }
 
 /// `{sessionId}`: the payload of `session:join`/`leave`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionRef {
     /// The session.
+    #[schemars(with = "Id")]
     pub session_id: String,
 }
 
@@ -31,14 +33,17 @@ impl Validate for SessionRef {
 }
 
 /// `session:message-sent`: a message in a session.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionMessageSent {
     /// The session.
+    #[schemars(with = "Id")]
     pub session_id: String,
     /// The message.
+    #[schemars(with = "Id")]
     pub message_id: String,
     /// Who sent it.
+    #[schemars(with = "Id")]
     pub sender_id: String,
     /// The sender's display name.
     #[serde(default)]
@@ -51,12 +56,15 @@ pub struct SessionMessageSent {
     pub is_from_bot: Option<bool>,
     /// The message type.
     #[serde(rename = "type")]
+    #[schemars(with = "Id")]
     pub kind: String,
     /// The content, any JSON.
     pub content: Value,
     /// The delivery status.
+    #[schemars(with = "Id")]
     pub status: String,
     /// When it was sent (ISO 8601).
+    #[schemars(with = "Id")]
     pub timestamp: String,
 }
 
@@ -72,12 +80,14 @@ impl Validate for SessionMessageSent {
 }
 
 /// `session:node-executed`: the chatbot ran a node.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeExecuted {
     /// The session.
+    #[schemars(with = "Id")]
     pub session_id: String,
     /// The node.
+    #[schemars(with = "Id")]
     pub node_id: String,
     /// The node's label.
     pub node_label: String,
@@ -99,13 +109,19 @@ pub const SESSION_STATUSES: &[&str] = &[
     "stopped",
 ];
 
+fn session_statuses_schema(_: &mut SchemaGenerator) -> Schema {
+    one_of(SESSION_STATUSES)
+}
+
 /// `session:status-changed`: the session's status changed.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusChanged {
     /// The session.
+    #[schemars(with = "Id")]
     pub session_id: String,
     /// One of [`SESSION_STATUSES`].
+    #[schemars(schema_with = "session_statuses_schema")]
     pub new_status: String,
     /// The current node.
     #[serde(default)]
@@ -114,6 +130,7 @@ pub struct StatusChanged {
     #[serde(default)]
     pub current_node_label: Option<String>,
     /// When it changed (ISO 8601).
+    #[schemars(with = "Id")]
     pub updated_at: String,
 }
 
@@ -126,12 +143,14 @@ impl Validate for StatusChanged {
 }
 
 /// `session:completed`: the session ended.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Completed {
     /// The session.
+    #[schemars(with = "Id")]
     pub session_id: String,
     /// When it completed (ISO 8601).
+    #[schemars(with = "Id")]
     pub completed_at: String,
     /// Why.
     #[serde(default)]

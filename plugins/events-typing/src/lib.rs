@@ -6,16 +6,18 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard_core::config::LimitsConfig;
 use switchboard_core::event::{Validate, check_id};
+use switchboard_core::schema::{Id, JsonSchema, Schema, SchemaGenerator};
 use switchboard_core::{
     BoxError, ErrorKind, EventError, EventHandler, EventSet, Factory, InboundCtx, Outcome, Plugin,
     PluginContext, Room, register_plugin,
 };
 
 /// `{conversationId}`: what a client sends with `typing:start`/`typing:stop`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TypingRequest {
     /// The conversation the sender types in.
+    #[schemars(with = "Id")]
     pub conversation_id: String,
 }
 
@@ -25,31 +27,88 @@ impl Validate for TypingRequest {
     }
 }
 
-/// `{conversationId, userId, isTyping}`: what the room receives (also publishable by a backend).
-#[derive(Debug, Deserialize)]
+/// `{conversationId, userId, isTyping: true}`: what the room receives with `typing:start`
+/// (also publishable by a backend).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct TypingIndicator {
+pub struct TypingStarted {
     /// The conversation.
+    #[schemars(with = "Id")]
     pub conversation_id: String,
     /// Who is typing.
+    #[schemars(with = "Id")]
     pub user_id: String,
-    /// Whether they are typing.
+    /// Always `true`.
+    #[schemars(schema_with = "always_true")]
     pub is_typing: bool,
 }
 
-impl Validate for TypingIndicator {
+/// `{conversationId, userId, isTyping: false}`: what the room receives with `typing:stop`
+/// (also publishable by a backend).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TypingStopped {
+    /// The conversation.
+    #[schemars(with = "Id")]
+    pub conversation_id: String,
+    /// Who stopped typing.
+    #[schemars(with = "Id")]
+    pub user_id: String,
+    /// Always `false`.
+    #[schemars(schema_with = "always_false")]
+    pub is_typing: bool,
+}
+
+fn always_true(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({ "const": true })
+}
+
+fn always_false(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({ "const": false })
+}
+
+/// The checks both indicators share: ids, and `isTyping` saying which event it is.
+fn check_indicator(
+    event: &str,
+    conversation_id: &str,
+    user_id: &str,
+    is_typing: bool,
+    limits: &LimitsConfig,
+) -> Result<(), EventError> {
+    check_id(event, "conversationId", conversation_id, limits)?;
+    check_id(event, "userId", user_id, limits)?;
+    let typing = event == START;
+    if is_typing != typing {
+        return Err(EventError::invalid(
+            event,
+            "isTyping",
+            format!("must be {typing} for {event}"),
+        ));
+    }
+    Ok(())
+}
+
+impl Validate for TypingStarted {
     fn validate(&self, event: &str, limits: &LimitsConfig) -> Result<(), EventError> {
-        check_id(event, "conversationId", &self.conversation_id, limits)?;
-        check_id(event, "userId", &self.user_id, limits)?;
-        let typing = event == START;
-        if self.is_typing != typing {
-            return Err(EventError::invalid(
-                event,
-                "isTyping",
-                format!("must be {typing} for {event}"),
-            ));
-        }
-        Ok(())
+        check_indicator(
+            event,
+            &self.conversation_id,
+            &self.user_id,
+            self.is_typing,
+            limits,
+        )
+    }
+}
+
+impl Validate for TypingStopped {
+    fn validate(&self, event: &str, limits: &LimitsConfig) -> Result<(), EventError> {
+        check_indicator(
+            event,
+            &self.conversation_id,
+            &self.user_id,
+            self.is_typing,
+            limits,
+        )
     }
 }
 
@@ -96,12 +155,12 @@ pub fn events() -> EventSet {
         .emits_transient(
             START,
             "conversation:{conversationId}",
-            |t: &TypingIndicator| room(&t.conversation_id),
+            |t: &TypingStarted| room(&t.conversation_id),
         )
         .emits_transient(
             STOP,
             "conversation:{conversationId}",
-            |t: &TypingIndicator| room(&t.conversation_id),
+            |t: &TypingStopped| room(&t.conversation_id),
         )
 }
 // ANCHOR_END: set
