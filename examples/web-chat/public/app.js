@@ -9,8 +9,23 @@
 // http://127.0.0.1:3000/ (the gateway serves this folder; see the README beside it).
 //
 // `io` is the global from vendor/socket.io.min.js (socket.io-client 4.8.1).
+//
+// Types, with no build step: `switchboard-events.d.ts` beside this file is what
+// `switchboard schema --format typescript --config examples/web-chat/switchboard.toml`
+// prints (regenerate it when the config's plugins change); the JSDoc below imports it, so an
+// editor with socket.io-client's types, and the end-to-end suite's `tsc --checkJs`, check
+// every event name and payload field this script uses against the gateway's own schema.
 
-const io = globalThis.io;
+// @ts-check
+/** @typedef {import("./switchboard-events").ServerToClientEvents} ServerToClientEvents */
+/** @typedef {import("./switchboard-events").ClientToServerEvents} ClientToServerEvents */
+/** @typedef {import("./switchboard-events").MessageReceived} MessageReceived */
+/** @typedef {import("./switchboard-events").MessageStatus} MessageStatus */
+/** @typedef {import("./switchboard-events").TypingStarted | import("./switchboard-events").TypingStopped} TypingIndicator */
+/** @typedef {import("socket.io-client").Socket<ServerToClientEvents, ClientToServerEvents>} ChatSocket */
+
+/** @type {typeof import("socket.io-client").io | undefined} */
+const io = /** @type {any} */ (globalThis).io;
 const params = new URLSearchParams(location.search);
 /** The gateway: this page's origin, or `?server=http://host:port` (then mind CORS). */
 const SERVER = params.get("server") ?? location.origin;
@@ -20,11 +35,15 @@ const TYPING_IDLE_MS = 2500;
 const TYPING_EXPIRE_MS = 8000;
 const TICKS = { sent: "✓", delivered: "✓✓", read: "✓✓" };
 
+/** @type {(id: string) => any} */
 const $ = (id) => document.getElementById(id);
 
 const state = {
+  /** @type {ChatSocket | null} */
   socket: null,
+  /** @type {string | null} */
   me: null,
+  /** @type {string | null} */
   conversationId: null,
   /** messageId → status, for a status that arrives before its message. */
   pendingStatus: new Map(),
@@ -60,6 +79,8 @@ function signIn(token) {
   signOut();
   state.me = me;
   setStatus("connecting", `Connecting as ${me}…`);
+  if (!io) return;
+  /** @type {ChatSocket} */
   const socket = io(SERVER + NAMESPACE, { auth: { token } });
   state.socket = socket;
 
@@ -128,6 +149,7 @@ async function join(conversationId) {
     socket.emit("conversation:leave", { conversationId: state.conversationId });
     $("messages").replaceChildren();
   }
+  /** @type {import("./switchboard-events").ClientAcks["conversation:join"]} */
   let ack;
   try {
     ack = await socket.timeout(5000).emitWithAck("conversation:join", { conversationId });
@@ -136,7 +158,7 @@ async function join(conversationId) {
     return;
   }
   if (!ack || ack.success !== true) {
-    notice(ack?.error ?? "Join refused");
+    notice((ack && "error" in ack && ack.error) || "Join refused");
     return;
   }
   state.conversationId = conversationId;
@@ -147,6 +169,7 @@ async function join(conversationId) {
   renderTyping();
 }
 
+/** @param {MessageReceived} m */
 function onMessage(m) {
   if (m.conversationId !== state.conversationId) return;
   const list = $("messages");
@@ -175,6 +198,7 @@ function onMessage(m) {
   li.scrollIntoView({ block: "end" });
 }
 
+/** @param {MessageStatus} update */
 function onStatus({ conversationId, messageId, status }) {
   if (conversationId !== state.conversationId) return;
   const li = $("messages").querySelector(`li[data-message-id="${CSS.escape(messageId)}"]`);
@@ -182,8 +206,12 @@ function onStatus({ conversationId, messageId, status }) {
   else state.pendingStatus.set(messageId, status);
 }
 
+/**
+ * @param {Element} li
+ * @param {string} status
+ */
 function setTick(li, status) {
-  const tick = li.querySelector(".tick");
+  const tick = /** @type {HTMLElement} */ (li.querySelector(".tick"));
   tick.dataset.status = status;
   tick.textContent = TICKS[status] ?? "";
   tick.title = status;
@@ -199,6 +227,10 @@ function contentText(content) {
 
 // ---------- typing ----------
 
+/**
+ * @param {TypingIndicator} indicator
+ * @param {boolean} isTyping
+ */
 function onTyping({ conversationId, userId }, isTyping) {
   if (conversationId !== state.conversationId || userId === state.me) return;
   clearTimeout(state.typing.get(userId));
@@ -365,7 +397,7 @@ $("signin-form").addEventListener("submit", (e) => {
   e.preventDefault();
   signIn($("token").value);
 });
-$("demo-user").addEventListener("change", (e) => {
+$("demo-user").addEventListener("change", (/** @type {any} */ e) => {
   if (e.target.value) signIn(e.target.value);
 });
 $("signout").addEventListener("click", () => {
