@@ -113,10 +113,8 @@ fn all_exported() -> BTreeMap<String, String> {
     // the folder must not take the other's script away.
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "switchboard-metrics-{}-{call}",
-        std::process::id()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("switchboard-metrics-{}-{call}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let script = dir.join("hook.lua");
     // A hook that fails, so the Lua failure counter has a sample.
