@@ -263,16 +263,20 @@ impl Default for EventsConfig {
     }
 }
 
-/// `redis.*`: the Redis server the Redis plugins share.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `redis.*`: the Redis server (or Redis Cluster) the Redis plugins share.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// Connection URL.
+    /// Connection URL: `redis://`, `rediss://` (TLS), `redis-cluster://h:p?node=h2:p2`,
+    /// `rediss-cluster://…`; user and password in it for an ACL user.
     pub url: String,
     /// Prefix of every key and channel.
     pub key_prefix: String,
-    /// Use Redis Cluster sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`).
-    pub sharded_pubsub: bool,
+    /// Use sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`); unset: on for a Redis Cluster URL,
+    /// off otherwise.
+    pub sharded_pubsub: Option<bool>,
+    /// TLS to Redis: the CA to trust and an optional client certificate.
+    pub tls: RedisTlsConfig,
 }
 
 impl Default for RedisConfig {
@@ -280,31 +284,82 @@ impl Default for RedisConfig {
         RedisConfig {
             url: "redis://127.0.0.1:6379".to_owned(),
             key_prefix: "switchboard:".to_owned(),
-            sharded_pubsub: false,
+            sharded_pubsub: None,
+            tls: RedisTlsConfig::default(),
         }
     }
 }
 
+/// `redis.tls.*`: what a `rediss://` connection trusts and presents.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTlsConfig {
+    /// The CA certificates (PEM) Redis's certificate must chain to; the system's roots when
+    /// unset.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain (PEM), for a Redis started with `tls-auth-clients yes`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisTlsConfig {
+    /// Whether any file is set.
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+}
+
 impl RedisConfig {
-    /// Checks `redis.url`'s scheme (TLS is not compiled in); the error is the reason alone.
-    pub fn check_url(&self) -> Result<(), String> {
-        let scheme = self
-            .url
+    /// The URL's scheme, lower case.
+    fn scheme(&self) -> Option<String> {
+        self.url
             .split_once("://")
-            .map(|(s, _)| s.to_ascii_lowercase());
-        match scheme.as_deref() {
+            .map(|(s, _)| s.to_ascii_lowercase())
+    }
+
+    /// Whether the URL names a Redis Cluster (`redis-cluster://`, `rediss-cluster://`).
+    pub fn is_cluster(&self) -> bool {
+        self.scheme().is_some_and(|s| s.ends_with("-cluster"))
+    }
+
+    /// Whether the URL asks for TLS (`rediss://`, `rediss-cluster://`, …).
+    pub fn uses_tls(&self) -> bool {
+        self.scheme()
+            .is_some_and(|s| s.starts_with("rediss") || s.starts_with("valkeys"))
+    }
+
+    /// Whether the broker uses sharded pub/sub: `redis.sharded_pubsub`, else on for a Redis
+    /// Cluster.
+    pub fn sharded(&self) -> bool {
+        self.sharded_pubsub.unwrap_or_else(|| self.is_cluster())
+    }
+
+    /// Checks `redis.url`'s scheme and that `redis.tls.*` goes with a TLS scheme; the error
+    /// is the reason alone.
+    pub fn check_url(&self) -> Result<(), String> {
+        match self.scheme().as_deref() {
             Some(
-                "redis" | "valkey" | "redis-cluster" | "valkey-cluster" | "redis-sentinel"
-                | "valkey-sentinel" | "redis+unix" | "valkey+unix",
-            ) => Ok(()),
-            Some(s) if s.starts_with("rediss") || s.starts_with("valkeys") => Err(format!(
-                "`{s}://` (TLS) is not supported by this build; use redis://, redis-cluster:// or redis-sentinel://"
-            )),
-            _ => Err(
-                "must start with redis://, redis-cluster://, redis-sentinel:// or redis+unix://"
-                    .to_owned(),
-            ),
+                "redis" | "rediss" | "valkey" | "valkeys" | "redis-cluster" | "rediss-cluster"
+                | "valkey-cluster" | "valkeys-cluster" | "redis-sentinel" | "rediss-sentinel"
+                | "valkey-sentinel" | "valkeys-sentinel" | "redis+unix" | "valkey+unix",
+            ) => {}
+            _ => {
+                return Err(
+                    "must start with redis://, rediss:// (TLS), redis-cluster://, \
+                     rediss-cluster://, redis-sentinel:// or redis+unix://"
+                        .to_owned(),
+                );
+            }
         }
+        if self.tls.is_set() && !self.uses_tls() {
+            return Err(
+                "redis.tls.* is set, but the URL does not ask for TLS: use rediss:// or \
+                 rediss-cluster://"
+                    .to_owned(),
+            );
+        }
+        Ok(())
     }
 }
 

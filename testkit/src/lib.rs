@@ -4,7 +4,20 @@
 //! persistence off (`--save "" --appendonly no`), so a test can stop it and start it
 //! again empty, the way a real Redis that keeps nothing on disk restarts. The server is
 //! killed when the value is dropped. Set `REDIS_SERVER` to use another binary than the
-//! `redis-server` found on `PATH`.
+//! `redis-server` found on `PATH` (and `REDIS_CLI` for `redis-cli`).
+//!
+//! [`RedisCluster`] starts a real Redis Cluster: three masters and three replicas in
+//! cluster mode, joined with `redis-cli --cluster create`. [`RedisCluster::shared`] is the
+//! one cluster of a test run: the one `SWITCHBOARD_TEST_REDIS_CLUSTER` names (the test
+//! scripts start it once with the `redis-cluster` binary of this crate), else one started
+//! for this test process. [`FaultProxy`] sits between a client and a server and injects
+//! latency, partitions, resets and half-open links.
+
+mod cluster;
+mod proxy;
+
+pub use cluster::{CLUSTER_ENV, ClusterNode, RedisCluster};
+pub use proxy::{Fault, FaultProxy};
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -17,6 +30,10 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Arguments beyond the defaults (TLS, ACL users).
+    extra: Vec<String>,
+    /// The port `accepts` checks: the TLS port when the plain one is off.
+    probe: u16,
 }
 
 impl RedisServer {
@@ -24,14 +41,27 @@ impl RedisServer {
     ///
     /// Panics when `redis-server` cannot be started: this is for tests only.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with `extra` arguments after the defaults (`--user …`, `--tls-…`).
+    /// With `--port 0` and `--tls-port {port}` in `extra`, the `{port}` placeholder is the
+    /// server's port and it serves TLS only.
+    pub fn start_with(extra: &[&str]) -> Self {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("switchboard-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create a scratch dir for redis-server");
+        let extra: Vec<String> = extra
+            .iter()
+            .map(|a| a.replace("{port}", &port.to_string()))
+            .collect();
         let mut server = RedisServer {
             port,
             dir,
             child: None,
+            extra,
+            probe: port,
         };
         server.spawn();
         server
@@ -82,6 +112,7 @@ impl RedisServer {
                 .args(["--daemonize", "no"])
                 .arg("--dir")
                 .arg(&self.dir)
+                .args(&self.extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -110,9 +141,14 @@ impl RedisServer {
     }
 
     fn accepts(&self) -> bool {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        accepts(self.probe)
     }
+}
+
+/// Whether something accepts TCP connections on loopback `port`.
+pub(crate) fn accepts(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
 impl Drop for RedisServer {

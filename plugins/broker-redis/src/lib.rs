@@ -81,6 +81,7 @@
 
 mod history;
 mod nodes;
+mod slots;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -143,6 +144,7 @@ struct BrokerMetrics {
     local_only: Counter<u64, AtomicU64>,
     received: Counter<u64, AtomicU64>,
     lost: Counter<u64, AtomicU64>,
+    slot_moves: Counter<u64, AtomicU64>,
 }
 
 /// Rooms across nodes over Redis pub/sub.
@@ -163,6 +165,10 @@ struct Inner {
     inbox: OnceLock<Inbox>,
     node: String,
     sharded: bool,
+    /// The URL names a Redis Cluster: its slot map is watched.
+    cluster: bool,
+    /// The slot map the last subscription pass was made under (cluster only).
+    slot_map: Mutex<slots::SlotMap>,
     key_prefix: String,
     /// The channel other nodes reach this one on.
     control: String,
@@ -246,6 +252,13 @@ impl RedisBroker {
         window: Duration,
     ) -> Result<Self, ConfigError> {
         cfg.validate("broker.redis")?;
+        if redis.is_cluster() && redis.key_prefix.contains(['{', '}']) {
+            return Err(ConfigError::new(
+                "redis.key_prefix",
+                "must not contain `{` or `}` with a Redis Cluster: the broker puts each room's \
+                 keys in its channel's slot with a hash tag of its own",
+            ));
+        }
         let sub = switchboard_redis_client::client(redis, cfg, Some(16 * 1024))?;
         let pool = switchboard_redis_client::pool(redis, cfg, Some(64))?;
         let node = node.into();
@@ -267,7 +280,9 @@ impl RedisBroker {
                 scripts: history::Scripts::new(),
                 asks: history::Asks::default(),
                 node,
-                sharded: redis.sharded_pubsub,
+                sharded: redis.sharded(),
+                cluster: redis.is_cluster(),
+                slot_map: Mutex::new(Vec::new()),
                 room_prefix: format!("{}room:", redis.key_prefix),
                 broadcast: format!("{}broadcast", redis.key_prefix),
                 sub,
@@ -339,6 +354,11 @@ impl RedisBroker {
             "Messages dropped because this node fell behind reading its subscription",
             m.lost.clone(),
         );
+        reg.register(
+            "redis_broker_slot_moves",
+            "Times the Redis Cluster's slot map changed and every room was subscribed again",
+            m.slot_moves.clone(),
+        );
     }
 }
 
@@ -352,7 +372,7 @@ impl Drop for RedisBroker {
 
 impl Inner {
     fn room_channel(&self, room: &str) -> String {
-        format!("{}{room}", self.room_prefix)
+        format!("{}{}", self.room_prefix, channel_safe(room))
     }
 
     fn channel(&self, room: Option<&str>) -> String {
@@ -390,7 +410,15 @@ impl Inner {
 
     async fn subscribe_channels(&self, channels: Vec<String>) -> Result<(), BrokerError> {
         if self.sharded {
-            let calls = channels.into_iter().map(|c| self.sub.ssubscribe(c));
+            // One SSUBSCRIBE per slot: the channels of one command must share a slot.
+            let mut by_slot: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+            for c in channels {
+                by_slot
+                    .entry(fred::util::redis_keyslot(c.as_bytes()))
+                    .or_default()
+                    .push(c);
+            }
+            let calls = by_slot.into_values().map(|c| self.sub.ssubscribe(c));
             match tokio::time::timeout(self.timeout, futures_util::future::try_join_all(calls))
                 .await
             {
@@ -535,6 +563,26 @@ impl Inner {
     }
 }
 
+/// A room name as it goes into a channel name: `%`, `{` and `}` percent-encoded, so a
+/// channel never carries a Redis Cluster hash tag of its own and the room's history keys,
+/// `{<channel>}:h` and `{<channel>}:m`, always share the channel's slot (the publish script
+/// touches both and `SPUBLISH`es on the channel). Other rooms are unchanged.
+fn channel_safe(room: &str) -> std::borrow::Cow<'_, str> {
+    if !room.contains(['%', '{', '}']) {
+        return std::borrow::Cow::Borrowed(room);
+    }
+    let mut out = String::with_capacity(room.len() + 8);
+    for c in room.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A hash that is the same on every run (room → lock shard, channel → connection).
 fn stable_hash(s: &str) -> u64 {
     // FNV-1a.
@@ -628,8 +676,15 @@ async fn supervise(
             // Set before the pass: a subscribe that still sees `false` holds its room's
             // lock, so the pass (which takes every lock in turn) subscribes that room after it.
             inner.sub_up.store(true, Ordering::SeqCst);
+            let map = if inner.cluster {
+                slots::refresh(&inner).await;
+                slots::slot_map(&inner)
+            } else {
+                Vec::new()
+            };
             match inner.resubscribe().await {
                 Ok(n) => {
+                    *inner.slot_map.lock() = map;
                     need_resubscribe = false;
                     inner.subscribed.store(true, Ordering::SeqCst);
                     tracing::debug!(rooms = n, "room broker: subscribed");
@@ -671,6 +726,9 @@ impl RoomBroker for RedisBroker {
             tasks.push(flatten(inner.sub.connect()));
             tasks.push(flatten(inner.pool.pool().connect()));
             tasks.push(tokio::spawn(nodes::heartbeat(Arc::downgrade(inner))));
+            if inner.cluster {
+                tasks.push(tokio::spawn(slots::watch(Arc::downgrade(inner))));
+            }
         }
         // Give a healthy Redis the time to answer, so the node is ready when it starts serving.
         let deadline = Instant::now() + inner.timeout;

@@ -55,7 +55,8 @@ fn redis_config(server: &RedisServer, sharded: bool) -> RedisConfig {
     RedisConfig {
         url: server.url(),
         key_prefix: "t:".to_owned(),
-        sharded_pubsub: sharded,
+        sharded_pubsub: Some(sharded),
+        ..RedisConfig::default()
     }
 }
 

@@ -30,7 +30,8 @@ fn redis_config(server: &RedisServer) -> RedisConfig {
     RedisConfig {
         url: server.url(),
         key_prefix: "t:".to_owned(),
-        sharded_pubsub: false,
+        sharded_pubsub: None,
+        ..RedisConfig::default()
     }
 }
 

@@ -19,8 +19,9 @@ use std::time::Duration;
 use fred::prelude::{
     Builder, Client, ClientLike, Config, Error, ErrorKind, EventInterface, Pool, ReconnectPolicy,
 };
+use fred::types::config::TlsConnector;
 use serde::{Deserialize, Serialize};
-use switchboard_core::config::RedisConfig;
+use switchboard_core::config::{RedisConfig, RedisTlsConfig};
 use switchboard_core::{ConfigError, Dur};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
@@ -89,11 +90,24 @@ pub struct Settings {
 
 /// A fred builder for `url` with `settings`; an error names what is wrong with the URL.
 pub fn builder(url: &str, settings: &Settings) -> Result<Builder, Error> {
-    let config = Config {
+    builder_with_tls(url, settings, None)
+}
+
+/// A fred builder for `url` with `settings`, connecting through `tls` when given (else as
+/// the URL's scheme says).
+pub fn builder_with_tls(
+    url: &str,
+    settings: &Settings,
+    tls: Option<TlsConnector>,
+) -> Result<Builder, Error> {
+    let mut config = Config {
         // Keep retrying while Redis is away, rather than failing commands at once.
         fail_fast: false,
         ..Config::from_url(url)?
     };
+    if let Some(connector) = tls {
+        config.tls = Some(connector.into());
+    }
     let max_delay = u32::try_from(settings.reconnect_max_delay.as_millis())
         .unwrap_or(u32::MAX)
         .max(100);
@@ -121,13 +135,85 @@ fn url_error(reason: impl Into<String>) -> ConfigError {
     ConfigError::new("redis.url", reason)
 }
 
+/// The TLS connector `redis.tls.*` asks for: its CA (else the system's roots, fred's own
+/// default for `rediss://`) and its client certificate. `None` when nothing is set.
+pub fn tls_connector(tls: &RedisTlsConfig) -> Result<Option<TlsConnector>, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    if !tls.is_set() {
+        return Ok(None);
+    }
+    let read_certs = |key: &str, path: &std::path::Path| {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| ConfigError::new(key, format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(ConfigError::new(
+                key,
+                format!("{}: no PEM certificate in it", path.display()),
+            ));
+        }
+        Ok(certs)
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            for cert in read_certs("redis.tls.ca_file", path)? {
+                roots.add(cert).map_err(|e| {
+                    ConfigError::new("redis.tls.ca_file", format!("{}: {e}", path.display()))
+                })?;
+            }
+        }
+        None => {
+            // The system's roots, as fred's default for `rediss://` (a client certificate
+            // alone was set).
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new("redis.tls", format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots);
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let chain = read_certs("redis.tls.cert_file", cert)?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                ConfigError::new("redis.tls.key_file", format!("{}: {e}", key.display()))
+            })?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| ConfigError::new("redis.tls.key_file", e.to_string()))?
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "redis.tls.key_file",
+                "missing: redis.tls.cert_file is set, and a client certificate needs its key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "redis.tls.cert_file",
+                "missing: redis.tls.key_file is set, and a client certificate needs both files",
+            ));
+        }
+    };
+    Ok(Some(TlsConnector::from(config)))
+}
+
 fn checked_builder(
     redis: &RedisConfig,
     cfg: &ClientConfig,
     broadcast_capacity: Option<usize>,
 ) -> Result<Builder, ConfigError> {
     redis.check_url().map_err(url_error)?;
-    builder(&redis.url, &cfg.settings(broadcast_capacity)).map_err(|e| url_error(e.details()))
+    let tls = tls_connector(&redis.tls)?;
+    builder_with_tls(&redis.url, &cfg.settings(broadcast_capacity), tls)
+        .map_err(|e| url_error(e.details()))
 }
 
 /// A pool of `cfg.pool_size` connections to the shared Redis (not connected yet).
