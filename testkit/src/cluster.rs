@@ -10,7 +10,7 @@ use crate::accepts;
 
 /// The variable naming the shared cluster of a test run: its nodes as `host:port`, comma
 /// separated (what the `redis-cluster` binary prints).
-pub const CLUSTER_ENV: &str = "SWITCHBOARD_TEST_REDIS_CLUSTER";
+pub const CLUSTER_ENV: &str = "SB_REDIS_CLUSTER";
 
 /// The highest port a cluster node may take: its bus listens on port + 10000.
 const MAX_PORT: u16 = 55_000;

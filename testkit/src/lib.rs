@@ -8,14 +8,17 @@
 //!
 //! [`RedisCluster`] starts a real Redis Cluster: three masters and three replicas in
 //! cluster mode, joined with `redis-cli --cluster create`. [`RedisCluster::shared`] is the
-//! one cluster of a test run: the one `SWITCHBOARD_TEST_REDIS_CLUSTER` names (the test
+//! one cluster of a test run: the one `SB_REDIS_CLUSTER` names (the test
 //! scripts start it once with the `redis-cluster` binary of this crate), else one started
 //! for this test process. [`FaultProxy`] sits between a client and a server and injects
-//! latency, partitions, resets and half-open links.
+//! latency, partitions, resets and half-open links. [`TestCa`] makes a CA and the
+//! certificates a TLS Redis and its clients need.
 
+mod ca;
 mod cluster;
 mod proxy;
 
+pub use ca::TestCa;
 pub use cluster::{CLUSTER_ENV, ClusterNode, RedisCluster};
 pub use proxy::{Fault, FaultProxy};
 

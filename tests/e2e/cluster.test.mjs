@@ -1,6 +1,8 @@
 // Several real switchboard nodes sharing one Redis (presence.plugin = broker.plugin = "redis"):
 // rooms and presence span nodes, a killed node's users go offline within the TTL, and a
-// Redis restart is survived by connected clients.
+// Redis restart is survived by connected clients. The multi-node suites run twice: on one
+// redis-server, and on the run's shared Redis Cluster (three masters, three replicas,
+// `redis-cluster://`, sharded pub/sub).
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,7 +11,13 @@ import {
   joinConversation, receivedOf, eventually, uid, standardHooks, sleep, presenceOf,
 withoutOffset,
 } from './helpers.mjs';
-import { startRedis } from './redis.mjs';
+import { startRedis, sharedCluster } from './redis.mjs';
+
+/** Where the nodes keep their state: one server, or a Redis Cluster. */
+const BACKENDS = [
+  { name: 'one Redis', start: startRedis },
+  { name: 'a Redis Cluster', start: sharedCluster },
+];
 
 const NODE_TTL_MS = 2000;
 
@@ -57,13 +65,13 @@ async function collect(socket, event, n, ms = 10000) {
   return receivedOf(socket, event);
 }
 
-describe('two nodes on one Redis', () => {
+for (const backend of BACKENDS) describe(`two nodes on ${backend.name}`, () => {
   let redis;
   let a;
   let b;
 
   before(async () => {
-    redis = await startRedis();
+    redis = await backend.start();
     [a, b] = await startCluster(redis, 2);
   });
   after(async () => {
@@ -189,12 +197,12 @@ describe('two nodes on one Redis', () => {
   });
 });
 
-describe('three nodes: a killed node', () => {
+for (const backend of BACKENDS) describe(`three nodes on ${backend.name}: a killed node`, () => {
   let redis;
   let nodes = [];
 
   before(async () => {
-    redis = await startRedis();
+    redis = await backend.start();
     nodes = await startCluster(redis, 3);
   });
   after(async () => {

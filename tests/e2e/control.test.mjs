@@ -12,7 +12,7 @@ import {
   receivedOf, eventually, uid, standardHooks, presenceOf, expectOnline, assertJsonError, assertErrorEvent,
   withoutOffset,
 } from './helpers.mjs';
-import { startRedis } from './redis.mjs';
+import { startRedis, sharedCluster } from './redis.mjs';
 
 const ADMIN_KEY = 'test-admin-key';
 
@@ -38,7 +38,7 @@ function receivedAfter(socket, event, filter = () => true) {
   return i < 0 ? [] : socket.received.slice(i + 1);
 }
 
-function suite(name, { redis: withRedis }) {
+function suite(name, { redis: withRedis, start = startRedis }) {
   describe(`the control API, ${name}`, () => {
     let redis;
     let a;
@@ -46,7 +46,7 @@ function suite(name, { redis: withRedis }) {
 
     before(async () => {
       if (withRedis) {
-        redis = await startRedis();
+        redis = await start();
         const prefix = `${uid('ctl')}:`;
         a = await startServer({ toml: toml(redis, prefix) });
         b = await startServer({ toml: toml(redis, prefix) });
@@ -329,3 +329,4 @@ function suite(name, { redis: withRedis }) {
 
 suite('on one node', { redis: false });
 suite('across two nodes on one Redis', { redis: true });
+suite('across two nodes on a Redis Cluster', { redis: true, start: sharedCluster });

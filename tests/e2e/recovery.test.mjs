@@ -12,7 +12,7 @@ import {
   configToml, startServer, signJwt, emitApi, api, eventually, uid, sleep, nowSec, NAMESPACE, TRANSPORTS,
 } from './helpers.mjs';
 import { startProxy } from './proxy.mjs';
-import { startRedis } from './redis.mjs';
+import { startRedis, sharedCluster } from './redis.mjs';
 import { openNative } from './native.mjs';
 
 const open = new Set();
@@ -564,9 +564,17 @@ describe('GET /api/v1/history/{room}', () => {
   });
 });
 
-describe('recovery across nodes on one Redis', () => {
+/** Where the nodes keep history and sessions: one server, or a Redis Cluster. */
+const BACKENDS = [
+  { name: 'one Redis', start: startRedis, restartable: true },
+  // The run's shared cluster is never restarted by a test; its failover is tested with the
+  // broker (plugins/broker-redis/tests/cluster.rs).
+  { name: 'a Redis Cluster', start: sharedCluster, restartable: false },
+];
+
+for (const backend of BACKENDS) describe(`recovery across nodes on ${backend.name}`, () => {
   let redis;
-  before(async () => { redis = await startRedis(); });
+  before(async () => { redis = await backend.start(); });
   after(async () => { await redis.stop(); });
 
   async function twoNodes() {
@@ -690,7 +698,7 @@ describe('recovery across nodes on one Redis', () => {
     }
   });
 
-  it('Redis restarted empty while the client was away: recovered false, nothing replayed', async () => {
+  it('Redis restarted empty while the client was away: recovered false, nothing replayed', { skip: !backend.restartable && 'the shared cluster is not restarted' }, async () => {
     const [a, b] = await twoNodes();
     const proxy = await startProxy(a.port);
     try {

@@ -1,12 +1,16 @@
 // A private redis-server for the cluster tests: its own free loopback port, nothing saved
 // to disk (`--save "" --appendonly no`), so stop() + start() is a Redis that restarted empty.
 //
+// Also the Redis Cluster a test run shares (sharedCluster, below).
+//
 // Environment:
-//   REDIS_SERVER   the redis-server binary (default: redis-server on PATH)
+//   REDIS_SERVER                     the redis-server binary (default: redis-server on PATH)
+//   SB_REDIS_CLUSTER   the shared cluster's nodes, host:port,… (else one is started)
 
 import { spawn } from 'node:child_process';
 import net from 'node:net';
-import { freePort, sleep, tempDir } from './helpers.mjs';
+import path from 'node:path';
+import { REPO_ROOT, freePort, sleep, tempDir } from './helpers.mjs';
 
 const live = new Set();
 process.on('exit', () => {
@@ -126,4 +130,42 @@ export function redisCommand(port, ...args) {
     });
     s.once('connect', () => s.write(encode(args)));
   });
+}
+
+let clusterPromise;
+
+/**
+ * The Redis Cluster of this test run (three masters, three replicas): the one
+ * SB_REDIS_CLUSTER names (scripts/test.sh starts it once for every suite),
+ * else one started for this process with the testkit's `redis-cluster` binary (built by
+ * `cargo build --workspace --bins`). Tests share it, each under a key prefix of its own,
+ * and never stop it. Returns { url, ports }.
+ */
+export function sharedCluster() {
+  clusterPromise ??= (async () => {
+    let list = process.env.SB_REDIS_CLUSTER;
+    if (!list) {
+      const bin = path.join(REPO_ROOT, 'target', 'debug', 'redis-cluster');
+      const proc = spawn(bin, [], { stdio: ['pipe', 'pipe', 'inherit'] });
+      live.add(proc);
+      proc.stdout.setEncoding('utf8');
+      list = await new Promise((resolve, reject) => {
+        let out = '';
+        proc.once('error', (e) => reject(new Error(`cannot start ${bin}: ${e.message}`)));
+        proc.once('exit', (code) => reject(new Error(`${bin} exited with ${code}`)));
+        proc.stdout.on('data', (d) => {
+          out += d;
+          const line = out.split('\n').find((l) => l.startsWith('SB_REDIS_CLUSTER='));
+          if (line) resolve(line.split('=')[1].trim());
+        });
+      });
+      proc.stdout.resume();
+    }
+    const addrs = list.split(',').map((a) => a.trim()).filter(Boolean);
+    const ports = addrs.map((a) => Number(a.split(':').pop()));
+    const [first, ...rest] = addrs;
+    const url = `redis-cluster://${first}?${rest.map((a) => `node=${a}`).join('&')}`;
+    return { url, ports, async stop() { /* shared: stays up for the run */ } };
+  })();
+  return clusterPromise;
 }

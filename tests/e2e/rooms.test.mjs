@@ -1,6 +1,8 @@
 // Room membership has one owner: a socket's burst of joins and leaves, sent without waiting,
 // applies in order and counts once, and once every member left or disconnected, no node
-// keeps the room's subscription in Redis (PUBSUB CHANNELS / PUBSUB SHARDCHANNELS).
+// keeps the room's subscription in Redis (PUBSUB CHANNELS / PUBSUB SHARDCHANNELS) — on one
+// redis-server with plain and sharded pub/sub, and on the run's shared Redis Cluster, whose
+// every node is asked.
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -8,7 +10,7 @@ import {
   configToml, startServer, signJwt, connect, emitAck, api, emitApi, joinConversation,
   receivedOf, eventually, uid, standardHooks, waitFor,
 } from './helpers.mjs';
-import { startRedis, redisCommand } from './redis.mjs';
+import { startRedis, redisCommand, sharedCluster } from './redis.mjs';
 
 function nodeToml(redis, prefix, sharded) {
   return configToml({
@@ -20,25 +22,48 @@ function nodeToml(redis, prefix, sharded) {
       '[redis]',
       `url = "${redis.url}"`,
       `key_prefix = "${prefix}"`,
-      `sharded_pubsub = ${sharded}`,
+      ...(redis.ports ? [] : [`sharded_pubsub = ${sharded}`]),
       '',
     ].join('\n'),
   });
 }
 
+/** Every port of `redis` (one server, or each node of a cluster). */
+const portsOf = (redis) => redis.ports ?? [redis.port];
+
 async function roomChannels(redis, prefix, sharded) {
-  return redisCommand(redis.port, 'PUBSUB', sharded ? 'SHARDCHANNELS' : 'CHANNELS', `${prefix}room:*`);
+  const all = [];
+  for (const port of portsOf(redis)) {
+    all.push(...await redisCommand(port, 'PUBSUB', sharded ? 'SHARDCHANNELS' : 'CHANNELS', `${prefix}room:*`));
+  }
+  return all;
 }
 
-for (const sharded of [false, true]) {
-  describe(`room subscriptions on Redis (${sharded ? 'sharded' : 'plain'} pub/sub)`, () => {
+/** Subscribers of `channel`, summed over every node. */
+async function numsub(redis, sharded, channel) {
+  let n = 0;
+  for (const port of portsOf(redis)) {
+    const r = await redisCommand(port, 'PUBSUB', sharded ? 'SHARDNUMSUB' : 'NUMSUB', channel);
+    n += Number(r[1]);
+  }
+  return n;
+}
+
+const SETUPS = [
+  { name: 'plain pub/sub', sharded: false, start: startRedis },
+  { name: 'sharded pub/sub', sharded: true, start: startRedis },
+  { name: 'a Redis Cluster', sharded: true, start: sharedCluster },
+];
+
+for (const { name, sharded, start } of SETUPS) {
+  describe(`room subscriptions on Redis (${name})`, () => {
     let redis;
     let a;
     let b;
     const prefix = `${uid('sb')}:`;
 
     before(async () => {
-      redis = await startRedis();
+      redis = await start();
       a = await startServer({ toml: nodeToml(redis, prefix, sharded) });
       b = await startServer({ toml: nodeToml(redis, prefix, sharded) });
       for (const s of [a, b]) {
@@ -109,8 +134,7 @@ for (const sharded of [false, true]) {
         assert.deepEqual(await roomChannels(redis, prefix, sharded), [`${prefix}room:conversation:${conv}`]);
         return true;
       }, 5000);
-      const numsub = await redisCommand(redis.port, 'PUBSUB', sharded ? 'SHARDNUMSUB' : 'NUMSUB', `${prefix}room:conversation:${conv}`);
-      assert.equal(numsub[1], 1, 'one node subscribed');
+      assert.equal(await numsub(redis, sharded, `${prefix}room:conversation:${conv}`), 1, 'one node subscribed');
     });
   });
 }

@@ -1,5 +1,5 @@
 //! `redis-cluster`: starts the Redis Cluster a test run shares (three masters, three
-//! replicas, on free loopback ports), prints `SWITCHBOARD_TEST_REDIS_CLUSTER=host:port,…`
+//! replicas, on free loopback ports), prints `SB_REDIS_CLUSTER=host:port,…`
 //! on stdout, and stops it when its standard input closes (or when it is killed).
 //!
 //! ```text
