@@ -159,7 +159,11 @@ export function sharedCluster() {
           if (line) resolve(line.split('=')[1].trim());
         });
       });
-      proc.stdout.resume();
+      // The cluster lives while this process does (its input stays open); it does not
+      // keep the process alive once the tests are done.
+      proc.stdout.destroy();
+      proc.stdin.unref();
+      proc.unref();
     }
     const addrs = list.split(',').map((a) => a.trim()).filter(Boolean);
     const ports = addrs.map((a) => Number(a.split(':').pop()));
