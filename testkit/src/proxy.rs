@@ -1,5 +1,9 @@
 //! A TCP proxy that puts faults between a client and its server: added latency, a partition
 //! (nothing flows, nothing is refused), connection resets and half-open links.
+//!
+//! The last two happen to the connections open at the moment ([`FaultProxy::reset_all`],
+//! [`FaultProxy::half_open_all`]); new connections are carried as the current [`Fault`]
+//! says.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -24,10 +28,6 @@ pub enum Fault {
     /// the other side until the fault is lifted; then what was held flows (as TCP's
     /// retransmissions would deliver it), unless a side gave up and closed meanwhile.
     Partition,
-    /// Half-open links: each open connection's server side is closed (the server sees the
-    /// client go), while its client side stays open and silent, never getting a FIN or a
-    /// reset: the client must notice by itself. New connections are half-open at once.
-    HalfOpen,
 }
 
 /// A TCP proxy on a free loopback port in front of `upstream`; stops when dropped.
@@ -36,6 +36,7 @@ pub struct FaultProxy {
     port: u16,
     fault: watch::Sender<Fault>,
     resets: watch::Sender<u64>,
+    half_opens: watch::Sender<u64>,
     open: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -49,21 +50,26 @@ impl FaultProxy {
         let port = listener.local_addr().expect("its address").port();
         let (fault, fault_rx) = watch::channel(Fault::None);
         let (resets, resets_rx) = watch::channel(0u64);
+        let (half_opens, half_opens_rx) = watch::channel(0u64);
         let open = Arc::new(AtomicUsize::new(0));
         let counter = open.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let _ = client.set_nodelay(true);
                 let fault = fault_rx.clone();
-                let resets = resets_rx.clone();
+                let signals = Signals {
+                    resets: resets_rx.clone(),
+                    half_opens: half_opens_rx.clone(),
+                };
                 let open = counter.clone();
-                tokio::spawn(carry(client, upstream, fault, resets, open));
+                tokio::spawn(carry(client, upstream, fault, signals, open));
             }
         });
         FaultProxy {
             port,
             fault,
             resets,
+            half_opens,
             open,
             task,
         }
@@ -93,6 +99,15 @@ impl FaultProxy {
     /// state does); new connections are carried as before.
     pub fn reset_all(&self) {
         self.resets.send_modify(|n| *n += 1);
+    }
+
+    /// Turns every open connection half-open: its server side is closed (the server sees
+    /// the client go and forgets it, subscriptions and all), while its client side stays
+    /// open and silent, never getting a FIN or a reset, as when a NAT or a load balancer
+    /// drops a connection's state: the client must notice by itself. New connections are
+    /// carried as before.
+    pub fn half_open_all(&self) {
+        self.half_opens.send_modify(|n| *n += 1);
     }
 
     /// How many client connections the proxy holds open.
@@ -149,34 +164,57 @@ async fn flush_due(to: &mut TcpStream, q: &mut Queue, now: Instant) -> std::io::
     Ok(())
 }
 
+/// The one-shot signals: each is a counter that goes up once per call.
+struct Signals {
+    resets: watch::Receiver<u64>,
+    half_opens: watch::Receiver<u64>,
+}
+
+impl Signals {
+    /// The counters now, to wait for the next change from.
+    fn mark(&mut self) -> (u64, u64) {
+        (
+            *self.resets.borrow_and_update(),
+            *self.half_opens.borrow_and_update(),
+        )
+    }
+}
+
 /// How one connection ends.
 enum End {
     /// Either side closed (or failed): close the other.
     Closed,
     /// [`FaultProxy::reset_all`].
     Reset,
-    /// [`Fault::HalfOpen`].
+    /// [`FaultProxy::half_open_all`].
     HalfOpen,
 }
 
-/// Carries one connection until either side closes, a reset or a half-open fault.
+/// Resolves at the first change of `rx` after `start` (or when the proxy went away).
+async fn changed_since(rx: &mut watch::Receiver<u64>, start: u64) {
+    let _ = rx.wait_for(|n| *n != start).await;
+}
+
+/// Carries one connection until either side closes, a reset or a half-open signal.
 async fn carry(
     mut client: TcpStream,
     upstream: SocketAddr,
     mut fault: watch::Receiver<Fault>,
-    mut resets: watch::Receiver<u64>,
+    mut signals: Signals,
     open: Arc<AtomicUsize>,
 ) {
     let _open = Open::new(open);
-    let start = *resets.borrow_and_update();
+    let (reset_mark, half_mark) = signals.mark();
     // A partition holds new connections too: the client's SYN was answered, nothing more.
     let flowing = tokio::select! {
         ok = until_flowing(&mut fault) => ok,
-        () = reset_since(&mut resets, start) => return abort(client),
+        () = changed_since(&mut signals.resets, reset_mark) => return abort(client),
+        () = changed_since(&mut signals.half_opens, half_mark) => {
+            return silent(client, signals.resets, reset_mark).await;
+        }
     };
-    let half_open = *fault.borrow() == Fault::HalfOpen;
-    if !flowing || half_open {
-        return silent(client, resets, start).await;
+    if !flowing {
+        return abort(client);
     }
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return abort(client);
@@ -188,9 +226,6 @@ async fn carry(
     let mut sbuf = vec![0u8; 16 * 1024];
     let end = loop {
         let current = *fault.borrow_and_update();
-        if current == Fault::HalfOpen {
-            break End::HalfOpen;
-        }
         let delay = match current {
             Fault::Latency(d) => d,
             _ => Duration::ZERO,
@@ -219,7 +254,8 @@ async fn carry(
                 }
             }
             r = fault.changed() => if r.is_err() { break End::Reset },
-            () = reset_since(&mut resets, start) => break End::Reset,
+            () = changed_since(&mut signals.resets, reset_mark) => break End::Reset,
+            () = changed_since(&mut signals.half_opens, half_mark) => break End::HalfOpen,
         }
     };
     match end {
@@ -239,14 +275,9 @@ async fn carry(
         End::HalfOpen => {
             // The server sees the client leave; the client sees nothing at all.
             drop(server);
-            silent(client, resets, start).await;
+            silent(client, signals.resets, reset_mark).await;
         }
     }
-}
-
-/// Resolves at the first reset after `start` (or when the proxy went away).
-async fn reset_since(resets: &mut watch::Receiver<u64>, start: u64) {
-    let _ = resets.wait_for(|n| *n != start).await;
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -260,7 +291,7 @@ async fn silent(mut client: TcpStream, mut resets: watch::Receiver<u64>, start: 
     let mut buf = [0u8; 4096];
     loop {
         tokio::select! {
-            () = reset_since(&mut resets, start) => break,
+            () = changed_since(&mut resets, start) => break,
             // Swallow what the client sends, so its writes do not block.
             r = client.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { break },
         }

@@ -148,10 +148,11 @@ impl Inner {
         let through_redis = self.subscribed.load(Ordering::SeqCst) && client_up;
         let body =
             serde_json::to_string(&*delivery).map_err(|e| BrokerError::Encode(e.to_string()))?;
+        let i = self.next_publish.fetch_add(1, Ordering::Relaxed);
         let extra = if through_redis {
-            String::new()
+            format!("\"i\":{i}")
         } else {
-            format!("\"skip\":{}", Value::from(self.node.as_str()))
+            format!("\"skip\":{},\"i\":{i}", Value::from(self.node.as_str()))
         };
         let h = &self.history;
         let args = vec![
@@ -185,6 +186,9 @@ impl Inner {
             }
             Err(e) => {
                 self.health.report(false, &e.to_string());
+                // Redis may have run the script after all: its copy, if it comes back, is
+                // dropped.
+                self.unsure.remember(i);
                 self.metrics.local_only.inc();
                 self.deliver_locally(&delivery);
                 Ok((Reach::LocalOnly, None))

@@ -50,11 +50,22 @@
 //!   `redis-cluster://host:port` URL for a cluster. Sharded subscriptions are sent one
 //!   channel per command, since channels of different slots cannot share one.
 //!
+//! * **A publish whose outcome is unknown** (the connection dropped mid-command, no reply)
+//!   is delivered to this node's own members at once, and its number is remembered for a
+//!   while: if Redis had taken it after all, the copy that comes back on this node's
+//!   subscription is dropped, so nobody gets it twice. (Every message carries its
+//!   publish's number on its node, from a counter that starts at random.)
+//! * **Half-open links** (a NAT or load balancer dropped the connection's state, nothing
+//!   tells the client) are found out: every connection, the subscriber's and the idle
+//!   pooled ones included, answers a `PING` every second, and one whose command waits
+//!   longer than `broker.redis.command_timeout` is closed and replaced, which resubscribes.
+//! * **On a Redis Cluster** (a `redis-cluster://` URL) the broker uses sharded pub/sub and
+//!   watches the slot map (see the `slots` module): rooms are subscribed again where their
+//!   slots live after a failover or a resharding.
+//!
 //! What this does not promise: Redis pub/sub is at-most-once. A message published while
-//! a subscriber's connection is down is not replayed to that node after it reconnects,
-//! and a `PUBLISH` whose reply is lost (the connection dropped mid-command) is delivered
-//! locally as a fallback, which could duplicate it on this node if Redis had in fact
-//! taken it.
+//! a subscriber's connection is down is not replayed to that node after it reconnects
+//! (its room's history has it, and a recovering client gets it from there).
 //!
 //! # Client library
 //!
@@ -83,7 +94,7 @@ mod history;
 mod nodes;
 mod slots;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -118,11 +129,13 @@ const TICK: Duration = Duration::from_millis(250);
 /// `broker.redis.*`: the Redis broker's connection settings (the server is the shared `redis.*`).
 pub type RedisBrokerConfig = ClientConfig;
 
-/// What travels on a channel: the delivery, and the node that already delivered it locally.
+/// What travels on a channel: the delivery, the node that already delivered it locally,
+/// and the publish's number on its node (see [`Unsure`]).
 #[derive(Serialize)]
 struct EnvelopeOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     skip: Option<&'a str>,
+    i: u64,
     d: &'a Delivery,
 }
 
@@ -133,8 +146,57 @@ struct EnvelopeIn {
     #[serde(default)]
     skip: Option<String>,
     #[serde(default)]
+    i: Option<u64>,
+    #[serde(default)]
     p: Option<Position>,
     d: Delivery,
+}
+
+/// Publishes whose outcome this node does not know: Redis did not answer (the connection
+/// dropped mid-command), so the node delivered to its own members itself. If Redis had in
+/// fact taken the publish, the copy that comes back on the node's subscription is dropped
+/// here, so a member never gets it twice. Each publish carries a number drawn from a
+/// counter that starts at random, so another node's publish is not mistaken for one.
+#[derive(Default)]
+struct Unsure {
+    /// Whether `numbers` holds anything: the receiving path looks no further when not.
+    any: AtomicBool,
+    numbers: Mutex<VecDeque<(u64, Instant)>>,
+}
+
+/// How long an unsure publish is remembered (its copy, if any, comes back well within it).
+const UNSURE_FOR: Duration = Duration::from_secs(30);
+
+impl Unsure {
+    fn remember(&self, i: u64) {
+        let mut numbers = self.numbers.lock();
+        let now = Instant::now();
+        while numbers
+            .front()
+            .is_some_and(|(_, t)| now.duration_since(*t) > UNSURE_FOR)
+        {
+            numbers.pop_front();
+        }
+        numbers.push_back((i, now));
+        self.any.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether `i` is an unsure publish of this node (forgotten once its copy came back).
+    fn take(&self, i: u64) -> bool {
+        if !self.any.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut numbers = self.numbers.lock();
+        let found = numbers
+            .iter()
+            .position(|(n, _)| *n == i)
+            .map(|at| numbers.remove(at))
+            .is_some();
+        if numbers.is_empty() {
+            self.any.store(false, Ordering::SeqCst);
+        }
+        found
+    }
 }
 
 /// The broker's metrics.
@@ -193,6 +255,9 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     metrics: BrokerMetrics,
     last_decode_warning: Mutex<Option<Instant>>,
+    /// The next publish's number.
+    next_publish: AtomicU64,
+    unsure: Unsure,
 }
 
 /// A broker error for a failed Redis command.
@@ -298,6 +363,8 @@ impl RedisBroker {
                 tasks: Mutex::new(Vec::new()),
                 metrics: BrokerMetrics::default(),
                 last_decode_warning: Mutex::new(None),
+                next_publish: AtomicU64::new(random_u64()),
+                unsure: Unsure::default(),
             }),
         })
     }
@@ -508,13 +575,20 @@ impl Inner {
         let (client, client_up) = inner.publisher(&channel);
         let through_redis = inner.subscribed.load(Ordering::SeqCst) && client_up;
         let skip = (!through_redis).then_some(inner.node.as_str());
-        let message = serde_json::to_string(&EnvelopeOut { skip, d: &delivery })
-            .map_err(|e| BrokerError::Encode(e.to_string()))?;
+        let i = inner.next_publish.fetch_add(1, Ordering::Relaxed);
+        let message = serde_json::to_string(&EnvelopeOut {
+            skip,
+            i,
+            d: &delivery,
+        })
+        .map_err(|e| BrokerError::Encode(e.to_string()))?;
         if through_redis {
             match inner.send(client, channel, message).await {
                 Ok(_) => return Ok(Reach::Cluster),
                 Err(e) => inner.health.report(false, &e.to_string()),
             }
+            // Redis may have taken it after all: its copy, if it comes back, is dropped.
+            inner.unsure.remember(i);
             inner.metrics.local_only.inc();
             inner.deliver_locally(&delivery);
             return Ok(Reach::LocalOnly);
@@ -543,7 +617,9 @@ impl Inner {
         };
         match decoded {
             Ok(mut env) => {
-                if env.skip.as_deref() == Some(self.node.as_str()) {
+                if env.skip.as_deref() == Some(self.node.as_str())
+                    || env.i.is_some_and(|i| self.unsure.take(i))
+                {
                     return;
                 }
                 if env.p.is_some() {
@@ -581,6 +657,12 @@ fn channel_safe(room: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// A random number, where publish numbers start.
+fn random_u64() -> u64 {
+    let id = switchboard_core::registry::random_id();
+    u64::from_str_radix(id.get(..16).unwrap_or("0"), 16).unwrap_or_else(|_| stable_hash(&id))
 }
 
 /// A hash that is the same on every run (room → lock shard, channel → connection).
@@ -921,6 +1003,7 @@ mod tests {
         .except(Some(ConnId::new("s1")));
         let text = serde_json::to_string(&EnvelopeOut {
             skip: Some("n1"),
+            i: 7,
             d: &d,
         })
         .expect("encode");
@@ -930,7 +1013,13 @@ mod tests {
         assert_eq!(back.d.room.as_deref(), Some("conversation:1"));
         assert_eq!(back.d.except, Some(ConnId::new("s1")));
         assert_eq!(back.d.payload.get(), r#"{"a":1}"#);
-        let plain = serde_json::to_string(&EnvelopeOut { skip: None, d: &d }).expect("encode");
+        assert_eq!(back.i, Some(7));
+        let plain = serde_json::to_string(&EnvelopeOut {
+            skip: None,
+            i: 8,
+            d: &d,
+        })
+        .expect("encode");
         assert!(!plain.contains("skip"));
     }
 
@@ -943,6 +1032,19 @@ mod tests {
         let err =
             RedisBroker::new(&redis, &RedisBrokerConfig::default(), "n").expect_err("bad url");
         assert!(err.to_string().starts_with("redis.url:"), "{err}");
+    }
+
+    #[test]
+    fn an_unsure_publish_s_copy_is_dropped_once() {
+        let u = Unsure::default();
+        assert!(!u.take(1), "nothing remembered");
+        u.remember(5);
+        u.remember(9);
+        assert!(!u.take(6), "another number passes");
+        assert!(u.take(9));
+        assert!(!u.take(9), "dropped once, then forgotten");
+        assert!(u.take(5));
+        assert!(!u.any.load(Ordering::SeqCst), "the fast path is back");
     }
 
     #[test]

@@ -76,5 +76,12 @@ pub(crate) async fn heartbeat(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         // A failed beat is the connection's business (reported by its health); try again.
         let _ = inner.beat().await;
+        // Every connection answers a PING now and then, the idle ones and the subscriber
+        // included, so one that went half-open is replaced within the command timeout
+        // instead of being found out when a publish needs it (or never, for a subscriber).
+        tokio::join!(
+            inner.pool.ping_all(inner.timeout),
+            switchboard_redis_client::ping(&inner.sub, inner.timeout)
+        );
     }
 }

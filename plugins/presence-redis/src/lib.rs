@@ -380,11 +380,12 @@ impl Inner {
             .iter()
             .map(|(c, l)| (c.as_str().to_owned(), l.user.clone(), l.owed))
             .collect();
-        let mut args = Vec::with_capacity(4 + 3 * pairs.len());
+        let mut args = Vec::with_capacity(5 + 3 * pairs.len());
         args.push(self.keys.user_prefix());
         args.push(self.node.clone());
         args.push(millis(self.ttl).to_string());
         args.push(switchboard_core::registry::random_id());
+        args.push(self.epoch.lock().clone().unwrap_or_default());
         for (c, u, owed) in &pairs {
             args.push(c.clone());
             args.push(u.clone());

@@ -5,7 +5,8 @@
 //!   (`broker.redis.*`, `presence.redis.*`), checked the same way;
 //! - [`builder`], [`pool`], [`client`]: fred clients for the shared `redis.*` server. Every
 //!   connection reconnects forever with exponential back-off, bounds connecting and every
-//!   command by one timeout, and never replays a command that was in flight when its
+//!   command by one timeout, replaces a connection whose commands go unanswered longer
+//!   than that (a half-open link), and never replays a command that was in flight when its
 //!   connection dropped: a replayed `PUBLISH` would deliver twice, a replayed presence
 //!   script would answer "not first" for a first connection;
 //! - [`PoolWatch`]: whether each pooled connection is up, from fred's own events (fred still
@@ -19,7 +20,7 @@ use std::time::Duration;
 use fred::prelude::{
     Builder, Client, ClientLike, Config, Error, ErrorKind, EventInterface, Pool, ReconnectPolicy,
 };
-use fred::types::config::TlsConnector;
+use fred::types::config::{TlsConnector, UnresponsiveConfig};
 use serde::{Deserialize, Serialize};
 use switchboard_core::config::{RedisConfig, RedisTlsConfig};
 use switchboard_core::{ConfigError, Dur};
@@ -120,6 +121,13 @@ pub fn builder_with_tls(
             c.internal_command_timeout = timeout;
             // A command in flight when the connection drops fails instead of running twice.
             c.max_command_attempts = 1;
+            // A connection that stops answering (a half-open link: a NAT or a load balancer
+            // dropped it without a reset) is closed and replaced once a command waited
+            // longer than the timeout, instead of hanging there for good.
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(timeout),
+                interval: (timeout / 4).max(Duration::from_millis(50)),
+            };
         })
         .with_performance_config(|p| {
             p.default_command_timeout = timeout;
@@ -256,6 +264,29 @@ pub fn is_refusal(e: &Error) -> bool {
     }
 }
 
+/// Sends a `PING` on each of `client`'s connections (one per cluster node) and waits up to
+/// `timeout`; one that does not answer is replaced (see [`builder`]).
+pub async fn ping(client: &Client, timeout: Duration) {
+    use fred::prelude::Value;
+    if !client.is_connected() {
+        return;
+    }
+    let all = async {
+        if client.is_clustered() {
+            let pings = client
+                .active_connections()
+                .into_iter()
+                .map(|server| async move {
+                    let _ = client.with_cluster_node(server).ping::<Value>(None).await;
+                });
+            futures_util::future::join_all(pings).await;
+        } else {
+            let _ = client.ping::<Value>(None).await;
+        }
+    };
+    let _ = tokio::time::timeout(timeout, all).await;
+}
+
 /// Whether each connection of a pool is up, from fred's reconnect and error events.
 pub struct PoolWatch {
     pool: Pool,
@@ -293,6 +324,14 @@ impl PoolWatch {
                 .clients()
                 .get(i)
                 .is_some_and(ClientLike::is_connected)
+    }
+
+    /// Sends a `PING` on every connection and waits up to `timeout` for the answers; a
+    /// connection that does not answer is replaced (see [`builder`]), so an idle one is
+    /// found out before a command needs it. Errors are the connection events' business.
+    pub async fn ping_all(&self, timeout: Duration) {
+        let pings = self.pool.clients().iter().map(|c| ping(c, timeout));
+        futures_util::future::join_all(pings).await;
     }
 
     /// Whether any connection is up.

@@ -1,0 +1,511 @@
+//! Faults between the nodes and Redis, put there by a TCP proxy per node
+//! (`switchboard_testkit::FaultProxy`): added latency, a partition longer than
+//! `presence.node_ttl`, connection resets under load, and half-open links. Under each, the
+//! invariants a chat depends on:
+//! - every member gets each event at most once, and each publisher's events in the order
+//!   they were published; once the fault is over, every event reaches every member;
+//! - presence tells the truth once the link heals: nobody online who left, nobody offline
+//!   who stayed;
+//! - `/readyz` answers 503 on the node that lost Redis while the fault lasts, 200 elsewhere;
+//! - once every socket has gone, no room subscription and no presence key is left.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use switchboard::{
+    CloseReason, ConnId, Connection, Gateway, Identity, LoadedConfig, Node, Session,
+};
+use switchboard_testkit::{Fault, FaultProxy, RedisServer, eventually};
+use tower::ServiceExt;
+
+const SECRET: &str = "faults-test-secret-0123456789-abcdefghij";
+const NODE_TTL: Duration = Duration::from_secs(2);
+
+struct Sock {
+    id: ConnId,
+    sent: Mutex<Vec<(String, Value)>>,
+}
+
+impl Sock {
+    fn got(&self, event: &str) -> Vec<Value> {
+        self.sent
+            .lock()
+            .iter()
+            .filter(|(e, _)| e == event)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The message ids of the `message:status` events received, in order.
+    fn ids(&self) -> Vec<String> {
+        self.got("message:status")
+            .iter()
+            .filter_map(|v| v["messageId"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// The last presence event about `user`: `Some(true)` online, `Some(false)` offline.
+    fn last_presence(&self, user: &str) -> Option<bool> {
+        self.sent
+            .lock()
+            .iter()
+            .rev()
+            .find(|(e, v)| (e == "user:online" || e == "user:offline") && v["userId"] == user)
+            .map(|(e, _)| e == "user:online")
+    }
+}
+
+impl Connection for Sock {
+    fn id(&self) -> &ConnId {
+        &self.id
+    }
+    fn send(&self, event: &str, payload: &RawValue) {
+        let v = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+        self.sent.lock().push((event.to_owned(), v));
+    }
+    fn close(&self, _reason: CloseReason) {}
+}
+
+struct TestNode {
+    node: Node,
+    gw: Gateway,
+}
+
+fn node_toml(port: u16, prefix: &str) -> String {
+    format!(
+        "[auth.jwt]\nsecret = \"{SECRET}\"\n[api]\nkeys = [\"k\"]\n\
+         [limits]\nevents_per_second = 100000\nburst = 100000\nmax_connections_per_user = 0\n\
+         [presence]\nplugin = \"redis\"\nnode_ttl = \"{}ms\"\n\
+         [presence.redis]\ncommand_timeout = \"500ms\"\nreconnect_max_delay = \"300ms\"\n\
+         [broker]\nplugin = \"redis\"\n\
+         [broker.redis]\ncommand_timeout = \"500ms\"\nreconnect_max_delay = \"300ms\"\n\
+         [redis]\nurl = \"redis://127.0.0.1:{port}\"\nkey_prefix = \"{prefix}\"\n",
+        NODE_TTL.as_millis()
+    )
+}
+
+impl TestNode {
+    async fn start(port: u16, prefix: &str) -> Self {
+        let node =
+            Node::build(LoadedConfig::from_toml_str(&node_toml(port, prefix)).expect("config"))
+                .expect("node");
+        let gw = node.gateway().clone();
+        gw.start().await;
+        TestNode { node, gw }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", "Bearer k");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .expect("request");
+        let res = self.node.router().oneshot(req).await.expect("response");
+        let status = res.status();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn ready(&self) -> bool {
+        self.call("GET", "/readyz", None).await.0 == StatusCode::OK
+    }
+
+    async fn online(&self, user: &str) -> Option<bool> {
+        let (_, v) = self
+            .call("GET", &format!("/api/v1/presence/{user}"), None)
+            .await;
+        v["online"].as_bool()
+    }
+
+    /// Publishes `message:status` `id` into conversation `conv`.
+    async fn publish(&self, conv: &str, id: &str) -> StatusCode {
+        self.call(
+            "POST",
+            "/api/v1/emit",
+            Some(json!({"event": "message:status", "data": {"conversationId": conv, "messageId": id, "status": "read"}})),
+        )
+        .await
+        .0
+    }
+
+    async fn connect(&self, user: &str) -> (Arc<Sock>, Arc<Session>) {
+        let sock = Arc::new(Sock {
+            id: ConnId::new(format!("{user}-{}", switchboard::registry::random_id())),
+            sent: Mutex::default(),
+        });
+        let session = self
+            .gw
+            .connect(sock.clone(), Identity::anonymous_user(user.to_owned()))
+            .await;
+        (sock, session)
+    }
+
+    async fn join(&self, session: &Arc<Session>, conv: &str) {
+        let raw = serde_json::value::to_raw_value(&json!({"conversationId": conv})).expect("raw");
+        self.gw
+            .inbound(
+                session,
+                session.ticket(),
+                "conversation:join",
+                raw.get().len(),
+                Some(&raw),
+            )
+            .await;
+    }
+}
+
+/// A Redis, two nodes each reaching it through a proxy of its own.
+struct Net {
+    redis: RedisServer,
+    pa: FaultProxy,
+    pb: FaultProxy,
+    a: TestNode,
+    b: TestNode,
+    prefix: String,
+}
+
+async fn net() -> Net {
+    let redis = RedisServer::start();
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], redis.port()));
+    let (pa, pb) = (
+        FaultProxy::start(upstream).await,
+        FaultProxy::start(upstream).await,
+    );
+    let prefix = format!("f{}:", switchboard::registry::random_id());
+    let a = TestNode::start(pa.port(), &prefix).await;
+    let b = TestNode::start(pb.port(), &prefix).await;
+    for n in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(10), || n.ready()).await,
+            "ready"
+        );
+    }
+    Net {
+        redis,
+        pa,
+        pb,
+        a,
+        b,
+        prefix,
+    }
+}
+
+/// No id twice, and each publisher's ids (`{publisher}-{seq}`) in increasing order.
+fn assert_once_in_order(who: &str, ids: &[String]) {
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "{who} got an event twice: {ids:?}");
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for id in ids {
+        let (publisher, seq) = id.rsplit_once('-').expect("publisher-seq");
+        let seq: u64 = seq.parse().expect("seq");
+        if let Some(prev) = last.insert(publisher, seq) {
+            assert!(
+                prev < seq,
+                "{who}: {publisher}'s {seq} after {prev}: {ids:?}"
+            );
+        }
+    }
+}
+
+/// `redis-cli` against the test's Redis.
+fn cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// After every socket is gone and both nodes stopped: no room channel subscribed, no
+/// presence key left.
+async fn assert_nothing_left(net: Net, sessions: Vec<(char, Arc<Session>)>) {
+    for (on, s) in sessions {
+        let n = if on == 'a' { &net.a } else { &net.b };
+        n.gw.disconnect(&s).await;
+    }
+    let prefix = net.prefix.clone();
+    let channels = || {
+        cli(
+            &net.redis,
+            &["pubsub", "channels", &format!("{prefix}room:*")],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            channels().trim().is_empty()
+        })
+        .await,
+        "room subscriptions left: {}",
+        channels()
+    );
+    net.a.gw.shutdown().await;
+    net.b.gw.shutdown().await;
+    let keys = cli(&net.redis, &["keys", &format!("{prefix}{{presence}}:*")]);
+    let left: Vec<&str> = keys
+        .lines()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && !k.ends_with(":epoch"))
+        .collect();
+    assert!(left.is_empty(), "presence keys left: {left:?}");
+}
+
+/// Publishes `n` events from each node into `conv`, `every` apart, while `during` runs.
+async fn publish_while<F: std::future::Future<Output = ()>>(
+    net: &Net,
+    conv: &str,
+    n: usize,
+    every: Duration,
+    during: F,
+) {
+    let from = |node: &'static str| {
+        let target = if node == "a" { &net.a } else { &net.b };
+        async move {
+            for seq in 0..n {
+                let _ = target.publish(conv, &format!("{node}-{seq}")).await;
+                tokio::time::sleep(every).await;
+            }
+        }
+    };
+    tokio::join!(from("a"), from("b"), during);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_keeps_every_event_once_and_in_order() {
+    let net = net().await;
+    net.pa.set(Fault::Latency(Duration::from_millis(20)));
+    net.pb.set(Fault::Latency(Duration::from_millis(40)));
+    let conv = "lat";
+    let (sa, ssa) = net.a.connect("ua").await;
+    let (sb, ssb) = net.b.connect("ub").await;
+    net.a.join(&ssa, conv).await;
+    net.b.join(&ssb, conv).await;
+    let watch_ready = async {
+        for _ in 0..10 {
+            assert!(
+                net.a.ready().await && net.b.ready().await,
+                "ready under latency"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    publish_while(&net, conv, 100, Duration::from_millis(2), watch_ready).await;
+    for (who, s) in [("a", &sa), ("b", &sb)] {
+        let all = eventually(Duration::from_secs(10), || async { s.ids().len() == 200 }).await;
+        assert!(all, "{who} got {} of 200", s.ids().len());
+        assert_once_in_order(who, &s.ids());
+    }
+    net.pa.set(Fault::None);
+    net.pb.set(Fault::None);
+    assert_nothing_left(net, vec![('a', ssa), ('b', ssb)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_longer_than_the_node_ttl_is_honest_and_heals_without_ghosts() {
+    let net = net().await;
+    let conv = "part";
+    let (watch, swatch) = net.a.connect("watcher").await;
+    let (sa, ssa) = net.a.connect("ua").await;
+    let (sb, ssb) = net.b.connect("stays").await;
+    let (_leaver, sleaver) = net.b.connect("leaver").await;
+    net.a.join(&ssa, conv).await;
+    net.b.join(&ssb, conv).await;
+    for u in ["ua", "stays", "leaver"] {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                net.a.online(u).await == Some(true)
+            })
+            .await
+        );
+    }
+
+    let cut = Instant::now();
+    net.pb.set(Fault::Partition);
+    // B says it lost Redis; A, which still has it, stays ready.
+    let honest = eventually(Duration::from_secs(5), || async { !net.b.ready().await }).await;
+    assert!(
+        honest,
+        "B's /readyz still 200 {:?} into the partition",
+        cut.elapsed()
+    );
+    assert!(
+        net.a.ready().await,
+        "A's /readyz turned 503 with its own link fine"
+    );
+    // During it: one user leaves B, another arrives on B; A publishes.
+    net.b.gw.disconnect(&sleaver).await;
+    let (_newcomer, snew) = net.b.connect("newcomer").await;
+    for seq in 0..5 {
+        assert_eq!(
+            net.a.publish(conv, &format!("a-{seq}")).await,
+            StatusCode::OK
+        );
+    }
+    // Longer than the TTL: A's presence sweeps B's connections meanwhile.
+    tokio::time::sleep((NODE_TTL * 3 / 2).saturating_sub(cut.elapsed())).await;
+    assert!(net.a.ready().await, "A stays ready through B's partition");
+    net.pb.set(Fault::None);
+
+    assert!(
+        eventually(Duration::from_secs(10), || net.b.ready()).await,
+        "B ready again after the partition"
+    );
+    // Presence tells the truth everywhere: no ghost, nobody missing.
+    for (user, online) in [
+        ("ua", true),
+        ("stays", true),
+        ("newcomer", true),
+        ("leaver", false),
+    ] {
+        let truth = eventually(Duration::from_secs(5), || async {
+            net.a.online(user).await == Some(online) && net.b.online(user).await == Some(online)
+        })
+        .await;
+        assert!(
+            truth,
+            "{user} should be {}",
+            if online { "online" } else { "offline" }
+        );
+        let told = eventually(Duration::from_secs(5), || async {
+            watch.last_presence(user).unwrap_or(true) == online
+        })
+        .await;
+        assert!(
+            told,
+            "the watcher's last word on {user} is wrong: {:?}",
+            watch.sent.lock()
+        );
+    }
+    // After the heal, both nodes deliver again; nothing arrived twice or out of order.
+    for seq in 5..10 {
+        assert_eq!(
+            net.a.publish(conv, &format!("a-{seq}")).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            net.b.publish(conv, &format!("b-{seq}")).await,
+            StatusCode::OK
+        );
+    }
+    let after: Vec<String> = (5..10)
+        .flat_map(|s| [format!("a-{s}"), format!("b-{s}")])
+        .collect();
+    for (who, s) in [("a", &sa), ("b", &sb)] {
+        let all = eventually(Duration::from_secs(5), || async {
+            let ids = s.ids();
+            after.iter().all(|id| ids.contains(id))
+        })
+        .await;
+        assert!(
+            all,
+            "{who} misses events published after the heal: {:?}",
+            s.ids()
+        );
+        assert_once_in_order(who, &s.ids());
+    }
+    assert_nothing_left(
+        net,
+        vec![('a', swatch), ('a', ssa), ('b', ssb), ('b', snew)],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_resets_under_load_lose_order_and_once_never() {
+    let net = net().await;
+    let conv = "resets";
+    let (sa, ssa) = net.a.connect("ua").await;
+    let (sb, ssb) = net.b.connect("ub").await;
+    net.a.join(&ssa, conv).await;
+    net.b.join(&ssb, conv).await;
+    let storm = async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            net.pb.reset_all();
+            net.pa.reset_all();
+        }
+    };
+    publish_while(&net, conv, 150, Duration::from_millis(8), storm).await;
+    for n in [&net.a, &net.b] {
+        assert!(
+            eventually(Duration::from_secs(10), || n.ready()).await,
+            "ready after the resets"
+        );
+    }
+    // What is published once the links are back reaches everyone.
+    assert_eq!(net.a.publish(conv, "a-1000").await, StatusCode::OK);
+    assert_eq!(net.b.publish(conv, "b-1000").await, StatusCode::OK);
+    for (who, s) in [("a", &sa), ("b", &sb)] {
+        let tail = eventually(Duration::from_secs(5), || async {
+            let ids = s.ids();
+            ids.contains(&"a-1000".to_owned()) && ids.contains(&"b-1000".to_owned())
+        })
+        .await;
+        assert!(tail, "{who} misses the events after the resets");
+        assert_once_in_order(who, &s.ids());
+    }
+    assert_nothing_left(net, vec![('a', ssa), ('b', ssb)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_link_is_found_out_and_replaced() {
+    let net = net().await;
+    let conv = "half";
+    let (sa, ssa) = net.a.connect("ua").await;
+    let (sb, ssb) = net.b.connect("ub").await;
+    net.a.join(&ssa, conv).await;
+    net.b.join(&ssb, conv).await;
+    assert_eq!(net.a.publish(conv, "a-0").await, StatusCode::OK);
+    assert!(eventually(Duration::from_secs(5), || async { sb.ids().len() == 1 }).await);
+
+    // B's links go half-open: Redis sees B leave (and drops its subscriptions); B hears
+    // nothing at all.
+    let cut = Instant::now();
+    net.pb.half_open_all();
+    // B finds out (its pings go unanswered), connects again and subscribes again: events
+    // published on A reach B's member again.
+    let mut seq = 1;
+    let back = eventually(Duration::from_secs(15), || {
+        seq += 1;
+        let id = format!("a-{seq}");
+        let (a, sb) = (&net.a, sb.clone());
+        async move {
+            let _ = a.publish(conv, &id).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            sb.ids().contains(&id)
+        }
+    })
+    .await;
+    assert!(back, "B never noticed its dead links");
+    println!(
+        "half-open: B delivers again {:?} after its links went half-open",
+        cut.elapsed()
+    );
+    assert!(eventually(Duration::from_secs(5), || net.b.ready()).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            net.a.online("ub").await == Some(true)
+        })
+        .await,
+        "B's user is online again"
+    );
+    for (who, s) in [("a", &sa), ("b", &sb)] {
+        assert_once_in_order(who, &s.ids());
+    }
+    assert_nothing_left(net, vec![('a', ssa), ('b', ssb)]).await;
+}
