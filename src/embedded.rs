@@ -155,7 +155,9 @@ impl Embedded {
             .extract_inner::<String>("transports.socketio.namespace")
             .unwrap_or_else(|_| "/messages".to_owned());
         let secret_origin = match &self.secret {
-            Some(_) => "random, generated for this run (a token minted by another process will not verify here)".to_owned(),
+            Some(secret) => format!(
+                "{secret}\n               (random, generated for this run: a token signed with it verifies here until the node stops)"
+            ),
             None => loaded
                 .origin_of("auth.jwt.secret")
                 .map_or_else(|| "none".to_owned(), |o| format!("from {o}")),

@@ -562,11 +562,13 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
     }
 }
 
+/// `GET /metrics`: the OpenMetrics 1.0 text Prometheus scrapes (the `# EOF`-terminated
+/// exposition prometheus-client writes), with its own content type.
 async fn metrics(State(gw): State<Gateway>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         gw.metrics().encode(),
     )

@@ -471,6 +471,16 @@ pub struct ConfigError {
     pub issues: Vec<ConfigIssue>,
 }
 
+/// An operator's config: their mistake to fix; the same config fails again.
+impl crate::error::Classify for ConfigError {
+    fn cause(&self) -> crate::error::Cause {
+        crate::error::Cause::Client
+    }
+    fn retryable(&self) -> bool {
+        false
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, issue) in self.issues.iter().enumerate() {
@@ -907,6 +917,14 @@ fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_errors_are_the_operator_s_and_not_retryable() {
+        use crate::error::{Cause, Classify};
+        let e = ConfigError::new("redis.url", "bad");
+        assert_eq!(e.cause(), Cause::Client);
+        assert!(!e.retryable());
+    }
 
     #[test]
     fn defaults_match_the_contract() {

@@ -223,6 +223,22 @@ describe('POST /api/v1/emit errors', () => {
     assertJsonError(r, r.status);
   });
 
+  it('an unknown field in the body -> 400 naming it', async () => {
+    const r = await emitApi(server, {
+      event: 'message:status',
+      data: { conversationId: 'c', messageId: 'm', status: 'read' },
+      rooms: ['conversation:c'],
+    });
+    assertJsonError(r, 400, 'rooms');
+  });
+
+  for (const event of ['connect', 'connect_error', 'disconnect', 'disconnecting', 'newListener', 'removeListener', 'error', 'user:online', 'user:offline', 'auth:expiring', 'conversation:joined', 'session:left']) {
+    it(`a reserved event name (${event}) -> 422 naming the rule, even with a room`, async () => {
+      const r = await emitApi(server, { event, data: { userId: 'spoof' }, room: 'conversation:x' });
+      assertJsonError(r, 422, 'cannot be published');
+    });
+  }
+
   it('"data" not an object -> 400 or 422 JSON', async () => {
     const r = await emitApi(server, { event: 'message:status', data: 'read' });
     assert.ok([400, 422].includes(r.status), `status ${r.status}: ${r.text}`);
@@ -312,7 +328,9 @@ describe('presence API, health and metrics', () => {
     const r = await api(server, 'GET', '/metrics', { key: null });
     assert.equal(r.status, 200, r.text);
     const ct = r.headers.get('content-type') || '';
-    assert.match(ct, /^(text\/plain|application\/openmetrics-text)/, `content-type ${ct}`);
+    // OpenMetrics text (`# EOF` at the end) says so in its content type.
+    assert.match(ct, /^application\/openmetrics-text; version=1\.0\.0/, `content-type ${ct}`);
+    assert.match(r.text, /# EOF\n?$/, 'an OpenMetrics exposition ends with # EOF');
     assert.match(r.text, /^# (TYPE|HELP) switchboard_connections/m, 'no switchboard_connections metadata');
     const conn = r.text.split('\n').filter((l) => l.startsWith('switchboard_connections'));
     assert.ok(conn.length > 0, 'no switchboard_connections sample');

@@ -253,7 +253,12 @@ describe('no config file: the embedded development default', () => {
     servers.push(server);
     const notice = embeddedNotice(server.logs());
     assert.ok(notice.apiKey && notice.token && notice.curl, `no notice:\n${server.logs()}`);
-    assert.match(server.logs(), /JWT secret\s+random, generated for this run/);
+    assert.match(server.logs(), /JWT secret\s+\S{32,}\s+\(random, generated for this run/);
+    // The printed secret is the one the node verifies with: a token signed with it connects.
+    const printed = server.logs().match(/JWT secret\s+(\S{32,})/)[1];
+    const mine = await connect(server, { token: signJwt({ sub: 'own-token' }, printed) });
+    assert.ok(mine.connected);
+    mine.disconnect();
     assert.ok(notice.apiKey.length >= 43, notice.apiKey);
     assert.ok(notice.curl.includes(`http://127.0.0.1:${port}/api/v1/emit`), notice.curl);
     const claims = jwt.decode(notice.token);
