@@ -67,6 +67,15 @@ fn relative_links_resolve() {
             let resolved = file.parent().expect("parent").join(path);
             if !resolved.exists() {
                 broken.push(format!("{}: {target}", file.display()));
+            } else if !resolved
+                .canonicalize()
+                .is_ok_and(|r| r.starts_with(book_src().canonicalize().expect("book/src")))
+            {
+                // The rendered book holds book/src only: a link out of it breaks there.
+                broken.push(format!(
+                    "{}: {target} is outside book/src (broken in the rendered book)",
+                    file.display()
+                ));
             }
         }
         for line in text.lines() {

@@ -14,7 +14,7 @@
 // Run: tests/browser/run.sh (installs chromium and the npm packages when missing).
 // Environment: SB_BIN (default <repo>/target/debug/switchboard), CHROMIUM (default
 // /usr/bin/chromium), REDIS_SERVER (default redis-server on PATH), UPDATE_SCREENSHOT=1 to
-// rewrite docs/images/admin.png.
+// rewrite book/src/images/admin.png.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -415,7 +415,7 @@ test("a publish from the page reaches the chat pages and shows in events out per
     throw new Error(`#rate-out stayed at ${await admin.locator("#rate-out").textContent()} (${e.message})`);
   }
 
-  const shot = process.env.UPDATE_SCREENSHOT ? join(REPO, "docs/images/admin.png") : join(work, "admin.png");
+  const shot = process.env.UPDATE_SCREENSHOT ? join(REPO, "book/src/images/admin.png") : join(work, "admin.png");
   await admin.evaluate(() => window.scrollTo(0, 0));
   await admin.screenshot({ path: shot, fullPage: true });
   noScriptErrors();

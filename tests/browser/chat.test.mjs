@@ -9,7 +9,7 @@
 //
 // Run: tests/browser/run.sh (installs chromium and the npm packages when missing).
 // Environment: SB_BIN (default <repo>/target/debug/switchboard), CHROMIUM (default
-// /usr/bin/chromium), UPDATE_SCREENSHOT=1 to rewrite docs/images/web-chat.png.
+// /usr/bin/chromium), UPDATE_SCREENSHOT=1 to rewrite book/src/images/web-chat.png.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -263,7 +263,7 @@ test("alice and bob see messages, status ticks, typing and presence live", async
   assert.equal((await bob.locator("#typing").textContent()).trim(), "");
 
   const shot = process.env.UPDATE_SCREENSHOT
-    ? join(REPO, "docs/images/web-chat.png")
+    ? join(REPO, "book/src/images/web-chat.png")
     : join(work, "web-chat.png");
   await alice.screenshot({ path: shot });
 

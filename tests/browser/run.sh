@@ -4,7 +4,7 @@
 # Installs Debian's chromium when missing (apt-get, as root), the pinned npm packages when
 # missing (npm ci), builds the binary unless SB_BIN names one, and runs the test.
 #   tests/browser/run.sh                        # from anywhere
-#   UPDATE_SCREENSHOT=1 tests/browser/run.sh    # also rewrites docs/images/web-chat.png and admin.png
+#   UPDATE_SCREENSHOT=1 tests/browser/run.sh    # also rewrites book/src/images/web-chat.png and admin.png
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
