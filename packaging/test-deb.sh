@@ -92,8 +92,13 @@ grep -q '^SWITCHBOARD_AUTH__JWT__SECRET=sb_[0-9a-f]\{64\}$' "$ENV_FILE" || fail 
 grep -q 'ExecStart=/usr/bin/switchboard serve --config /etc/switchboard/switchboard.toml' "$UNIT" || fail "the unit does not run the installed config"
 say "installed: /usr/bin/switchboard, $CONFIG (conffile), $ENV_FILE, $UNIT, user switchboard"
 
-say "switchboard check --config $CONFIG"
-/usr/bin/switchboard check --config "$CONFIG" >/dev/null
+# The packaged config holds no secret: alone, it is refused, naming the key.
+if /usr/bin/switchboard check --config "$CONFIG" >/dev/null 2>"$logs"; then
+  fail "$CONFIG passes check without the environment file's secret"
+fi
+grep -q 'auth.jwt.secret' "$logs" || fail "check without a secret did not name auth.jwt.secret: $(cat "$logs")"
+say "switchboard check --config $CONFIG (with $ENV_FILE)"
+( set -a; . "$ENV_FILE"; set +a; /usr/bin/switchboard check --config "$CONFIG" >/dev/null )
 
 # Serve as the service would: as user switchboard, with the environment file, on ports
 # the kernel picks (the addresses bound are read from the log).
