@@ -122,6 +122,30 @@ async function assertInNoRoom(server, socket, rooms) {
   assert.deepEqual(ids(socket).filter((m) => m === 'stray'), [], 'an event of a room it was not restored to');
 }
 
+/** A native client on `server` that sent `first` and got `connected` (in `.hello`). */
+async function nativeOn(server, first) {
+  const c = await openNative(server);
+  c.send(first);
+  c.hello = await c.frame((f) => f.op === 'connected', 5000, 'connected');
+  return c;
+}
+
+async function nativeJoinRoom(c, conversationId) {
+  const ack = await c.emitAck('conversation:join', { conversationId });
+  assert.deepEqual(ack, { conversationId, success: true });
+}
+
+/** The message ids of the `message:status` frames `c` got (in `conversationId`, if given). */
+const nativeIds = (c, conversationId) => c.frames
+  .filter((f) => f.event === 'message:status' && (!conversationId || f.data.conversationId === conversationId))
+  .map((f) => f.data.messageId);
+
+/** What a native client reconnecting to recover sends, from what it last saw. */
+function recoverFrom(c, token) {
+  const last = c.frames.filter((f) => typeof f.offset === 'string').at(-1);
+  return { op: 'connect', token, recover: { session: c.hello.session, offset: last?.offset ?? '' } };
+}
+
 for (const transports of TRANSPORTS) {
   describe(`recovery on one node, socket.io-client over ${transports[0]}`, () => {
     let server;
@@ -332,27 +356,35 @@ describe('recovery on one node, a server-side disconnect', () => {
 });
 
 describe('recovery when it cannot be done in full', () => {
-  it('window over: a client back after recovery.max_disconnection is a new connection', async () => {
-    const server = await startServer({ toml: recoveryToml({ window: '500ms' }) });
-    const proxy = await startProxy(server.port);
-    try {
-      const conv = uid('conv');
-      const socket = await connected(client(proxy.url, { token: signJwt({ sub: 'alice' }), transports: ['websocket'] }));
-      await join(socket, conv);
-      await publish(server, conv, ['m0']);
-      await eventually(() => ids(socket).length === 1);
-      await drop(proxy, socket);
-      await publish(server, conv, ['m1']);
-      // The window is what is tested: the client stays away longer than it.
-      await sleep(1500);
-      assert.equal(await back(proxy, socket), false);
-      await assertInNoRoom(server, socket, [conv]);
-      assert.deepEqual(ids(socket).filter((m) => /^m\d/.test(m)), ['m0']);
-    } finally {
-      await proxy.close();
-      await server.stop();
-    }
-  });
+  for (const transports of TRANSPORTS) {
+    it(`window over: a client back after recovery.max_disconnection is a new connection (${transports[0]})`, async () => {
+      // The window runs from when the server sees the socket go: over long-polling that is
+      // the ping timeout, made short here.
+      const server = await startServer({
+        toml: recoveryToml({ window: '500ms' }),
+        env: { SWITCHBOARD_TRANSPORTS__SOCKETIO__PING_INTERVAL: '300ms', SWITCHBOARD_TRANSPORTS__SOCKETIO__PING_TIMEOUT: '300ms' },
+      });
+      const proxy = await startProxy(server.port);
+      try {
+        const conv = uid('conv');
+        const socket = await connected(client(proxy.url, { token: signJwt({ sub: 'alice' }), transports }));
+        await join(socket, conv);
+        await publish(server, conv, ['m0']);
+        await eventually(() => ids(socket).length === 1);
+        await drop(proxy, socket);
+        await publish(server, conv, ['m1']);
+        // The window is what is tested: the client stays away longer than it (and than the
+        // ping timeout that tells the server it went).
+        await sleep(2000);
+        assert.equal(await back(proxy, socket), false);
+        await assertInNoRoom(server, socket, [conv]);
+        assert.deepEqual(ids(socket).filter((m) => /^m\d/.test(m)), ['m0']);
+      } finally {
+        await proxy.close();
+        await server.stop();
+      }
+    });
+  }
 
   for (const transports of TRANSPORTS) {
     it(`history trimmed (${transports[0]}): more missed than history.size keeps is recovered false, nothing partial`, async () => {
@@ -443,6 +475,53 @@ describe('recovery with the native protocol', () => {
     await eventually(() => statusFrames(again).length >= 11, 5000);
     assert.deepEqual(statusFrames(again).map((f) => f.data.messageId), range('m', 3, 14));
     again.close();
+  });
+
+  it('two rooms with their events interleaved: every missed event of both, once, in order', async () => {
+    const [c1, c2] = [uid('conv'), uid('conv')];
+    const first = await nativeConnect({ op: 'connect', token: token() });
+    await nativeJoin(first, c1);
+    await nativeJoin(first, c2);
+    await publish(server, c1, ['a0']);
+    await eventually(() => nativeIds(first).length === 1);
+    const again = recoverFrom(first, token());
+    first.ws.terminate();
+    await first.closed;
+    for (let i = 1; i <= 6; i += 1) {
+      await publish(server, i % 2 ? c2 : c1, [`${i % 2 ? 'b' : 'a'}${i}`]);
+    }
+    const back = await nativeConnect(again);
+    assert.equal(back.hello.recovered, true);
+    await eventually(() => nativeIds(back).length >= 6, 5000);
+    assert.deepEqual(nativeIds(back, c1), ['a2', 'a4', 'a6']);
+    assert.deepEqual(nativeIds(back, c2), ['b1', 'b3', 'b5']);
+    assert.deepEqual(nativeIds(back), ['b1', 'a2', 'b3', 'a4', 'b5', 'a6'], 'in the order they were published');
+    back.close();
+  });
+
+  it('window over: a client back after recovery.max_disconnection starts afresh', async () => {
+    const short = await startServer({ toml: recoveryToml({ window: '500ms' }) });
+    try {
+      const conv = uid('conv');
+      const first = await nativeOn(short, { op: 'connect', token: token() });
+      await nativeJoinRoom(first, conv);
+      await publish(short, conv, ['m0']);
+      await eventually(() => nativeIds(first).length === 1);
+      const again = recoverFrom(first, token());
+      first.ws.terminate();
+      await first.closed;
+      await publish(short, conv, ['m1']);
+      // The window is what is tested: the client stays away longer than it.
+      await sleep(1500);
+      const late = await nativeOn(short, again);
+      assert.equal(late.hello.recovered, false);
+      await publish(short, conv, ['m2']);
+      await sleep(300);
+      assert.deepEqual(nativeIds(late), [], 'in no room, nothing replayed');
+      late.close();
+    } finally {
+      await short.stop();
+    }
   });
 
   it('recover with another user, or after the history was trimmed: recovered false and a fresh start', async () => {
@@ -644,38 +723,124 @@ for (const backend of BACKENDS) describe(`recovery across nodes on ${backend.nam
     });
   }
 
-  it('the node that held it killed with SIGKILL: the client recovers on another node and loses nothing', async () => {
+  for (const transports of TRANSPORTS) {
+    it(`the node that held it killed with SIGKILL: the client recovers on another node and loses nothing (${transports[0]})`, async () => {
+      const [a, b] = await twoNodes();
+      const proxy = await startProxy(a.port);
+      try {
+        const conv = uid('conv');
+        const other = uid('other');
+        const socket = await connected(client(proxy.url, { token: signJwt({ sub: 'alice' }), transports }));
+        await join(socket, conv);
+        await join(socket, other);
+        await publish(a, conv, range('m', 0, 5));
+        await publish(b, other, ['o0']);
+        await eventually(() => ids(socket).length === 6, 5000);
+        proxy.hold();
+        const gone = once(socket, 'disconnect');
+        await a.stop('SIGKILL');
+        await gone;
+        proxy.retarget(b.port);
+        await publish(b, conv, range('m', 5, 25));
+        await publish(b, other, ['o1']);
+        assert.equal(await back(proxy, socket), true, 'recovered from the checkpoints of the node that died');
+        await eventually(() => ids(socket, conv).includes('m24') && ids(socket, other).includes('o1'), 5000);
+        await publish(b, conv, ['m25']);
+        await eventually(() => ids(socket, conv).includes('m25'), 5000);
+        const firsts = (list) => list.filter((m, i) => list.indexOf(m) === i);
+        assert.deepEqual(firsts(ids(socket, conv)), range('m', 0, 26), 'nothing lost, in order');
+        assert.deepEqual(firsts(ids(socket, other)), ['o0', 'o1']);
+        // Repeats are allowed here (the book says which), but only of events it had before
+        // the node died, replayed once, in order.
+        const replayed = ids(socket, conv).slice(5);
+        assert.deepEqual(replayed, firsts(replayed), 'no event twice after the reconnection');
+      } finally {
+        await proxy.close();
+        await a.stop();
+        await b.stop();
+      }
+    });
+  }
+
+  it('native: a client that reconnects to another node recovers there', async () => {
     const [a, b] = await twoNodes();
-    const proxy = await startProxy(a.port);
     try {
       const conv = uid('conv');
-      const other = uid('other');
-      const socket = await connected(client(proxy.url, { token: signJwt({ sub: 'alice' }), transports: ['websocket'] }));
-      await join(socket, conv);
-      await join(socket, other);
-      await publish(a, conv, range('m', 0, 5));
-      await publish(b, other, ['o0']);
-      await eventually(() => ids(socket).length === 6, 5000);
-      proxy.hold();
-      const gone = once(socket, 'disconnect');
-      await a.stop('SIGKILL');
-      await gone;
-      proxy.retarget(b.port);
-      await publish(b, conv, range('m', 5, 25));
-      await publish(b, other, ['o1']);
-      assert.equal(await back(proxy, socket), true, 'recovered from the checkpoints of the node that died');
-      await eventually(() => ids(socket, conv).includes('m24') && ids(socket, other).includes('o1'), 5000);
-      await publish(b, conv, ['m25']);
-      await eventually(() => ids(socket, conv).includes('m25'), 5000);
-      const firsts = (list) => list.filter((m, i) => list.indexOf(m) === i);
-      assert.deepEqual(firsts(ids(socket, conv)), range('m', 0, 26), 'nothing lost, in order');
-      assert.deepEqual(firsts(ids(socket, other)), ['o0', 'o1']);
-      // Repeats are allowed here (the book says which), but only of events it had before
-      // the node died, replayed once, in order.
-      const replayed = ids(socket, conv).slice(5);
-      assert.deepEqual(replayed, firsts(replayed), 'no event twice after the reconnection');
+      const tok = signJwt({ sub: 'alice' });
+      const first = await nativeOn(a, { op: 'connect', token: tok });
+      await nativeJoinRoom(first, conv);
+      await publish(a, conv, range('m', 0, 3));
+      await eventually(() => nativeIds(first).length === 3, 5000);
+      const again = recoverFrom(first, tok);
+      first.ws.terminate();
+      await first.closed;
+      await publish(a, conv, range('m', 3, 8));
+      await publish(b, conv, range('m', 8, 13));
+      const back = await nativeOn(b, again);
+      assert.equal(back.hello.recovered, true);
+      await eventually(() => nativeIds(back).length >= 10, 5000);
+      await publish(a, conv, ['m13']);
+      await eventually(() => nativeIds(back).length >= 11, 5000);
+      assert.deepEqual(nativeIds(back), range('m', 3, 14), 'once each, in order');
+      back.close();
     } finally {
-      await proxy.close();
+      await a.stop();
+      await b.stop();
+    }
+  });
+
+  it('native: the node that held it killed with SIGKILL: it recovers on another node and loses nothing', async () => {
+    const [a, b] = await twoNodes();
+    try {
+      const conv = uid('conv');
+      const tok = signJwt({ sub: 'alice' });
+      const first = await nativeOn(a, { op: 'connect', token: tok });
+      await nativeJoinRoom(first, conv);
+      await publish(a, conv, range('m', 0, 5));
+      await eventually(() => nativeIds(first).length === 5, 5000);
+      const again = recoverFrom(first, tok);
+      await a.stop('SIGKILL');
+      await first.closed;
+      await publish(b, conv, range('m', 5, 15));
+      const back = await nativeOn(b, again);
+      assert.equal(back.hello.recovered, true, 'recovered from the checkpoints of the node that died');
+      await eventually(() => nativeIds(back).includes('m14'), 5000);
+      await publish(b, conv, ['m15']);
+      await eventually(() => nativeIds(back).includes('m15'), 5000);
+      const seen = [...nativeIds(first), ...nativeIds(back)];
+      const firsts = seen.filter((m, i) => seen.indexOf(m) === i);
+      assert.deepEqual(firsts, range('m', 0, 16), 'nothing lost, in order');
+      const after = nativeIds(back);
+      assert.deepEqual(after, after.filter((m, i) => after.indexOf(m) === i), 'no event twice after the reconnection');
+      back.close();
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
+
+  it('native: Redis restarted empty while the client was away: recovered false, nothing replayed', { skip: !backend.restartable && 'the shared cluster is not restarted' }, async () => {
+    const [a, b] = await twoNodes();
+    try {
+      const conv = uid('conv');
+      const tok = signJwt({ sub: 'alice' });
+      const first = await nativeOn(a, { op: 'connect', token: tok });
+      await nativeJoinRoom(first, conv);
+      await publish(a, conv, ['m0']);
+      await eventually(() => nativeIds(first).length === 1, 5000);
+      const again = recoverFrom(first, tok);
+      first.ws.terminate();
+      await first.closed;
+      await redis.stop();
+      await redis.start();
+      for (const s of [a, b]) await eventually(async () => (await api(s, 'GET', '/readyz')).status === 200, 15000);
+      await publish(a, conv, ['m1']);
+      const back = await nativeOn(b, again);
+      assert.equal(back.hello.recovered, false);
+      await sleep(300);
+      assert.deepEqual(nativeIds(back), [], 'nothing replayed, in no room');
+      back.close();
+    } finally {
       await a.stop();
       await b.stop();
     }
@@ -698,28 +863,30 @@ for (const backend of BACKENDS) describe(`recovery across nodes on ${backend.nam
     }
   });
 
-  it('Redis restarted empty while the client was away: recovered false, nothing replayed', { skip: !backend.restartable && 'the shared cluster is not restarted' }, async () => {
-    const [a, b] = await twoNodes();
-    const proxy = await startProxy(a.port);
-    try {
-      const conv = uid('conv');
-      const socket = await connected(client(proxy.url, { token: signJwt({ sub: 'alice' }), transports: ['websocket'] }));
-      await join(socket, conv);
-      await publish(a, conv, range('m', 0, 3));
-      await eventually(() => ids(socket).length === 3, 5000);
-      await drop(proxy, socket);
-      proxy.retarget(b.port);
-      await redis.stop();
-      await redis.start();
-      for (const s of [a, b]) await eventually(async () => (await api(s, 'GET', '/readyz')).status === 200, 15000);
-      await publish(b, conv, range('m', 3, 6));
-      assert.equal(await back(proxy, socket), false);
-      await assertInNoRoom(b, socket, [conv]);
-      assert.deepEqual(ids(socket).filter((m) => /^m\d/.test(m)), range('m', 0, 3));
-    } finally {
-      await proxy.close();
-      await a.stop();
-      await b.stop();
-    }
-  });
+  for (const transports of TRANSPORTS) {
+    it(`Redis restarted empty while the client was away: recovered false, nothing replayed (${transports[0]})`, { skip: !backend.restartable && 'the shared cluster is not restarted' }, async () => {
+      const [a, b] = await twoNodes();
+      const proxy = await startProxy(a.port);
+      try {
+        const conv = uid('conv');
+        const socket = await connected(client(proxy.url, { token: signJwt({ sub: 'alice' }), transports }));
+        await join(socket, conv);
+        await publish(a, conv, range('m', 0, 3));
+        await eventually(() => ids(socket).length === 3, 5000);
+        await drop(proxy, socket);
+        proxy.retarget(b.port);
+        await redis.stop();
+        await redis.start();
+        for (const s of [a, b]) await eventually(async () => (await api(s, 'GET', '/readyz')).status === 200, 15000);
+        await publish(b, conv, range('m', 3, 6));
+        assert.equal(await back(proxy, socket), false);
+        await assertInNoRoom(b, socket, [conv]);
+        assert.deepEqual(ids(socket).filter((m) => /^m\d/.test(m)), range('m', 0, 3));
+      } finally {
+        await proxy.close();
+        await a.stop();
+        await b.stop();
+      }
+    });
+  }
 });
