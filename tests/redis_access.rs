@@ -6,49 +6,19 @@
 //! is wrong.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use parking_lot::Mutex;
-use serde_json::value::RawValue;
+use http::StatusCode;
 use serde_json::{Value, json};
-use switchboard::{CloseReason, ConnId, Connection, Gateway, Identity, LoadedConfig, Node};
+use switchboard::{LoadedConfig, Node};
 use switchboard_testkit::{RedisCluster, RedisServer, TestCa, eventually};
-use tower::ServiceExt;
+
+mod support;
+use support::TestNode;
 
 const SECRET: &str = "access-test-secret-0123456789-abcdefghij";
 const PASSWORD: &str = "s3cret";
 const ADMIN: [&str; 4] = ["--user", "admin", "--pass", "admin-pw"];
-
-struct Sock {
-    id: ConnId,
-    sent: Mutex<Vec<(String, Value)>>,
-}
-
-impl Sock {
-    fn got(&self, event: &str) -> Vec<Value> {
-        self.sent
-            .lock()
-            .iter()
-            .filter(|(e, _)| e == event)
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-}
-
-impl Connection for Sock {
-    fn id(&self) -> &ConnId {
-        &self.id
-    }
-    fn send(&self, event: &str, payload: &RawValue) {
-        let v = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
-        self.sent.lock().push((event.to_owned(), v));
-    }
-    fn close(&self, _reason: CloseReason) {}
-}
 
 /// The ACL line of the book's cluster guide (the `text` block after its `acl-line` marker).
 fn documented_acl_line() -> String {
@@ -99,36 +69,12 @@ fn node_toml(redis: &str) -> String {
     )
 }
 
-struct TestNode {
-    node: Node,
-    gw: Gateway,
-}
-
 async fn start_node(toml: &str) -> TestNode {
-    let node = Node::build(LoadedConfig::from_toml_str(toml).expect("config")).expect("node");
-    let gw = node.gateway().clone();
-    gw.start().await;
-    TestNode { node, gw }
+    TestNode::start(toml).await
 }
 
 async fn call(n: &TestNode, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", "Bearer k");
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let req = req
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .expect("request");
-    let res = n.node.router().oneshot(req).await.expect("response");
-    let status = res.status();
-    let bytes = res.into_body().collect().await.expect("body").to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    n.call(method, path, body).await
 }
 
 /// Two nodes on the Redis `redis` names: a socket on `b` in a conversation gets what is
@@ -145,22 +91,8 @@ async fn works_across_two_nodes(redis: &str) {
         .await;
         assert!(ready, "a node is not ready on {redis}");
     }
-    let sock = Arc::new(Sock {
-        id: ConnId::new("s1"),
-        sent: Mutex::default(),
-    });
-    let session =
-        b.gw.connect(sock.clone(), Identity::anonymous_user("alice".to_owned()))
-            .await;
-    let join = serde_json::value::to_raw_value(&json!({"conversationId": "42"})).expect("raw");
-    b.gw.inbound(
-        &session,
-        session.ticket(),
-        "conversation:join",
-        join.get().len(),
-        Some(&join),
-    )
-    .await;
+    let (sock, session) = b.connect("alice").await;
+    b.join(&session, "42").await;
     assert_eq!(sock.got("conversation:joined").len(), 1);
     let (status, body) = call(
         &a,

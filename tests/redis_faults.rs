@@ -13,69 +13,33 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use parking_lot::Mutex;
-use serde_json::value::RawValue;
-use serde_json::{Value, json};
-use switchboard::{
-    CloseReason, ConnId, Connection, Gateway, Identity, LoadedConfig, Node, Session,
-};
+use http::StatusCode;
+use switchboard::Session;
 use switchboard_testkit::{Fault, FaultProxy, RedisServer, eventually};
-use tower::ServiceExt;
+
+mod support;
+use support::{Sock, TestNode};
 
 const SECRET: &str = "faults-test-secret-0123456789-abcdefghij";
 const NODE_TTL: Duration = Duration::from_secs(2);
 
-struct Sock {
-    id: ConnId,
-    sent: Mutex<Vec<(String, Value)>>,
+/// The message ids of the `message:status` events `sock` received, in order.
+fn ids(sock: &Sock) -> Vec<String> {
+    sock.got("message:status")
+        .iter()
+        .filter_map(|v| v["messageId"].as_str().map(str::to_owned))
+        .collect()
 }
 
-impl Sock {
-    fn got(&self, event: &str) -> Vec<Value> {
-        self.sent
-            .lock()
-            .iter()
-            .filter(|(e, _)| e == event)
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-
-    /// The message ids of the `message:status` events received, in order.
-    fn ids(&self) -> Vec<String> {
-        self.got("message:status")
-            .iter()
-            .filter_map(|v| v["messageId"].as_str().map(str::to_owned))
-            .collect()
-    }
-
-    /// The last presence event about `user`: `Some(true)` online, `Some(false)` offline.
-    fn last_presence(&self, user: &str) -> Option<bool> {
-        self.sent
-            .lock()
-            .iter()
-            .rev()
-            .find(|(e, v)| (e == "user:online" || e == "user:offline") && v["userId"] == user)
-            .map(|(e, _)| e == "user:online")
-    }
-}
-
-impl Connection for Sock {
-    fn id(&self) -> &ConnId {
-        &self.id
-    }
-    fn send(&self, event: &str, payload: &RawValue) {
-        let v = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
-        self.sent.lock().push((event.to_owned(), v));
-    }
-    fn close(&self, _reason: CloseReason) {}
-}
-
-struct TestNode {
-    node: Node,
-    gw: Gateway,
+/// The last presence event `sock` got about `user`: `Some(true)` online, `Some(false)`
+/// offline.
+fn last_presence(sock: &Sock, user: &str) -> Option<bool> {
+    sock.sent
+        .lock()
+        .iter()
+        .rev()
+        .find(|(e, v)| (e == "user:online" || e == "user:offline") && v["userId"] == user)
+        .map(|(e, _)| e == "user:online")
 }
 
 fn node_toml(port: u16, prefix: &str) -> String {
@@ -91,82 +55,15 @@ fn node_toml(port: u16, prefix: &str) -> String {
     )
 }
 
-impl TestNode {
-    async fn start(port: u16, prefix: &str) -> Self {
-        let node =
-            Node::build(LoadedConfig::from_toml_str(&node_toml(port, prefix)).expect("config"))
-                .expect("node");
-        let gw = node.gateway().clone();
-        gw.start().await;
-        TestNode { node, gw }
-    }
+async fn start_node(port: u16, prefix: &str) -> TestNode {
+    TestNode::start(&node_toml(port, prefix)).await
+}
 
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", "Bearer k");
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        let req = req
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .expect("request");
-        let res = self.node.router().oneshot(req).await.expect("response");
-        let status = res.status();
-        let bytes = res.into_body().collect().await.expect("body").to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn ready(&self) -> bool {
-        self.call("GET", "/readyz", None).await.0 == StatusCode::OK
-    }
-
-    async fn online(&self, user: &str) -> Option<bool> {
-        let (_, v) = self
-            .call("GET", &format!("/api/v1/presence/{user}"), None)
-            .await;
-        v["online"].as_bool()
-    }
-
-    /// Publishes `message:status` `id` into conversation `conv`.
-    async fn publish(&self, conv: &str, id: &str) -> StatusCode {
-        self.call(
-            "POST",
-            "/api/v1/emit",
-            Some(json!({"event": "message:status", "data": {"conversationId": conv, "messageId": id, "status": "read"}})),
-        )
-        .await
-        .0
-    }
-
-    async fn connect(&self, user: &str) -> (Arc<Sock>, Arc<Session>) {
-        let sock = Arc::new(Sock {
-            id: ConnId::new(format!("{user}-{}", switchboard::registry::random_id())),
-            sent: Mutex::default(),
-        });
-        let session = self
-            .gw
-            .connect(sock.clone(), Identity::anonymous_user(user.to_owned()))
-            .await;
-        (sock, session)
-    }
-
-    async fn join(&self, session: &Arc<Session>, conv: &str) {
-        let raw = serde_json::value::to_raw_value(&json!({"conversationId": conv})).expect("raw");
-        self.gw
-            .inbound(
-                session,
-                session.ticket(),
-                "conversation:join",
-                raw.get().len(),
-                Some(&raw),
-            )
-            .await;
-    }
+async fn is_online(n: &TestNode, user: &str) -> Option<bool> {
+    let (_, v) = n
+        .call("GET", &format!("/api/v1/presence/{user}"), None)
+        .await;
+    v["online"].as_bool()
 }
 
 /// A Redis, two nodes each reaching it through a proxy of its own.
@@ -187,8 +84,8 @@ async fn net() -> Net {
         FaultProxy::start(upstream).await,
     );
     let prefix = format!("f{}:", switchboard::registry::random_id());
-    let a = TestNode::start(pa.port(), &prefix).await;
-    let b = TestNode::start(pb.port(), &prefix).await;
+    let a = start_node(pa.port(), &prefix).await;
+    let b = start_node(pb.port(), &prefix).await;
     for n in [&a, &b] {
         assert!(
             eventually(Duration::from_secs(10), || n.ready()).await,
@@ -306,9 +203,9 @@ async fn latency_keeps_every_event_once_and_in_order() {
     };
     publish_while(&net, conv, 100, Duration::from_millis(2), watch_ready).await;
     for (who, s) in [("a", &sa), ("b", &sb)] {
-        let all = eventually(Duration::from_secs(10), || async { s.ids().len() == 200 }).await;
-        assert!(all, "{who} got {} of 200", s.ids().len());
-        assert_once_in_order(who, &s.ids());
+        let all = eventually(Duration::from_secs(10), || async { ids(s).len() == 200 }).await;
+        assert!(all, "{who} got {} of 200", ids(s).len());
+        assert_once_in_order(who, &ids(s));
     }
     net.pa.set(Fault::None);
     net.pb.set(Fault::None);
@@ -328,7 +225,7 @@ async fn a_partition_longer_than_the_node_ttl_is_honest_and_heals_without_ghosts
     for u in ["ua", "stays", "leaver"] {
         assert!(
             eventually(Duration::from_secs(5), || async {
-                net.a.online(u).await == Some(true)
+                is_online(&net.a, u).await == Some(true)
             })
             .await
         );
@@ -373,7 +270,8 @@ async fn a_partition_longer_than_the_node_ttl_is_honest_and_heals_without_ghosts
         ("leaver", false),
     ] {
         let truth = eventually(Duration::from_secs(5), || async {
-            net.a.online(user).await == Some(online) && net.b.online(user).await == Some(online)
+            is_online(&net.a, user).await == Some(online)
+                && is_online(&net.b, user).await == Some(online)
         })
         .await;
         assert!(
@@ -382,7 +280,7 @@ async fn a_partition_longer_than_the_node_ttl_is_honest_and_heals_without_ghosts
             if online { "online" } else { "offline" }
         );
         let told = eventually(Duration::from_secs(5), || async {
-            watch.last_presence(user).unwrap_or(true) == online
+            last_presence(&watch, user).unwrap_or(true) == online
         })
         .await;
         assert!(
@@ -407,16 +305,16 @@ async fn a_partition_longer_than_the_node_ttl_is_honest_and_heals_without_ghosts
         .collect();
     for (who, s) in [("a", &sa), ("b", &sb)] {
         let all = eventually(Duration::from_secs(5), || async {
-            let ids = s.ids();
+            let ids = ids(s);
             after.iter().all(|id| ids.contains(id))
         })
         .await;
         assert!(
             all,
             "{who} misses events published after the heal: {:?}",
-            s.ids()
+            ids(s)
         );
-        assert_once_in_order(who, &s.ids());
+        assert_once_in_order(who, &ids(s));
     }
     assert_nothing_left(
         net,
@@ -452,12 +350,12 @@ async fn connection_resets_under_load_lose_order_and_once_never() {
     assert_eq!(net.b.publish(conv, "b-1000").await, StatusCode::OK);
     for (who, s) in [("a", &sa), ("b", &sb)] {
         let tail = eventually(Duration::from_secs(5), || async {
-            let ids = s.ids();
+            let ids = ids(s);
             ids.contains(&"a-1000".to_owned()) && ids.contains(&"b-1000".to_owned())
         })
         .await;
         assert!(tail, "{who} misses the events after the resets");
-        assert_once_in_order(who, &s.ids());
+        assert_once_in_order(who, &ids(s));
     }
     assert_nothing_left(net, vec![('a', ssa), ('b', ssb)]).await;
 }
@@ -471,7 +369,7 @@ async fn a_half_open_link_is_found_out_and_replaced() {
     net.a.join(&ssa, conv).await;
     net.b.join(&ssb, conv).await;
     assert_eq!(net.a.publish(conv, "a-0").await, StatusCode::OK);
-    assert!(eventually(Duration::from_secs(5), || async { sb.ids().len() == 1 }).await);
+    assert!(eventually(Duration::from_secs(5), || async { ids(&sb).len() == 1 }).await);
 
     // B's links go half-open: Redis sees B leave (and drops its subscriptions); B hears
     // nothing at all.
@@ -487,7 +385,7 @@ async fn a_half_open_link_is_found_out_and_replaced() {
         async move {
             let _ = a.publish(conv, &id).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
-            sb.ids().contains(&id)
+            ids(&sb).contains(&id)
         }
     })
     .await;
@@ -499,13 +397,13 @@ async fn a_half_open_link_is_found_out_and_replaced() {
     assert!(eventually(Duration::from_secs(5), || net.b.ready()).await);
     assert!(
         eventually(Duration::from_secs(5), || async {
-            net.a.online("ub").await == Some(true)
+            is_online(&net.a, "ub").await == Some(true)
         })
         .await,
         "B's user is online again"
     );
     for (who, s) in [("a", &sa), ("b", &sb)] {
-        assert_once_in_order(who, &s.ids());
+        assert_once_in_order(who, &ids(s));
     }
     assert_nothing_left(net, vec![('a', ssa), ('b', ssb)]).await;
 }
