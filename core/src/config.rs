@@ -984,9 +984,30 @@ mod tests {
         };
         assert!(with("redis://127.0.0.1:6379").check_url().is_ok());
         assert!(with("redis-cluster://10.0.0.1:7000").check_url().is_ok());
+        assert!(with("rediss://h:6380").check_url().is_ok());
+        assert!(with("rediss-cluster://h:6380?node=h2:6380").check_url().is_ok());
         assert!(with("http://x").check_url().is_err());
-        let tls = with("rediss://h:6380").check_url().expect_err("tls");
-        assert!(tls.contains("TLS"), "{tls}");
+        // TLS files with a URL that does not ask for TLS: a mistake worth stopping for.
+        let mut plain = with("redis://h:6379");
+        plain.tls.ca_file = Some("ca.pem".into());
+        let e = plain.check_url().expect_err("tls files without rediss");
+        assert!(e.contains("rediss://"), "{e}");
+    }
+
+    #[test]
+    fn sharded_pubsub_follows_the_url_unless_set() {
+        let with = |url: &str, sharded: Option<bool>| RedisConfig {
+            url: url.to_owned(),
+            sharded_pubsub: sharded,
+            ..RedisConfig::default()
+        };
+        assert!(!with("redis://h:6379", None).sharded());
+        assert!(with("redis-cluster://h:7000", None).sharded());
+        assert!(with("rediss-cluster://h:7000", None).sharded());
+        assert!(!with("redis-cluster://h:7000", Some(false)).sharded());
+        assert!(with("redis://h:6379", Some(true)).sharded());
+        assert!(with("rediss-cluster://h:7000", None).uses_tls());
+        assert!(!with("redis-cluster://h:7000", None).uses_tls());
     }
 
     #[test]
