@@ -41,7 +41,10 @@ fn the_packaged_config_is_valid_and_keeps_the_api_off_the_public_port() {
         "# secret = \"...\"",
         "secret = \"sb_0123456789abcdef0123456789abcdef0123\"",
     );
-    assert_ne!(text, with_secret, "the commented secret line is where it was");
+    assert_ne!(
+        text, with_secret,
+        "the commented secret line is where it was"
+    );
     Node::build(LoadedConfig::from_toml_str(&with_secret).expect("config"))
         .expect("every plugin builds from the packaged config and a secret");
 }

@@ -985,7 +985,11 @@ mod tests {
         assert!(with("redis://127.0.0.1:6379").check_url().is_ok());
         assert!(with("redis-cluster://10.0.0.1:7000").check_url().is_ok());
         assert!(with("rediss://h:6380").check_url().is_ok());
-        assert!(with("rediss-cluster://h:6380?node=h2:6380").check_url().is_ok());
+        assert!(
+            with("rediss-cluster://h:6380?node=h2:6380")
+                .check_url()
+                .is_ok()
+        );
         assert!(with("http://x").check_url().is_err());
         // TLS files with a URL that does not ask for TLS: a mistake worth stopping for.
         let mut plain = with("redis://h:6379");
