@@ -4,6 +4,8 @@
 # when Node.js is installed, the Node peer; then again with the native WebSocket protocol
 # against Switchboard and the bare native server. Fails if a scenario errors, loses or
 # duplicates a delivery. No timing is checked: the numbers of a smoke run mean nothing.
+# When redis-server is installed, also the cross-node smoke (benches/cluster.sh --smoke):
+# two Switchboard nodes on one Redis, and two Node peers with each Redis adapter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,12 @@ native fanout --publisher typing || failed=1
 native rooms --room-size 5 || failed=1
 native connect || failed=1
 native idle || failed=1
+if command -v redis-server >/dev/null 2>&1; then
+  echo "smoke: benches/cluster.sh --smoke"
+  benches/cluster.sh --profile debug --no-build --smoke || failed=1
+else
+  echo "smoke: redis-server not installed; skipping benches/cluster.sh --smoke"
+fi
 
 if [[ $failed != 0 ]]; then
   echo "smoke: FAILED" >&2

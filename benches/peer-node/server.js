@@ -3,6 +3,19 @@
 // the contract asks, no logging on the hot path, the library's defaults elsewhere.
 //
 //   BENCH_SECRET=... BENCH_API_KEY=... node server.js --port 3103 [--host 127.0.0.1]
+//
+// Several processes on one Redis (benches/cluster.sh), so that rooms span them:
+//
+//   node server.js --port 3103 --adapter redis --redis redis://127.0.0.1:6390
+//   node server.js --port 3104 --adapter redis-streams --redis redis://127.0.0.1:6390
+//
+// `--adapter redis` is @socket.io/redis-adapter (Redis pub/sub, the usual choice);
+// `redis-streams` is @socket.io/redis-streams-adapter (one Redis stream that every node
+// reads, the counterpart of Switchboard with room history on); both over ioredis, all three
+// pinned in package.json. `--adapter` and `--redis` may also come from BENCH_NODE_ADAPTER
+// and BENCH_REDIS_URL. Without `--adapter` (or with `memory`) the process stands alone. With
+// an adapter, room events and `user:online`/`user:offline` span the processes; the presence
+// endpoints still answer for this process only (nothing the benchmarks read).
 'use strict';
 
 const http = require('node:http');
@@ -16,12 +29,18 @@ function arg(name, fallback) {
 
 const PORT = Number(arg('--port', process.env.PORT || '3000'));
 const HOST = arg('--host', '127.0.0.1');
+const ADAPTER = arg('--adapter', process.env.BENCH_NODE_ADAPTER || 'memory');
+const REDIS_URL = arg('--redis', process.env.BENCH_REDIS_URL || 'redis://127.0.0.1:6379');
 const SECRET = process.env.BENCH_SECRET;
 const API_KEYS = (process.env.BENCH_API_KEY || '').split(',').filter(Boolean);
 const MAX_ID = 256;
 const MAX_BODY = 1024 * 1024;
 if (!SECRET) {
   console.error('peer-node: set BENCH_SECRET');
+  process.exit(2);
+}
+if (!['memory', 'redis', 'redis-streams'].includes(ADAPTER)) {
+  console.error(`peer-node: --adapter ${ADAPTER}: expected memory, redis or redis-streams`);
   process.exit(2);
 }
 
@@ -225,9 +244,50 @@ messages.on('connection', (socket) => {
   });
 });
 
-httpServer.listen(PORT, HOST);
+// ---- Several processes on one Redis ------------------------------------------------------
+
+const redisClients = [];
+
+async function redisClient() {
+  // Required only here, so that a standalone peer needs none of it.
+  const Redis = require('ioredis');
+  const client = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 3 });
+  client.on('error', (e) => console.error(`peer-node: redis: ${e.message}`));
+  await client.connect();
+  redisClients.push(client);
+  return client;
+}
+
+async function useAdapter() {
+  if (ADAPTER === 'redis') {
+    const { createAdapter } = require('@socket.io/redis-adapter');
+    const pub = await redisClient();
+    const sub = await redisClient();
+    io.adapter(createAdapter(pub, sub));
+    // The adapter subscribes (PSUBSCRIBE) without telling when Redis has it; a PING on the
+    // same connection is answered after it, so listening after the PONG means no event
+    // published later is missed.
+    await sub.ping();
+  } else if (ADAPTER === 'redis-streams') {
+    const { createAdapter } = require('@socket.io/redis-streams-adapter');
+    const client = await redisClient();
+    io.adapter(createAdapter(client));
+    // The stream is read from `$` (what is added from now on) by a duplicate connection
+    // blocked in XREAD; give it a moment to be in place before accepting clients.
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+useAdapter().then(
+  () => httpServer.listen(PORT, HOST),
+  (e) => {
+    console.error(`peer-node: cannot use the ${ADAPTER} adapter at ${REDIS_URL}: ${e.message}`);
+    process.exit(1);
+  },
+);
 const stop = () => {
   io.close();
+  for (const c of redisClients) c.disconnect();
   httpServer.close(() => process.exit(0));
   setTimeout(() => process.exit(0), 2000).unref();
 };

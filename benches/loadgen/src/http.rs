@@ -30,19 +30,27 @@ pub(crate) struct HttpPlan {
     pub(crate) rooms: Rc<Vec<u64>>,
 }
 
-/// The answer to one request.
-struct Answer {
-    status: u16,
-    close: bool,
+/// The answer to one request (its whole text is left in the caller's buffer).
+pub(crate) struct Answer {
+    /// The status code.
+    pub(crate) status: u16,
+    /// Whether the server closes the connection after it.
+    pub(crate) close: bool,
 }
 
-async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+/// Opens a keep-alive connection (no Nagle).
+pub(crate) async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     Ok(s)
 }
 
-async fn request(stream: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> Result<Answer, String> {
+/// Sends one request and reads its answer into `buf`.
+pub(crate) async fn request(
+    stream: &mut TcpStream,
+    req: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<Answer, String> {
     stream
         .write_all(req)
         .await

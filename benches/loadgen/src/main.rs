@@ -9,17 +9,25 @@
 //! loadgen rooms   --sockets 1000 --room-size 10 --rate 60000
 //! loadgen connect --sockets 5000 --concurrency 100
 //! loadgen idle    --sockets 19000 --hold 10
+//! loadgen fanout  --url http://127.0.0.1:3101 --url2 http://127.0.0.1:3102 \
+//!                 --pid A --pid2 B --redis-pid R ...   # members split over two nodes
+//! loadgen soak    --url http://127.0.0.1:3101 --url http://127.0.0.1:3102 ...  # churn, hours
 //! loadgen report  a.json b.json c.json       # side by side, ratios to the first
 //! ```
 //!
 //! It runs on one thread (pin it to a core of its own) and reports its own CPU time from
 //! `getrusage`, and the server's CPU time and RSS from `/proc/<pid>` when `--pid` is given.
+//! With `--url2`, socket *i* connects to `--url` when *i* is even and to `--url2` when it
+//! is odd, while the HTTP publisher and everything else keep to `--url`; `--pid2` and
+//! `--redis-pid` add the second node's and the Redis server's CPU time to the server's
+//! (each is also reported on its own).
 
 mod http;
 mod native;
 mod probe;
 mod report;
 mod sio;
+mod soak;
 mod stats;
 
 use std::cell::{Cell, RefCell};
@@ -56,6 +64,9 @@ enum Cmd {
     Connect(RunArgs),
     /// N idle sockets: the server's RSS per connection.
     Idle(RunArgs),
+    /// Hours of churn over several nodes: sockets join, leave, drop and reconnect while the
+    /// HTTP API publishes into their rooms; counts every delivery a member missed.
+    Soak(soak::SoakArgs),
     /// Prints result files side by side, with ratios to the first.
     Report {
         /// Result files (JSON) written by `--out`.
@@ -77,6 +88,10 @@ struct RunArgs {
     /// Server base URL (loopback only).
     #[arg(long, default_value = "http://127.0.0.1:3000")]
     url: String,
+    /// A second node's base URL: odd sockets connect there, even ones to `--url`; the HTTP
+    /// publisher still publishes on `--url` (loopback only).
+    #[arg(long)]
+    url2: Option<String>,
     /// The protocol the sockets speak.
     #[arg(long, value_enum, default_value_t = Protocol::Socketio)]
     protocol: Protocol,
@@ -99,6 +114,12 @@ struct RunArgs {
     /// The server's pid, for its CPU time and RSS.
     #[arg(long)]
     pid: Option<u32>,
+    /// The second node's pid (`--url2`): its CPU time is added to the server's.
+    #[arg(long)]
+    pid2: Option<u32>,
+    /// The Redis server's pid: its CPU time is added to the server's.
+    #[arg(long)]
+    redis_pid: Option<u32>,
     /// A label for the server in the result.
     #[arg(long, default_value = "server")]
     label: String,
@@ -154,6 +175,7 @@ fn main() -> ExitCode {
         Cmd::Rooms(a) => (Scenario::Rooms, a),
         Cmd::Connect(a) => (Scenario::Connect, a),
         Cmd::Idle(a) => (Scenario::Idle, a),
+        Cmd::Soak(a) => return soak::main(a),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -213,7 +235,7 @@ impl Scenario {
 }
 
 /// Parses `http://host:port` and refuses anything but loopback.
-fn loopback_addr(url: &str) -> Result<SocketAddr, String> {
+pub(crate) fn loopback_addr(url: &str) -> Result<SocketAddr, String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("--url {url}: expected http://HOST:PORT"))?;
@@ -236,11 +258,16 @@ fn loopback_addr(url: &str) -> Result<SocketAddr, String> {
 }
 
 fn mint(secret: &str, sub: &str) -> Result<String, String> {
+    mint_for(secret, sub, 3 * 3600)
+}
+
+/// An HS256 token for `sub` that expires `ttl_s` seconds from now.
+pub(crate) fn mint_for(secret: &str, sub: &str, ttl_s: u64) -> Result<String, String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let claims = json!({ "sub": sub, "iat": now, "exp": now + 3 * 3600 });
+    let claims = json!({ "sub": sub, "iat": now, "exp": now + ttl_s });
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
@@ -274,7 +301,7 @@ struct Runner<'a> {
 /// Opens `n` sockets, `concurrency` handshakes at a time, and runs each as soon as it is
 /// open. Socket `i` uses `tokens[i]` and, when `room_of` is given, joins `c{room_of(i)}`.
 async fn open_all(
-    target: &Target,
+    targets: &[Target],
     tokens: &[String],
     concurrency: usize,
     room_of: Option<&dyn Fn(usize) -> usize>,
@@ -291,7 +318,7 @@ async fn open_all(
     for (i, token) in tokens.iter().enumerate() {
         let token = token.clone();
         let join = room_of.map(|f| format!("c{}", f(i)));
-        let target = target.clone();
+        let target = targets[i % targets.len()].clone();
         let plan = (runner.plan)(i);
         let (stop, go) = (runner.stop.clone(), runner.go.clone());
         let (sem, done, lats, failed, shared) = (
@@ -346,13 +373,81 @@ fn server_cpu(pid: Option<u32>) -> Option<Cpu> {
     pid.and_then(probe::server_cpu)
 }
 
-fn round(x: f64, digits: i32) -> f64 {
+/// The processes whose CPU time is the server's: the node, the second node, Redis.
+#[derive(Debug, Clone, Copy)]
+struct Pids {
+    node: Option<u32>,
+    node2: Option<u32>,
+    redis: Option<u32>,
+}
+
+/// CPU readings of each of [`Pids`] at one moment.
+#[derive(Debug, Clone, Copy)]
+struct Cpus([Option<Cpu>; 3]);
+
+impl Pids {
+    /// Their names in results.
+    const NAMES: [&'static str; 3] = ["node", "node2", "redis"];
+
+    fn read(self) -> Cpus {
+        Cpus([
+            server_cpu(self.node),
+            server_cpu(self.node2),
+            server_cpu(self.redis),
+        ])
+    }
+
+    /// Whether more than the one server is counted.
+    fn several(self) -> bool {
+        self.node2.is_some() || self.redis.is_some()
+    }
+}
+
+impl Cpus {
+    /// Each process's CPU seconds since `before` (`None` for one not given or gone).
+    fn each_since(self, before: Cpus) -> [Option<f64>; 3] {
+        let mut out = [None; 3];
+        for (k, o) in out.iter_mut().enumerate() {
+            *o = self.0[k].zip(before.0[k]).map(|(b, a)| b.since(a));
+        }
+        out
+    }
+
+    /// The sum over the processes; `None` when the first (the server) is unknown.
+    fn since(self, before: Cpus) -> Option<f64> {
+        let each = self.each_since(before);
+        each[0].map(|first| first + each[1].unwrap_or(0.0) + each[2].unwrap_or(0.0))
+    }
+}
+
+/// `{"node": s, "node2": s, "redis": s}` for the processes given, each divided by `per`.
+fn by_process(pids: Pids, each: [Option<f64>; 3], scale: f64, per: f64, digits: i32) -> Value {
+    let mut m = serde_json::Map::new();
+    let given = [pids.node, pids.node2, pids.redis];
+    for k in 0..3 {
+        if given[k].is_some() {
+            m.insert(
+                Pids::NAMES[k].to_owned(),
+                json!(each[k].map(|s| round(s * scale / per.max(1.0), digits))),
+            );
+        }
+    }
+    Value::Object(m)
+}
+
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
     let m = 10f64.powi(digits);
     (x * m).round() / m
 }
 
 async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
     let addr = loopback_addr(&a.url)?;
+    let addr2 = a.url2.as_deref().map(loopback_addr).transpose()?;
+    let pids = Pids {
+        node: a.pid,
+        node2: a.pid2,
+        redis: a.redis_pid,
+    };
     if a.sockets == 0 {
         return Err("--sockets must be at least 1".to_owned());
     }
@@ -363,17 +458,19 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
             a.sockets
         ));
     }
-    let url = match a.protocol {
-        Protocol::Socketio => format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"),
-        Protocol::Native => format!("ws://{addr}{}", a.ws_path),
-    };
-    let target = Target {
+    let target_at = |addr: SocketAddr| Target {
         protocol: a.protocol,
         addr,
-        url,
+        url: match a.protocol {
+            Protocol::Socketio => format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"),
+            Protocol::Native => format!("ws://{addr}{}", a.ws_path),
+        },
         namespace: a.namespace.clone(),
         timeout: Duration::from_secs_f64(a.setup_timeout),
     };
+    // Socket i connects to targets[i % targets.len()].
+    let mut targets = vec![target_at(addr)];
+    targets.extend(addr2.map(target_at));
     let overall = Duration::from_secs_f64(a.setup_timeout * 4.0);
     let users = a.users.clamp(1, a.sockets);
     let user_tokens: Vec<String> = (0..users)
@@ -423,6 +520,10 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
         latencies: RefCell::default(),
         publish_lag: RefCell::default(),
         typing_sent: RefCell::new(vec![Vec::new(); if typing { publishers } else { 0 }]),
+        first_latency: RefCell::new(match counted {
+            Counted::Messages { publishes } => vec![u32::MAX; publishes],
+            _ => Vec::new(),
+        }),
     });
     let joins = matches!(scenario, Scenario::Fanout | Scenario::Rooms) || a.join;
     let room_of = move |i: usize| i / room_size;
@@ -441,10 +542,10 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
     };
 
     let rss_before = a.pid.and_then(probe::server_rss);
-    let cpu_before_connect = server_cpu(a.pid);
+    let cpu_before_connect = pids.read();
     let own_before_connect = OwnCpu::now();
     let opened = open_all(
-        &target,
+        &targets,
         &tokens,
         a.concurrency,
         joins.then_some(&room_of as &dyn Fn(usize) -> usize),
@@ -461,7 +562,7 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
     let connect_elapsed = opened.elapsed;
     // Let the server finish what the connects started (user:online, presence).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu_after_connect = server_cpu(a.pid);
+    let cpu_after_connect = pids.read();
     let own_after_connect = OwnCpu::now();
     let connect_lat = percentiles(&opened.latencies);
 
@@ -484,12 +585,18 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
         "users": users,
         "errors": 0,
     });
+    if addr2.is_some() {
+        let mut split = vec![0u64; targets.len()];
+        for i in &opened.indices {
+            split[i % targets.len()] += 1;
+        }
+        out["url2"] = json!(a.url2);
+        out["connected_per_node"] = json!(split);
+    }
 
     match scenario {
         Scenario::Connect => {
-            let server_s = cpu_after_connect
-                .zip(cpu_before_connect)
-                .map(|(b, a)| b.since(a));
+            let server_s = cpu_after_connect.since(cpu_before_connect);
             let own = own_after_connect.since(own_before_connect);
             let ok = connected as f64;
             out["connect"] = json!({
@@ -508,9 +615,9 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
         Scenario::Idle => {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             let rss_settled = a.pid.and_then(probe::server_rss);
-            let cpu_hold0 = server_cpu(a.pid);
+            let cpu_hold0 = pids.read();
             tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
-            let cpu_hold1 = server_cpu(a.pid);
+            let cpu_hold1 = pids.read();
             let rss_held = a.pid.and_then(probe::server_rss);
             let per_socket = rss_held
                 .zip(rss_before)
@@ -522,14 +629,14 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
                 "rss_settled_bytes": rss_settled,
                 "rss_held_bytes": rss_held,
                 "hold_s": a.hold,
-                "server_cpu_s_during_hold": cpu_hold1.zip(cpu_hold0).map(|(b, a)| round(b.since(a), 4)),
+                "server_cpu_s_during_hold": cpu_hold1.since(cpu_hold0).map(|s| round(s, 4)),
                 "extrapolated_rss_100k_bytes": per_socket.zip(rss_before).map(|(p, b)| (b as f64 + p * 100_000.0).round()),
             });
             out["rss_per_socket_bytes"] = json!(per_socket.map(|p| p.round()));
         }
         Scenario::Fanout | Scenario::Rooms => {
             tokio::time::sleep_until((start - Duration::from_millis(50)).into()).await;
-            let cpu0 = server_cpu(a.pid);
+            let cpu0 = pids.read();
             let own0 = OwnCpu::now();
             let t0_us = shared.clock.now_us();
             let _ = go_tx.send(Some(start));
@@ -579,7 +686,7 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let cpu1 = server_cpu(a.pid);
+            let cpu1 = pids.read();
             let own = OwnCpu::now().since(own0);
             let st = shared.stats.borrow();
             let window_s = (st
@@ -588,7 +695,13 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
                 .saturating_sub(t0_us)) as f64
                 / 1e6;
             let delivered = st.delivered as f64;
-            let server_s = cpu1.zip(cpu0).map(|(b, a)| b.since(a));
+            let server_s = cpu1.since(cpu0);
+            if pids.several() {
+                let each = cpu1.each_since(cpu0);
+                out["server_cpu_s_by_process"] = by_process(pids, each, 1.0, 1.0, 4);
+                out["server_cpu_us_per_delivery_by_process"] =
+                    by_process(pids, each, 1e6, delivered, 3);
+            }
             out["publisher"] = json!(if typing { "typing" } else { "http" });
             out["rooms"] = json!(n_rooms);
             out["room_size"] = json!(room_size);
@@ -604,6 +717,18 @@ async fn run(scenario: Scenario, a: RunArgs) -> Result<Value, String> {
             out["other_events"] = json!(st.other_events);
             out["throughput_per_s"] = json!(round(delivered / window_s.max(1e-9), 1));
             out["latency"] = percentiles(&shared.latencies);
+            if !typing {
+                // Each publish's earliest delivery: the path to the first member without
+                // the fan-out's queueing behind it (with two nodes, through Redis).
+                let firsts: Vec<u32> = shared
+                    .first_latency
+                    .borrow()
+                    .iter()
+                    .copied()
+                    .filter(|l| *l != u32::MAX)
+                    .collect();
+                out["first_delivery_latency"] = percentiles(&RefCell::new(firsts));
+            }
             // Latency runs from the actual send; this is how far sends fell behind schedule
             // (a server that answers the API slowly holds the publishers back).
             out["publish_lag"] = percentiles(&shared.publish_lag);

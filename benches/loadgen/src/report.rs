@@ -20,6 +20,14 @@ const ROWS: &[(&str, &[&str])] = &[
     ("latency p99, ms", &["latency", "p99_ms"]),
     ("latency max, ms", &["latency", "max_ms"]),
     (
+        "first delivery of a publish p50, ms",
+        &["first_delivery_latency", "p50_ms"],
+    ),
+    (
+        "first delivery of a publish p99, ms",
+        &["first_delivery_latency", "p99_ms"],
+    ),
+    (
         "publish lag behind schedule p99, ms",
         &["publish_lag", "p99_ms"],
     ),
@@ -27,6 +35,18 @@ const ROWS: &[(&str, &[&str])] = &[
     (
         "server CPU per delivery, us",
         &["server_cpu_us_per_delivery"],
+    ),
+    (
+        "  of which node (--pid), us",
+        &["server_cpu_us_per_delivery_by_process", "node"],
+    ),
+    (
+        "  of which node2 (--pid2), us",
+        &["server_cpu_us_per_delivery_by_process", "node2"],
+    ),
+    (
+        "  of which redis-server, us",
+        &["server_cpu_us_per_delivery_by_process", "redis"],
     ),
     (
         "loadgen CPU per delivery, us",

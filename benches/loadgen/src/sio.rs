@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     pub(crate) publish_lag: RefCell<Vec<u32>>,
     /// Send times of each typing publisher's events, in order, microseconds.
     pub(crate) typing_sent: RefCell<Vec<Vec<u64>>>,
+    /// Per HTTP publish (by sequence number), the latency of its first delivery to any
+    /// member, microseconds (`u32::MAX` until one arrives; empty unless counting messages).
+    pub(crate) first_latency: RefCell<Vec<u32>>,
 }
 
 /// Which deliveries a run counts.
@@ -320,7 +323,10 @@ fn count(shared: &Shared, rx: &mut Receiver, name: &str, packet: &str) {
                         st.delivered += 1;
                         st.last_delivery_us = now;
                         drop(st);
-                        push_latency(shared, now, sent);
+                        let lat = push_latency(shared, now, sent);
+                        if let Some(first) = shared.first_latency.borrow_mut().get_mut(seq) {
+                            *first = (*first).min(lat);
+                        }
                     }
                 }
                 _ => st.unknown += 1,
@@ -354,12 +360,11 @@ fn count(shared: &Shared, rx: &mut Receiver, name: &str, packet: &str) {
     }
 }
 
-fn push_latency(shared: &Shared, now: u64, sent: u64) {
-    let lat = now.saturating_sub(sent);
-    shared
-        .latencies
-        .borrow_mut()
-        .push(u32::try_from(lat).unwrap_or(u32::MAX));
+/// Records a delivery's latency; returns it, in microseconds.
+fn push_latency(shared: &Shared, now: u64, sent: u64) -> u32 {
+    let lat = u32::try_from(now.saturating_sub(sent)).unwrap_or(u32::MAX);
+    shared.latencies.borrow_mut().push(lat);
+    lat
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -462,6 +467,7 @@ pub(crate) mod tests {
             latencies: RefCell::default(),
             publish_lag: RefCell::default(),
             typing_sent: RefCell::default(),
+            first_latency: RefCell::default(),
         }
     }
 
