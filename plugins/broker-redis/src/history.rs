@@ -166,6 +166,10 @@ impl Inner {
             if self.sharded { "1" } else { "0" }.to_owned(),
         ];
         let keys = vec![stream_key(&channel), meta_key(&channel)];
+        let tracked = client_up && through_redis;
+        if tracked {
+            self.outcomes.start(i);
+        }
         let kept = if client_up {
             self.run_script(client, &self.scripts.publish_kept, keys, args, "publish")
                 .await
@@ -176,6 +180,9 @@ impl Inner {
                 reason: "no connection".to_owned(),
             })
         };
+        if tracked && kept.is_ok() {
+            self.outcomes.succeeded(i);
+        }
         match kept {
             Ok(position) if through_redis => Ok((Reach::Cluster, Some(position))),
             Ok(position) => {
@@ -186,9 +193,11 @@ impl Inner {
             }
             Err(e) => {
                 self.health.report(false, &e.to_string());
-                // Redis may have run the script after all: its copy, if it comes back, is
-                // dropped.
-                self.unsure.remember(i);
+                // Redis may have run the script after all: delivered here once, whichever
+                // comes first (its position unknown here).
+                if tracked && !self.outcomes.failed(i) {
+                    return Ok((Reach::Cluster, None));
+                }
                 self.metrics.local_only.inc();
                 self.deliver_locally(&delivery);
                 Ok((Reach::LocalOnly, None))

@@ -51,10 +51,10 @@
 //!   channel per command, since channels of different slots cannot share one.
 //!
 //! * **A publish whose outcome is unknown** (the connection dropped mid-command, no reply)
-//!   is delivered to this node's own members at once, and its number is remembered for a
-//!   while: if Redis had taken it after all, the copy that comes back on this node's
-//!   subscription is dropped, so nobody gets it twice. (Every message carries its
-//!   publish's number on its node, from a counter that starts at random.)
+//!   is delivered to this node's own members at once, unless its copy already came back on
+//!   this node's subscription; a copy that comes later is dropped, so nobody gets it twice
+//!   whichever comes first. (Every message carries its publish's number on its node, from a
+//!   counter that starts at random.)
 //! * **Half-open links** (a NAT or load balancer dropped the connection's state, nothing
 //!   tells the client) are found out: every connection, the subscriber's and the idle
 //!   pooled ones included, answers a `PING` every second, and one whose command waits
@@ -94,8 +94,8 @@ mod history;
 mod nodes;
 mod slots;
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -130,7 +130,7 @@ const TICK: Duration = Duration::from_millis(250);
 pub type RedisBrokerConfig = ClientConfig;
 
 /// What travels on a channel: the delivery, the node that already delivered it locally,
-/// and the publish's number on its node (see [`Unsure`]).
+/// and the publish's number on its node (see [`Outcomes`]).
 #[derive(Serialize)]
 struct EnvelopeOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,50 +152,90 @@ struct EnvelopeIn {
     d: Delivery,
 }
 
-/// Publishes whose outcome this node does not know: Redis did not answer (the connection
-/// dropped mid-command), so the node delivered to its own members itself. If Redis had in
-/// fact taken the publish, the copy that comes back on the node's subscription is dropped
-/// here, so a member never gets it twice. Each publish carries a number drawn from a
-/// counter that starts at random, so another node's publish is not mistaken for one.
+/// Keeps a member from getting a publish twice when Redis does not answer it.
+///
+/// A publish whose reply is lost (the connection dropped mid-command) may or may not have
+/// been taken by Redis; the node delivers it to its own members at once, unless its copy
+/// already came back on the node's subscription. Each publish carries a number drawn from
+/// a counter that starts at random (so another node's is not mistaken for one of ours);
+/// while it is in flight its copy is marked as arrived, and once it failed its copy, if it
+/// comes later, is dropped. One lock decides both, so whichever comes first, the members
+/// get it once.
 #[derive(Default)]
-struct Unsure {
-    /// Whether `numbers` holds anything: the receiving path looks no further when not.
-    any: AtomicBool,
-    numbers: Mutex<VecDeque<(u64, Instant)>>,
+struct Outcomes {
+    /// How many numbers the sets hold: the receiving path looks no further when none.
+    tracked: AtomicUsize,
+    sets: Mutex<OutcomeSets>,
 }
 
-/// How long an unsure publish is remembered (its copy, if any, comes back well within it).
+#[derive(Default)]
+struct OutcomeSets {
+    /// Publishes awaiting Redis's reply, and whether their copy already came back.
+    in_flight: HashMap<u64, bool>,
+    /// Failed publishes delivered here directly, whose copy (if any) is to be dropped.
+    failed: VecDeque<(u64, Instant)>,
+}
+
+/// How long a failed publish is remembered (its copy, if any, comes back well within it).
 const UNSURE_FOR: Duration = Duration::from_secs(30);
 
-impl Unsure {
-    fn remember(&self, i: u64) {
-        let mut numbers = self.numbers.lock();
+impl Outcomes {
+    /// Publish `i` is being sent.
+    fn start(&self, i: u64) {
+        let mut sets = self.sets.lock();
+        sets.in_flight.insert(i, false);
+        self.tracked.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Redis answered publish `i`: its copy comes (or came) back as any other.
+    fn succeeded(&self, i: u64) {
+        if self.sets.lock().in_flight.remove(&i).is_some() {
+            self.tracked.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Redis did not answer publish `i`: whether to deliver it here directly (its copy did
+    /// not come back; one that comes later is dropped).
+    fn failed(&self, i: u64) -> bool {
+        let mut sets = self.sets.lock();
+        let arrived = sets.in_flight.remove(&i).unwrap_or(false);
+        self.tracked.fetch_sub(1, Ordering::SeqCst);
+        if arrived {
+            return false;
+        }
         let now = Instant::now();
-        while numbers
+        while sets
+            .failed
             .front()
             .is_some_and(|(_, t)| now.duration_since(*t) > UNSURE_FOR)
         {
-            numbers.pop_front();
+            sets.failed.pop_front();
+            self.tracked.fetch_sub(1, Ordering::SeqCst);
         }
-        numbers.push_back((i, now));
-        self.any.store(true, Ordering::SeqCst);
+        sets.failed.push_back((i, now));
+        self.tracked.fetch_add(1, Ordering::SeqCst);
+        true
     }
 
-    /// Whether `i` is an unsure publish of this node (forgotten once its copy came back).
-    fn take(&self, i: u64) -> bool {
-        if !self.any.load(Ordering::SeqCst) {
+    /// A message numbered `i` came on the subscription: whether to drop it (a copy of a
+    /// failed publish this node already delivered).
+    fn on_receive(&self, i: u64) -> bool {
+        if self.tracked.load(Ordering::SeqCst) == 0 {
             return false;
         }
-        let mut numbers = self.numbers.lock();
-        let found = numbers
-            .iter()
-            .position(|(n, _)| *n == i)
-            .map(|at| numbers.remove(at))
-            .is_some();
-        if numbers.is_empty() {
-            self.any.store(false, Ordering::SeqCst);
+        let mut sets = self.sets.lock();
+        if let Some(arrived) = sets.in_flight.get_mut(&i) {
+            *arrived = true;
+            return false;
         }
-        found
+        match sets.failed.iter().position(|(n, _)| *n == i) {
+            Some(at) => {
+                sets.failed.remove(at);
+                self.tracked.fetch_sub(1, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -257,7 +297,7 @@ struct Inner {
     last_decode_warning: Mutex<Option<Instant>>,
     /// The next publish's number.
     next_publish: AtomicU64,
-    unsure: Unsure,
+    outcomes: Outcomes,
 }
 
 /// A broker error for a failed Redis command.
@@ -364,7 +404,7 @@ impl RedisBroker {
                 metrics: BrokerMetrics::default(),
                 last_decode_warning: Mutex::new(None),
                 next_publish: AtomicU64::new(random_u64()),
-                unsure: Unsure::default(),
+                outcomes: Outcomes::default(),
             }),
         })
     }
@@ -583,12 +623,18 @@ impl Inner {
         })
         .map_err(|e| BrokerError::Encode(e.to_string()))?;
         if through_redis {
+            inner.outcomes.start(i);
             match inner.send(client, channel, message).await {
-                Ok(_) => return Ok(Reach::Cluster),
+                Ok(_) => {
+                    inner.outcomes.succeeded(i);
+                    return Ok(Reach::Cluster);
+                }
                 Err(e) => inner.health.report(false, &e.to_string()),
             }
-            // Redis may have taken it after all: its copy, if it comes back, is dropped.
-            inner.unsure.remember(i);
+            // Redis may have taken it after all: delivered here once, whichever comes first.
+            if !inner.outcomes.failed(i) {
+                return Ok(Reach::Cluster);
+            }
             inner.metrics.local_only.inc();
             inner.deliver_locally(&delivery);
             return Ok(Reach::LocalOnly);
@@ -618,7 +664,7 @@ impl Inner {
         match decoded {
             Ok(mut env) => {
                 if env.skip.as_deref() == Some(self.node.as_str())
-                    || env.i.is_some_and(|i| self.unsure.take(i))
+                    || env.i.is_some_and(|i| self.outcomes.on_receive(i))
                 {
                     return;
                 }
@@ -1035,16 +1081,23 @@ mod tests {
     }
 
     #[test]
-    fn an_unsure_publish_s_copy_is_dropped_once() {
-        let u = Unsure::default();
-        assert!(!u.take(1), "nothing remembered");
-        u.remember(5);
-        u.remember(9);
-        assert!(!u.take(6), "another number passes");
-        assert!(u.take(9));
-        assert!(!u.take(9), "dropped once, then forgotten");
-        assert!(u.take(5));
-        assert!(!u.any.load(Ordering::SeqCst), "the fast path is back");
+    fn a_publish_redis_did_not_answer_reaches_members_once() {
+        let o = Outcomes::default();
+        assert!(!o.on_receive(1), "nothing tracked");
+        // The copy comes back before the error: delivered from the subscription only.
+        o.start(5);
+        assert!(!o.on_receive(5));
+        assert!(!o.failed(5), "not delivered a second time");
+        // The error comes first: delivered here, and the late copy dropped, once.
+        o.start(9);
+        assert!(o.failed(9));
+        assert!(o.on_receive(9));
+        assert!(!o.on_receive(9));
+        // A publish Redis answered: its copy passes.
+        o.start(12);
+        o.succeeded(12);
+        assert!(!o.on_receive(12));
+        assert_eq!(o.tracked.load(Ordering::SeqCst), 0, "the fast path is back");
     }
 
     #[test]
