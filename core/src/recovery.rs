@@ -32,6 +32,11 @@
 //!   `from`) and the node's delivery checkpoints (the ring's newest entries, flushed every
 //!   second, and all of them at a graceful shutdown) give a lower bound: nothing is lost,
 //!   and what that node delivered after its last checkpoint may come twice.
+//! * **Presence without the old node.** Every node delivers (and keeps, for the window)
+//!   every presence change. The old node's *marks*, `(seq, time)` written with each
+//!   checkpoint, say until when the client had them all; the new node replays its own from
+//!   a margin before that ([`presence_replay_from`]), or says it cannot when it started
+//!   later.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -284,6 +289,8 @@ pub(crate) struct Tracker {
 pub(crate) struct TrackState {
     /// The node sequence number of this attach (the connect, or the recovery).
     pub(crate) attach: u64,
+    /// When it attached (µs since the epoch).
+    pub(crate) attached_us: u64,
     /// By room.
     pub(crate) rooms: BTreeMap<Room, Floor>,
     /// What was sent before the rooms went live, in the order sent: the replayed events
@@ -316,6 +323,7 @@ impl Tracker {
             pid: Mutex::new(pid),
             state: Mutex::new(TrackState {
                 attach,
+                attached_us: crate::broker::now_us(),
                 ..TrackState::default()
             }),
         }
@@ -403,6 +411,9 @@ pub(crate) struct SessionRecord {
     pub(crate) tag: String,
     /// The node sequence number of its attach there.
     pub(crate) attach: u64,
+    /// When it attached there (µs since the epoch; 0 in records of older nodes).
+    #[serde(default)]
+    pub(crate) attached_us: u64,
     /// Its rooms.
     pub(crate) rooms: BTreeMap<Room, Floor>,
     /// `live`, `dropped` or `closing` (the node shut down).
@@ -417,6 +428,71 @@ pub(crate) fn session_key(pid: &str) -> String {
 /// The record key of node `node`'s delivery checkpoints.
 pub(crate) fn checkpoint_key(node: &str) -> String {
     format!("deliveries:{node}")
+}
+
+/// The record key of node `node`'s delivery marks (field `p`): recent `(node sequence,
+/// time)` pairs, which tell a node placing one of its sessions after it died from when to
+/// replay presence changes.
+pub(crate) fn marks_key(node: &str) -> String {
+    format!("marks:{node}")
+}
+
+/// How many delivery marks a node keeps in its record (one is written per checkpoint).
+pub(crate) const MARKS_KEPT: usize = 8;
+
+/// Encodes delivery marks: `seq:us,seq:us` (hex).
+pub(crate) fn encode_marks(marks: &[(u64, u64)]) -> String {
+    marks
+        .iter()
+        .map(|(s, us)| format!("{s:x}:{us:x}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Decodes delivery marks (unreadable ones are skipped).
+pub(crate) fn decode_marks(text: &str) -> Vec<(u64, u64)> {
+    text.split(',')
+        .filter_map(|e| e.split_once(':'))
+        .filter_map(|(s, us)| {
+            Some((
+                u64::from_str_radix(s, 16).ok()?,
+                u64::from_str_radix(us, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// How long a broadcast may take to reach a node: a presence change published this much
+/// before a node's mark had reached it by then.
+pub(crate) const PRESENCE_MARGIN_US: u64 = 2_000_000;
+
+/// From when (µs) a session placed without its old node replays presence changes. Every
+/// change published before the returned time reached the client before it dropped:
+/// - it had everything its old node delivered up to its sequence `seen`, so every change
+///   published a margin before a mark `(s, t)` with `s <= seen`;
+/// - it dropped at most `window` before `now_us`, so every change published a margin
+///   before that;
+/// - and nothing before it attached concerns it.
+pub(crate) fn presence_replay_from(
+    attached_us: u64,
+    seen: Option<u64>,
+    marks: &[(u64, u64)],
+    now_us: u64,
+    window_us: u64,
+) -> u64 {
+    let by_marks = seen
+        .and_then(|seen| {
+            marks
+                .iter()
+                .filter(|(s, _)| *s <= seen)
+                .map(|(_, t)| *t)
+                .max()
+        })
+        .unwrap_or(0);
+    by_marks
+        .max(now_us.saturating_sub(window_us))
+        .saturating_sub(PRESENCE_MARGIN_US)
+        .max(attached_us)
 }
 
 /// Encodes a room's checkpointed entries: `epoch|seq:n,seq:n` (hex seq).
@@ -544,6 +620,34 @@ mod tests {
         assert_eq!(rings.newest(&r, 2), [(30, pos(30)), (40, pos(40))]);
         assert_eq!(rings.take_changed(), std::slice::from_ref(&r));
         assert!(rings.take_changed().is_empty());
+    }
+
+    #[test]
+    fn presence_replays_from_the_last_mark_the_client_had_passed_less_a_margin() {
+        let s = 1_000_000u64;
+        let marks = vec![(10, 100 * s), (12, 101 * s), (20, 102 * s)];
+        assert_eq!(decode_marks(&encode_marks(&marks)), marks);
+        let window = 120 * s;
+        let now = 103 * s;
+        // It had seq 15: past the mark at 12 (101 s), not the one at 20.
+        assert_eq!(
+            presence_replay_from(0, Some(15), &marks, now, window),
+            99 * s
+        );
+        // No mark it passed, or no offset: from the window's start.
+        assert_eq!(
+            presence_replay_from(0, Some(5), &marks, 200 * s, window),
+            78 * s
+        );
+        assert_eq!(
+            presence_replay_from(0, None, &marks, 200 * s, window),
+            78 * s
+        );
+        // Nothing before it attached.
+        assert_eq!(
+            presence_replay_from(100 * s, Some(15), &marks, now, window),
+            100 * s
+        );
     }
 
     #[test]

@@ -53,7 +53,16 @@ pub(crate) struct Keeper {
     pub(crate) rings: Rings,
     pub(crate) tag: String,
     window: Duration,
-    presence: Mutex<VecDeque<(u64, Arc<Delivery>, Instant)>>,
+    presence: Mutex<PresenceKept>,
+}
+
+/// The presence changes a node delivered, for the recovery window.
+struct PresenceKept {
+    /// `(seq, delivery, when)`, oldest first.
+    entries: VecDeque<(u64, Arc<Delivery>, Instant)>,
+    /// The newest publish time (µs) of a change this node no longer holds: from when the
+    /// node started (it holds nothing older), then the newest dropped entry's.
+    complete_after_us: u64,
 }
 
 impl Keeper {
@@ -63,26 +72,53 @@ impl Keeper {
             rings: Rings::new(cap, window),
             tag,
             window,
-            presence: Mutex::new(VecDeque::new()),
+            presence: Mutex::new(PresenceKept {
+                entries: VecDeque::new(),
+                complete_after_us: crate::broker::now_us(),
+            }),
         }
     }
 
     fn keep_presence(&self, seq: u64, d: &Delivery) {
         let now = Instant::now();
         let mut p = self.presence.lock();
-        p.push_back((seq, Arc::new(d.clone()), now));
-        while p.len() > PRESENCE_KEPT
-            || p.front()
-                .is_some_and(|(_, _, at)| now.saturating_duration_since(*at) > self.window)
+        p.entries.push_back((seq, Arc::new(d.clone()), now));
+        // Kept a little longer than the window: a session placed without its old node
+        // replays from up to the window plus the margin ago.
+        let keep = self.window + 2 * Duration::from_micros(crate::recovery::PRESENCE_MARGIN_US);
+        while p.entries.len() > PRESENCE_KEPT
+            || p.entries
+                .front()
+                .is_some_and(|(_, _, at)| now.saturating_duration_since(*at) > keep)
         {
-            p.pop_front();
+            if let Some((_, gone, _)) = p.entries.pop_front() {
+                p.complete_after_us = p.complete_after_us.max(gone.published_us);
+            }
         }
+    }
+
+    /// The presence changes published after `us` (µs since the epoch), in the order this
+    /// node delivered them; `None` when it may not hold all of them (it started later, or
+    /// has dropped one as old).
+    pub(crate) fn presence_since(&self, us: u64) -> Option<Vec<Delivery>> {
+        let p = self.presence.lock();
+        if p.complete_after_us > us {
+            return None;
+        }
+        Some(
+            p.entries
+                .iter()
+                .filter(|(_, d, _)| d.published_us > us)
+                .map(|(_, d, _)| (**d).clone())
+                .collect(),
+        )
     }
 
     /// The presence changes delivered after node sequence `after`.
     pub(crate) fn presence_after(&self, after: u64) -> Vec<Delivery> {
         self.presence
             .lock()
+            .entries
             .iter()
             .filter(|(s, _, _)| *s > after)
             .map(|(_, d, _)| (**d).clone())
@@ -604,5 +640,44 @@ impl Rooms {
                     .count()
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(user: &str, published_us: u64) -> Delivery {
+        let mut d = Delivery::encode("user:online", None, &serde_json::json!({ "userId": user }))
+            .expect("encode");
+        d.published_us = published_us;
+        d
+    }
+
+    #[test]
+    fn presence_since_a_time_is_all_or_nothing() {
+        let k = Keeper::new("t".to_owned(), 8, Duration::from_secs(60));
+        let start = k.presence.lock().complete_after_us;
+        k.keep_presence(1, &change("a", start + 10));
+        k.keep_presence(2, &change("b", start + 20));
+        k.keep_presence(3, &change("c", start + 30));
+        let users = |v: Vec<Delivery>| -> Vec<String> {
+            v.iter().map(|d| d.payload.get().to_owned()).collect()
+        };
+        assert_eq!(
+            users(k.presence_since(start + 15).expect("held")),
+            [r#"{"userId":"b"}"#, r#"{"userId":"c"}"#]
+        );
+        // Before the node started: it cannot know what was published then.
+        assert!(k.presence_since(start.saturating_sub(1)).is_none());
+        // Dropping old entries moves what it can answer for.
+        for i in 0..PRESENCE_KEPT as u64 {
+            k.keep_presence(10 + i, &change("x", start + 100 + i));
+        }
+        assert!(k.presence_since(start + 15).is_none(), "a, b, c are gone");
+        assert!(
+            k.presence_since(start + 100 + PRESENCE_KEPT as u64)
+                .is_some()
+        );
     }
 }

@@ -762,6 +762,47 @@ for (const backend of BACKENDS) describe(`recovery across nodes on ${backend.nam
     });
   }
 
+  for (const how of ['SIGKILL', 'SIGTERM']) {
+    it(`presence changes it missed reach it when its node is gone (${how}): the new node replays its own, from where the old node's marks say`, async () => {
+      const [a, b] = await twoNodes();
+      const proxy = await startProxy(a.port);
+      try {
+        const conv = uid('conv');
+        const [dave, erin] = [uid('dave'), uid('erin')];
+        const socket = await connected(client(proxy.url, { token: signJwt({ sub: uid('alice') }), transports: ['websocket'] }));
+        await join(socket, conv);
+        const daveSock = io(b.url + NAMESPACE, { auth: { token: signJwt({ sub: dave }) }, transports: ['websocket'], forceNew: true });
+        open.add(daveSock);
+        await connected(daveSock);
+        const about = (user, event) => socket.got.filter((g) => g.event === event && g.args[0].userId === user);
+        await eventually(() => about(dave, 'user:online').length === 1, 5000);
+        await publish(a, conv, ['m0']);
+        await eventually(() => ids(socket).length === 1, 5000);
+        proxy.hold();
+        const gone = once(socket, 'disconnect');
+        await a.stop(how);
+        await gone;
+        // While the client is away: erin arrives, dave leaves.
+        const erinSock = io(b.url + NAMESPACE, { auth: { token: signJwt({ sub: erin }) }, transports: ['websocket'], forceNew: true });
+        open.add(erinSock);
+        await connected(erinSock);
+        daveSock.disconnect();
+        await eventually(async () => (await api(b, 'GET', `/api/v1/presence/${dave}`)).json.online === false, 5000);
+        proxy.retarget(b.port);
+        assert.equal(await back(proxy, socket), true);
+        await eventually(() => about(erin, 'user:online').length >= 1 && about(dave, 'user:offline').length >= 1, 5000);
+        // Replayed in order: dave's offline after his online; the last word on each is right.
+        const last = (user) => socket.got.filter((g) => (g.event === 'user:online' || g.event === 'user:offline') && g.args[0].userId === user).at(-1).event;
+        assert.equal(last(erin), 'user:online');
+        assert.equal(last(dave), 'user:offline');
+      } finally {
+        await proxy.close();
+        await a.stop();
+        await b.stop();
+      }
+    });
+  }
+
   it('native: a client that reconnects to another node recovers there', async () => {
     const [a, b] = await twoNodes();
     try {

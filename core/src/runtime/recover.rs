@@ -15,9 +15,9 @@ use crate::broker::{Delivery, History, Position, Room};
 use crate::hooks::{Direction, HookCtx, Source};
 use crate::limits::TokenBucket;
 use crate::recovery::{
-    CHECKPOINT_DEPTH, ClientOffset, Mark, SHUTDOWN_DEPTH, SessionRecord, Tracker, checkpoint_key,
-    decode_entries, encode_entries, lookup_in, merge_entries, new_pid, plausible_pid, resolve,
-    session_key,
+    CHECKPOINT_DEPTH, ClientOffset, MARKS_KEPT, Mark, SHUTDOWN_DEPTH, SessionRecord, Tracker,
+    checkpoint_key, decode_entries, decode_marks, encode_entries, encode_marks, lookup_in,
+    marks_key, merge_entries, new_pid, plausible_pid, presence_replay_from, resolve, session_key,
 };
 use crate::session::Session;
 use crate::transport::{CloseReason, Connection, TransportId};
@@ -410,9 +410,53 @@ impl Gateway {
                 })
         })
         .map_err(|e| e.0)?;
-        Ok(Plan {
-            rooms,
-            presence: Vec::new(),
+        let presence = self.presence_from_records(record, offset).await?;
+        Ok(Plan { rooms, presence })
+    }
+
+    /// The presence changes a session whose node is gone may have missed: this node's own,
+    /// from when the old node's marks (or the recovery window) say the client had them all
+    /// (less a margin, so some may come twice); an error when this node does not hold all
+    /// of them.
+    async fn presence_from_records(
+        &self,
+        record: &SessionRecord,
+        offset: Option<&ClientOffset>,
+    ) -> Result<Vec<Delivery>, String> {
+        let Some(keeper) = &self.0.rooms.keeper else {
+            return Ok(Vec::new());
+        };
+        let seen = offset
+            .filter(|o| o.tag == record.tag)
+            .and_then(|o| match o.mark {
+                Mark::Live(seq) => Some(seq),
+                // During a replay the missed presence changes were still to come.
+                Mark::Replay { .. } => None,
+            });
+        let marks = match seen {
+            Some(_) => self
+                .0
+                .broker
+                .get_record(&marks_key(&record.node), &["p".to_owned()])
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .next()
+                .flatten()
+                .map(|t| decode_marks(&t))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let window = self.0.config.recovery.max_disconnection.get();
+        let from = presence_replay_from(
+            record.attached_us,
+            seen,
+            &marks,
+            crate::broker::now_us(),
+            u64::try_from(window.as_micros()).unwrap_or(u64::MAX),
+        );
+        keeper.presence_since(from).ok_or_else(|| {
+            "this node does not hold every presence change the session may have missed".to_owned()
         })
     }
 
@@ -495,6 +539,34 @@ impl Gateway {
         let Some(k) = &self.0.rooms.keeper else {
             return;
         };
+        let depth = if shutdown {
+            SHUTDOWN_DEPTH
+        } else {
+            CHECKPOINT_DEPTH
+        };
+        let cfg = &self.0.config;
+        let ttl = cfg.recovery.max_disconnection.get() + cfg.history.ttl.get();
+        // Where this node's delivery order stands now, for presence replays without it.
+        let marks = {
+            let mut marks = self.0.marks.lock();
+            marks.push_back((self.0.rooms.current_seq(), crate::broker::now_us()));
+            while marks.len() > MARKS_KEPT {
+                marks.pop_front();
+            }
+            encode_marks(&marks.iter().copied().collect::<Vec<_>>())
+        };
+        if let Err(e) = self
+            .0
+            .broker
+            .put_record(
+                &marks_key(&self.0.node_id),
+                vec![("p".to_owned(), marks)],
+                ttl,
+            )
+            .await
+        {
+            self.backend_error("broker", &e.to_string());
+        }
         let rooms = if shutdown {
             k.rings.rooms()
         } else {
@@ -503,11 +575,6 @@ impl Gateway {
         if rooms.is_empty() {
             return;
         }
-        let depth = if shutdown {
-            SHUTDOWN_DEPTH
-        } else {
-            CHECKPOINT_DEPTH
-        };
         let mut fields = Vec::with_capacity(rooms.len());
         {
             let mut kept = self.0.checkpointed.lock();
@@ -519,8 +586,6 @@ impl Gateway {
                 kept.insert(room, merged);
             }
         }
-        let cfg = &self.0.config;
-        let ttl = cfg.recovery.max_disconnection.get() + cfg.history.ttl.get();
         if let Err(e) = self
             .0
             .broker
@@ -570,6 +635,7 @@ impl Inner {
                 node: self.node_id.to_string(),
                 tag: self.tag(),
                 attach: st.attach,
+                attached_us: st.attached_us,
                 rooms: st.rooms.clone(),
                 state: state.to_owned(),
             }
