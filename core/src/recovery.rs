@@ -33,10 +33,10 @@
 //!   second, and all of them at a graceful shutdown) give a lower bound: nothing is lost,
 //!   and what that node delivered after its last checkpoint may come twice.
 //! * **Presence without the old node.** Every node delivers (and keeps, for the window)
-//!   every presence change. The old node's *marks*, `(seq, time)` written with each
-//!   checkpoint, say until when the client had them all; the new node replays its own from
-//!   a margin before that ([`presence_replay_from`]), or says it cannot when it started
-//!   later.
+//!   every presence change. The old node's *marks*, written with each checkpoint (its
+//!   newest presence changes with their sequence numbers, and the time), say from when the
+//!   client missed them; the new node replays its own from a margin before that
+//!   ([`presence_replay_from`]), or says it cannot when it started later.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -430,69 +430,99 @@ pub(crate) fn checkpoint_key(node: &str) -> String {
     format!("deliveries:{node}")
 }
 
-/// The record key of node `node`'s delivery marks (field `p`): recent `(node sequence,
-/// time)` pairs, which tell a node placing one of its sessions after it died from when to
-/// replay presence changes.
+/// The record key of node `node`'s presence checkpoint (field `p`): when it was written,
+/// and the node's newest presence changes with their place in its delivery order.
 pub(crate) fn marks_key(node: &str) -> String {
     format!("marks:{node}")
 }
 
-/// How many delivery marks a node keeps in its record (one is written per checkpoint).
-pub(crate) const MARKS_KEPT: usize = 8;
+/// How many presence changes a node's presence checkpoint lists.
+pub(crate) const MARKS_KEPT: usize = 64;
 
-/// Encodes delivery marks: `seq:us,seq:us` (hex).
-pub(crate) fn encode_marks(marks: &[(u64, u64)]) -> String {
-    marks
-        .iter()
-        .map(|(s, us)| format!("{s:x}:{us:x}"))
-        .collect::<Vec<_>>()
-        .join(",")
+/// What a node wrote of its presence deliveries: as of when (µs), and its newest changes
+/// as `(seq, publish time in µs)`, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PresenceMarks {
+    pub(crate) as_of_us: u64,
+    pub(crate) changes: Vec<(u64, u64)>,
 }
 
-/// Decodes delivery marks (unreadable ones are skipped).
-pub(crate) fn decode_marks(text: &str) -> Vec<(u64, u64)> {
-    text.split(',')
-        .filter_map(|e| e.split_once(':'))
-        .filter_map(|(s, us)| {
-            Some((
-                u64::from_str_radix(s, 16).ok()?,
-                u64::from_str_radix(us, 16).ok()?,
-            ))
+impl PresenceMarks {
+    /// `as_of|seq:us,seq:us` (hex).
+    pub(crate) fn encode(&self) -> String {
+        let changes = self
+            .changes
+            .iter()
+            .map(|(s, us)| format!("{s:x}:{us:x}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        format!("{:x}|{changes}", self.as_of_us)
+    }
+
+    /// Reads [`encode`](Self::encode)'s text; `None` when it is not one.
+    pub(crate) fn decode(text: &str) -> Option<Self> {
+        let (as_of, changes) = text.split_once('|')?;
+        let changes = changes
+            .split(',')
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let (s, us) = e.split_once(':')?;
+                Some((
+                    u64::from_str_radix(s, 16).ok()?,
+                    u64::from_str_radix(us, 16).ok()?,
+                ))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(PresenceMarks {
+            as_of_us: u64::from_str_radix(as_of, 16).ok()?,
+            changes,
         })
-        .collect()
+    }
 }
 
 /// How long a broadcast may take to reach a node: a presence change published this much
-/// before a node's mark had reached it by then.
+/// before a node wrote its marks had reached it by then.
 pub(crate) const PRESENCE_MARGIN_US: u64 = 2_000_000;
 
-/// From when (µs) a session placed without its old node replays presence changes. Every
-/// change published before the returned time reached the client before it dropped:
-/// - it had everything its old node delivered up to its sequence `seen`, so every change
-///   published a margin before a mark `(s, t)` with `s <= seen`;
-/// - it dropped at most `window` before `now_us`, so every change published a margin
-///   before that;
-/// - and nothing before it attached concerns it.
+/// From when (µs) a session placed without its old node replays presence changes; the
+/// client had, on the old node, every change delivered up to its sequence `seen` (its last
+/// event's, or its attach's):
+/// - changes the old node delivered after `seen` are in its marks: from the earliest's
+///   publish time (if the marks reach back to `seen`);
+/// - none after `seen`: the client had every change published a margin before the marks
+///   were written;
+/// - no marks, or not reaching back: the client dropped at most `window` before `now_us`,
+///   so it had every change published a margin before that.
+///
+/// Always a margin earlier (a change may reach nodes in another order), but never before
+/// the client attached.
 pub(crate) fn presence_replay_from(
     attached_us: u64,
-    seen: Option<u64>,
-    marks: &[(u64, u64)],
+    seen: u64,
+    marks: Option<&PresenceMarks>,
     now_us: u64,
     window_us: u64,
 ) -> u64 {
-    let by_marks = seen
-        .and_then(|seen| {
-            marks
+    let fallback = now_us.saturating_sub(window_us);
+    let known = match marks {
+        None => fallback,
+        Some(m) => {
+            let after: Vec<u64> = m
+                .changes
                 .iter()
-                .filter(|(s, _)| *s <= seen)
-                .map(|(_, t)| *t)
-                .max()
-        })
-        .unwrap_or(0);
-    by_marks
-        .max(now_us.saturating_sub(window_us))
-        .saturating_sub(PRESENCE_MARGIN_US)
-        .max(attached_us)
+                .filter(|(s, _)| *s > seen)
+                .map(|(_, us)| *us)
+                .collect();
+            let reaches_back =
+                m.changes.len() < MARKS_KEPT || m.changes.first().is_some_and(|(s, _)| *s <= seen);
+            match after.iter().min() {
+                None => m.as_of_us,
+                Some(_) if !reaches_back => fallback,
+                Some(earliest) => *earliest,
+            }
+        }
+    };
+    known.saturating_sub(PRESENCE_MARGIN_US).max(attached_us)
 }
 
 /// Encodes a room's checkpointed entries: `epoch|seq:n,seq:n` (hex seq).
@@ -623,30 +653,41 @@ mod tests {
     }
 
     #[test]
-    fn presence_replays_from_the_last_mark_the_client_had_passed_less_a_margin() {
+    fn presence_replays_from_what_the_old_node_delivered_after_the_client_s_last_event() {
         let s = 1_000_000u64;
-        let marks = vec![(10, 100 * s), (12, 101 * s), (20, 102 * s)];
-        assert_eq!(decode_marks(&encode_marks(&marks)), marks);
         let window = 120 * s;
-        let now = 103 * s;
-        // It had seq 15: past the mark at 12 (101 s), not the one at 20.
+        let now = 300 * s;
+        let marks = PresenceMarks {
+            as_of_us: 299 * s,
+            changes: vec![(10, 200 * s), (12, 250 * s), (20, 290 * s)],
+        };
+        assert_eq!(PresenceMarks::decode(&marks.encode()), Some(marks.clone()));
+        assert_eq!(PresenceMarks::decode("nonsense"), None);
+        // It had seq 15: the change at 20 (290 s) is the first it missed.
         assert_eq!(
-            presence_replay_from(0, Some(15), &marks, now, window),
-            99 * s
+            presence_replay_from(0, 15, Some(&marks), now, window),
+            288 * s
         );
-        // No mark it passed, or no offset: from the window's start.
+        // It had everything the node delivered: from the marks' time.
         assert_eq!(
-            presence_replay_from(0, Some(5), &marks, 200 * s, window),
-            78 * s
+            presence_replay_from(0, 25, Some(&marks), now, window),
+            297 * s
         );
+        // No marks: from the window's start.
+        assert_eq!(presence_replay_from(0, 25, None, now, window), 178 * s);
+        // Never before it attached.
         assert_eq!(
-            presence_replay_from(0, None, &marks, 200 * s, window),
-            78 * s
+            presence_replay_from(295 * s, 25, None, now, window),
+            295 * s
         );
-        // Nothing before it attached.
+        // Marks that do not reach back to what it had: from the window's start.
+        let full = PresenceMarks {
+            as_of_us: 299 * s,
+            changes: (100..100 + MARKS_KEPT as u64).map(|i| (i, i * s)).collect(),
+        };
         assert_eq!(
-            presence_replay_from(100 * s, Some(15), &marks, now, window),
-            100 * s
+            presence_replay_from(0, 50, Some(&full), now, window),
+            178 * s
         );
     }
 

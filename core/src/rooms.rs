@@ -114,6 +114,17 @@ impl Keeper {
         )
     }
 
+    /// The newest `k` presence changes as `(seq, publish time in µs)`, oldest first.
+    pub(crate) fn newest_presence(&self, k: usize) -> Vec<(u64, u64)> {
+        let p = self.presence.lock();
+        let skip = p.entries.len().saturating_sub(k);
+        p.entries
+            .iter()
+            .skip(skip)
+            .map(|(s, d, _)| (*s, d.published_us))
+            .collect()
+    }
+
     /// The presence changes delivered after node sequence `after`.
     pub(crate) fn presence_after(&self, after: u64) -> Vec<Delivery> {
         self.presence

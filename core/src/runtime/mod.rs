@@ -84,8 +84,6 @@ pub(crate) struct Inner {
     /// The delivery checkpoints last written, by room.
     pub(crate) checkpointed:
         Mutex<HashMap<crate::broker::Room, Vec<(u64, crate::broker::Position)>>>,
-    /// The node's recent delivery marks `(sequence, µs)`, one per checkpoint.
-    pub(crate) marks: Mutex<std::collections::VecDeque<(u64, u64)>>,
 }
 
 /// A dropped session this node keeps for recovery, and when it dropped.
@@ -205,7 +203,6 @@ impl Gateway {
                 dropped: Mutex::new(HashMap::new()),
                 by_pid: Mutex::new(HashMap::new()),
                 checkpointed: Mutex::new(HashMap::new()),
-                marks: Mutex::new(std::collections::VecDeque::new()),
             }
         });
         Gateway(inner)

@@ -15,9 +15,9 @@ use crate::broker::{Delivery, History, Position, Room};
 use crate::hooks::{Direction, HookCtx, Source};
 use crate::limits::TokenBucket;
 use crate::recovery::{
-    CHECKPOINT_DEPTH, ClientOffset, MARKS_KEPT, Mark, SHUTDOWN_DEPTH, SessionRecord, Tracker,
-    checkpoint_key, decode_entries, decode_marks, encode_entries, encode_marks, lookup_in,
-    marks_key, merge_entries, new_pid, plausible_pid, presence_replay_from, resolve, session_key,
+    CHECKPOINT_DEPTH, ClientOffset, MARKS_KEPT, Mark, PresenceMarks, SHUTDOWN_DEPTH, SessionRecord,
+    Tracker, checkpoint_key, decode_entries, encode_entries, lookup_in, marks_key, merge_entries,
+    new_pid, plausible_pid, presence_replay_from, resolve, session_key,
 };
 use crate::session::Session;
 use crate::transport::{CloseReason, Connection, TransportId};
@@ -415,7 +415,7 @@ impl Gateway {
     }
 
     /// The presence changes a session whose node is gone may have missed: this node's own,
-    /// from when the old node's marks (or the recovery window) say the client had them all
+    /// from when the old node's marks (or the recovery window) say the client missed them
     /// (less a margin, so some may come twice); an error when this node does not hold all
     /// of them.
     async fn presence_from_records(
@@ -432,26 +432,23 @@ impl Gateway {
                 Mark::Live(seq) => Some(seq),
                 // During a replay the missed presence changes were still to come.
                 Mark::Replay { .. } => None,
-            });
-        let marks = match seen {
-            Some(_) => self
-                .0
-                .broker
-                .get_record(&marks_key(&record.node), &["p".to_owned()])
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .next()
-                .flatten()
-                .map(|t| decode_marks(&t))
-                .unwrap_or_default(),
-            None => Vec::new(),
-        };
+            })
+            .unwrap_or(record.attach);
+        let marks = self
+            .0
+            .broker
+            .get_record(&marks_key(&record.node), &["p".to_owned()])
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+            .flatten()
+            .and_then(|t| PresenceMarks::decode(&t));
         let window = self.0.config.recovery.max_disconnection.get();
         let from = presence_replay_from(
             record.attached_us,
             seen,
-            &marks,
+            marks.as_ref(),
             crate::broker::now_us(),
             u64::try_from(window.as_micros()).unwrap_or(u64::MAX),
         );
@@ -546,15 +543,13 @@ impl Gateway {
         };
         let cfg = &self.0.config;
         let ttl = cfg.recovery.max_disconnection.get() + cfg.history.ttl.get();
-        // Where this node's delivery order stands now, for presence replays without it.
-        let marks = {
-            let mut marks = self.0.marks.lock();
-            marks.push_back((self.0.rooms.current_seq(), crate::broker::now_us()));
-            while marks.len() > MARKS_KEPT {
-                marks.pop_front();
-            }
-            encode_marks(&marks.iter().copied().collect::<Vec<_>>())
-        };
+        // This node's newest presence changes and where they sit in its order, for
+        // replays without it.
+        let marks = PresenceMarks {
+            as_of_us: crate::broker::now_us(),
+            changes: k.newest_presence(MARKS_KEPT),
+        }
+        .encode();
         if let Err(e) = self
             .0
             .broker
