@@ -7,7 +7,9 @@
 //! - presence tells the truth once the link heals: nobody online who left, nobody offline
 //!   who stayed;
 //! - `/readyz` answers 503 on the node that lost Redis while the fault lasts, 200 elsewhere;
-//! - once every socket has gone, no room subscription and no presence key is left.
+//! - once every socket has gone, no room subscription and no presence key is left;
+//! - a control call answered while a node was cut off (so not asked) holds there too once
+//!   it is back, before that node delivers any room's events again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -406,4 +408,119 @@ async fn a_half_open_link_is_found_out_and_replaced() {
         assert_once_in_order(who, &ids(s));
     }
     assert_nothing_left(net, vec![('a', ssa), ('b', ssb)]).await;
+}
+
+/// The node ids `n` lists as alive (`GET /api/v1/nodes`).
+async fn alive(n: &TestNode) -> Vec<String> {
+    let (_, v) = n.call("GET", "/api/v1/nodes", None).await;
+    v["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_calls_made_while_a_node_was_cut_off_hold_there_before_it_delivers_again() {
+    let net = net().await;
+    let conv = "revoke";
+    let room = format!("conversation:{conv}");
+    let (u1a, s1a) = net.a.connect("u1").await;
+    let (u1b, s1b) = net.b.connect("u1").await;
+    let (u2b, s2b) = net.b.connect("u2").await;
+    let (_u3a, s3a) = net.a.connect("u3").await;
+    let (u3b, s3b) = net.b.connect("u3").await;
+    for (n, s) in [
+        (&net.a, &s1a),
+        (&net.b, &s1b),
+        (&net.b, &s2b),
+        (&net.a, &s3a),
+        (&net.b, &s3b),
+    ] {
+        n.join(s, conv).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            alive(&net.a).await.len() == 2
+        })
+        .await,
+        "A sees both nodes"
+    );
+
+    net.pb.set(Fault::Partition);
+    // Until A no longer counts B as alive, a call fails naming B; after, it is not asked.
+    let cut_off = eventually(Duration::from_secs(15), || async {
+        alive(&net.a).await.len() == 1
+    })
+    .await;
+    assert!(cut_off, "B still alive for A: {:?}", alive(&net.a).await);
+    let (st, body) = net
+        .a
+        .call(
+            "POST",
+            "/api/v1/rooms/leave",
+            Some(serde_json::json!({"room": room, "userId": "u1"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let (st, body) = net
+        .a
+        .call(
+            "POST",
+            "/api/v1/users/u3/disconnect",
+            Some(serde_json::json!({"reason": "banned"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    net.pb.set(Fault::None);
+    assert!(
+        eventually(Duration::from_secs(15), || net.b.ready()).await,
+        "B ready again after the partition"
+    );
+
+    // B took u1 out of the room and closed u3's socket before it delivered again.
+    assert_eq!(
+        u1b.got("conversation:left"),
+        vec![serde_json::json!({"conversationId": conv, "success": true})],
+        "u1 on B was told it left: {:?}",
+        u1b.sent.lock()
+    );
+    assert!(!s1b.in_room(&room), "u1 on B still in the room");
+    assert_eq!(*u3b.closed.lock(), Some(switchboard::CloseReason::Kicked));
+    assert!(
+        u3b.got("error")
+            .iter()
+            .any(|e| e["message"].as_str().is_some_and(|m| m.contains("banned"))),
+        "u3 on B was not told why: {:?}",
+        u3b.sent.lock()
+    );
+    for seq in 0..5 {
+        assert_eq!(
+            net.a.publish(conv, &format!("a-{seq}")).await,
+            StatusCode::OK
+        );
+    }
+    let all = eventually(Duration::from_secs(5), || async { ids(&u2b).len() == 5 }).await;
+    assert!(all, "u2 on B got {:?}", ids(&u2b));
+    assert!(
+        ids(&u1b).is_empty(),
+        "u1 on B got {:?} after its leave",
+        ids(&u1b)
+    );
+    assert!(
+        ids(&u1a).is_empty(),
+        "u1 on A got {:?} after its leave",
+        ids(&u1a)
+    );
+    assert!(
+        ids(&u3b).is_empty(),
+        "u3 on B got {:?} after its disconnect",
+        ids(&u3b)
+    );
+    net.b.gw.disconnect(&s3b).await;
+    net.a.gw.disconnect(&s3a).await;
+    assert_nothing_left(net, vec![('a', s1a), ('b', s1b), ('b', s2b)]).await;
 }

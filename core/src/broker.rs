@@ -241,6 +241,17 @@ pub struct History {
 pub type ControlHandler =
     Arc<dyn Fn(Value) -> Pin<Box<dyn Future<Output = Value> + Send>> + Send + Sync>;
 
+/// A control request as the control log keeps it ([`RoomBroker::log_control`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedControl {
+    /// The entry's id in the log.
+    pub id: String,
+    /// When it was written (ms since the epoch, by the log's clock).
+    pub at_ms: u64,
+    /// The request.
+    pub request: Value,
+}
+
 /// Where a broker hands deliveries: the node's own local delivery, run by the core.
 ///
 /// Calling [`Inbox::deliver`] writes the event to this node's members of its room (or, for a
@@ -452,6 +463,25 @@ pub trait RoomBroker: Send + Sync + 'static {
     ) -> Result<Value, BrokerError> {
         let _ = (request, timeout);
         Err(BrokerError::Unsupported(format!("no node `{node}` to ask")))
+    }
+
+    /// Appends a control request about a user's sockets (join, leave, disconnect) to the
+    /// cluster's control log, before the nodes alive are asked; answers the entry's id.
+    ///
+    /// A node that was cut off from the other nodes (so not asked) reads the entries it
+    /// missed ([`control_log`](Self::control_log)) and carries them out, through its
+    /// [`Inbox::answer`], before it receives any room's events again. `None`: a broker that
+    /// links no nodes keeps no log.
+    async fn log_control(&self, request: &Value) -> Result<Option<String>, BrokerError> {
+        let _ = request;
+        Ok(None)
+    }
+
+    /// The control log's entries written at or after `since_ms` (ms since the epoch, by the
+    /// log's clock), oldest first: each entry's id, when it was written, and its request.
+    async fn control_log(&self, since_ms: u64) -> Result<Vec<LoggedControl>, BrokerError> {
+        let _ = since_ms;
+        Ok(Vec::new())
     }
 
     /// The ids of the nodes that share this broker and are alive now, this one included;

@@ -418,6 +418,10 @@ pub(crate) struct SessionRecord {
     pub(crate) rooms: BTreeMap<Room, Floor>,
     /// `live`, `dropped` or `closing` (the node shut down).
     pub(crate) state: String,
+    /// When it was written (ms since the epoch, by its node's clock; 0 in records of older
+    /// nodes).
+    #[serde(default)]
+    pub(crate) saved_ms: u64,
 }
 
 /// The record key of session `pid`.

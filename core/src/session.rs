@@ -38,6 +38,8 @@ pub struct Session {
     pub(crate) tracker: Option<Tracker>,
     /// Turns `true` once the core has unregistered the closed session.
     pub(crate) ended: tokio::sync::watch::Sender<bool>,
+    /// When it connected (ms since the epoch, by this node's clock).
+    pub(crate) connected_ms: u64,
 }
 
 impl std::fmt::Debug for Session {
@@ -64,6 +66,7 @@ impl Session {
             expiry: Mutex::new(None),
             tracker,
             ended: tokio::sync::watch::Sender::new(false),
+            connected_ms: crate::broker::now_us() / 1000,
         }
     }
 

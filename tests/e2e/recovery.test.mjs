@@ -275,6 +275,45 @@ for (const transports of TRANSPORTS) {
       assert.deepEqual(ids(socket).filter((m) => /^m\d/.test(m)), ['m0'], 'nothing replayed');
     });
 
+    it('rooms/leave while the client is away: it recovers without that room, and nothing of it is replayed or reaches it', async () => {
+      const user = uid('alice');
+      const kept = uid('kept');
+      const revoked = uid('revoked');
+      const socket = await connected(client(proxy.url, { token: signJwt({ sub: user }), transports }));
+      await join(socket, kept);
+      await join(socket, revoked);
+      await drop(proxy, socket);
+      await publish(server, kept, ['k0']);
+      await publish(server, revoked, ['r0']);
+      // 404 once the node saw the transport go (a session waiting for its client is not a
+      // socket); 200 while it had not yet (a long-polling client's absence shows later).
+      const r = await api(server, 'POST', '/api/v1/rooms/leave', { body: { room: `conversation:${revoked}`, userId: user } });
+      assert.ok([200, 404].includes(r.status), JSON.stringify(r.json));
+      await publish(server, revoked, ['r1']);
+      await publish(server, kept, ['k1']);
+      assert.equal(await back(proxy, socket), true);
+      await eventually(() => ids(socket, kept).length >= 2, 5000);
+      await publish(server, revoked, ['r2']);
+      await publish(server, kept, ['k2']);
+      await eventually(() => ids(socket, kept).includes('k2'), 5000);
+      assert.deepEqual(ids(socket, kept), ['k0', 'k1', 'k2']);
+      assert.deepEqual(ids(socket, revoked), [], 'an event of the room the backend took it out of');
+    });
+
+    it('users/{id}/disconnect while the client is away: it is not recovered, and is in no room', async () => {
+      const user = uid('alice');
+      const conv = uid('conv');
+      const socket = await connected(client(proxy.url, { token: signJwt({ sub: user }), transports }));
+      await join(socket, conv);
+      await drop(proxy, socket);
+      await publish(server, conv, ['m0']);
+      const r = await api(server, 'POST', `/api/v1/users/${user}/disconnect`, { body: { reason: 'banned' } });
+      assert.ok([200, 404].includes(r.status), JSON.stringify(r.json));
+      assert.equal(await back(proxy, socket), false, 'a disconnected user does not get its session back');
+      await assertInNoRoom(server, socket, [conv]);
+      assert.deepEqual(ids(socket).filter((m) => /^m\d/.test(m)), [], 'nothing replayed');
+    });
+
     it('a client that disconnected on purpose starts afresh', async () => {
       const conv = uid('conv');
       const socket = await connected(client(proxy.url, { token: signJwt({ sub: 'alice' }), transports }));
@@ -761,6 +800,40 @@ for (const backend of BACKENDS) describe(`recovery across nodes on ${backend.nam
       }
     });
   }
+
+  it('rooms/leave after the node that held the client died: it recovers on another node without that room', async () => {
+    const [a, b] = await twoNodes();
+    const proxy = await startProxy(a.port);
+    try {
+      const user = uid('alice');
+      const kept = uid('kept');
+      const revoked = uid('revoked');
+      const socket = await connected(client(proxy.url, { token: signJwt({ sub: user }), transports: ['websocket'] }));
+      await join(socket, kept);
+      await join(socket, revoked);
+      proxy.hold();
+      const gone = once(socket, 'disconnect');
+      await a.stop('SIGKILL');
+      await gone;
+      proxy.retarget(b.port);
+      // Once B no longer counts A as alive, the call is not asked of A (and answers).
+      await eventually(async () => (await api(b, 'GET', '/api/v1/nodes')).json?.nodes?.length === 1, 15000);
+      const r = await api(b, 'POST', '/api/v1/rooms/leave', { body: { room: `conversation:${revoked}`, userId: user } });
+      assert.equal(r.status, 404, JSON.stringify(r.json));
+      await publish(b, revoked, ['r0']);
+      await publish(b, kept, ['k0']);
+      assert.equal(await back(proxy, socket), true, 'recovered from the records of the node that died');
+      await publish(b, revoked, ['r1']);
+      await publish(b, kept, ['k1']);
+      await eventually(() => ids(socket, kept).includes('k1'), 5000);
+      assert.deepEqual(ids(socket, kept), ['k0', 'k1']);
+      assert.deepEqual(ids(socket, revoked), [], 'an event of the room the backend took it out of');
+    } finally {
+      await proxy.close();
+      await a.stop();
+      await b.stop();
+    }
+  });
 
   for (const how of ['SIGKILL', 'SIGTERM']) {
     it(`presence changes it missed reach it when its node is gone (${how}): the new node replays its own, from where the old node's marks say`, async () => {

@@ -21,6 +21,8 @@ pub(crate) struct Sock {
     id: ConnId,
     /// `(event, payload)`, in the order sent.
     pub(crate) sent: Mutex<Vec<(String, Value)>>,
+    /// Why the server closed it, once it did.
+    pub(crate) closed: Mutex<Option<CloseReason>>,
 }
 
 impl Sock {
@@ -29,6 +31,7 @@ impl Sock {
         Arc::new(Sock {
             id: ConnId::new(id.into()),
             sent: Mutex::default(),
+            closed: Mutex::default(),
         })
     }
 
@@ -51,7 +54,9 @@ impl Connection for Sock {
         let v = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
         self.sent.lock().push((event.to_owned(), v));
     }
-    fn close(&self, _reason: CloseReason) {}
+    fn close(&self, reason: CloseReason) {
+        *self.closed.lock() = Some(reason);
+    }
 }
 
 /// A node built from TOML and started, its API key `k`.

@@ -5,15 +5,25 @@
 //! A call is answered only once every node alive has answered (through the broker's
 //! [`ask`](crate::RoomBroker::ask); this node directly). A node that does not answer in
 //! time fails the call, naming it: never an answer that does not hold.
+//!
+//! A call about a user's sockets (join, leave, disconnect) is first written to the broker's
+//! control log ([`log_control`](crate::RoomBroker::log_control)): a node cut off from the
+//! others long enough not to count as alive is not asked, and carries the call out from
+//! the log before it receives any room's events again (a *replay*: only the sockets that
+//! connected before the call, and each entry once). A session that dropped and waits for
+//! its client to come back is part of it too: a leave takes the room out of what it will
+//! recover, a disconnect forgets it; a session recovered from the records of a node that
+//! is gone is checked against the log as well.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use super::{Gateway, Inner};
 use crate::broker::Room;
+use crate::recovery::session_key;
 use crate::session::Session;
 use crate::transport::CloseReason;
 
@@ -21,6 +31,44 @@ use crate::transport::CloseReason;
 pub(crate) const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a disconnect waits for a closed socket to be gone from its node.
 const CLOSE_WAIT: Duration = Duration::from_millis(1500);
+
+/// How much later than a logged call a socket may have connected (by this node's clock)
+/// and still be one the call was about: clocks of nodes and Redis disagree a little, and
+/// doing a leave or a disconnect to a socket that came just after it is the safe side.
+pub(crate) const CLOCK_ALLOWANCE_MS: u64 = 1000;
+/// How long this node remembers the log entries it carried out.
+const APPLIED_FOR: Duration = Duration::from_secs(15 * 60);
+/// At most this many remembered entries.
+const APPLIED_MAX: usize = 100_000;
+
+/// The control log entries this node carried out lately (a replay skips them).
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    ids: HashSet<String>,
+    order: VecDeque<(String, Instant)>,
+}
+
+impl Applied {
+    /// Remembers entry `id`; whether it was new.
+    pub(crate) fn insert(&mut self, id: &str) -> bool {
+        let now = Instant::now();
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, t)| now.duration_since(*t) > APPLIED_FOR)
+            || self.order.len() >= APPLIED_MAX
+        {
+            if let Some((old, _)) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        if !self.ids.insert(id.to_owned()) {
+            return false;
+        }
+        self.order.push_back((id.to_owned(), now));
+        true
+    }
+}
 
 /// A control call that did not hold on every node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +79,9 @@ pub enum ControlError {
     /// The list of nodes could not be read.
     #[error("could not list the nodes: {0}")]
     Nodes(String),
+    /// The call could not be written to the control log.
+    #[error("could not write the call to the control log: {0}")]
+    Log(String),
     /// The user has no socket on any node.
     #[error("user {0} has no socket on any node")]
     NoSuchUser(String),
@@ -163,8 +214,29 @@ impl Gateway {
 
 impl Inner {
     /// Answers a request of another node, or of this one's own [`Gateway::ask_all`].
+    ///
+    /// A request from the control log (`replay`) is carried out once, for the sockets that
+    /// connected before it was made (`at`).
     pub(crate) async fn control_local(self: &Arc<Self>, request: Value) -> Value {
         let kind = request.get("kind").and_then(Value::as_str).unwrap_or("");
+        let replay = request.get("replay").and_then(Value::as_bool) == Some(true);
+        if let Some(id) = request.get("log").and_then(Value::as_str) {
+            let fresh = self.control_applied.lock().insert(id);
+            if replay && !fresh {
+                return json!({ "sockets": 0, "of": 0, "skipped": true });
+            }
+        }
+        let before = replay.then(|| {
+            request
+                .get("at")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .saturating_add(CLOCK_ALLOWANCE_MS)
+        });
+        if replay {
+            let user = request.get("user").and_then(Value::as_str).unwrap_or("");
+            tracing::info!(kind = %kind, user = %user, "carrying out a control call this node missed");
+        }
         let text = |k: &str| {
             request
                 .get(k)
@@ -177,14 +249,17 @@ impl Inner {
             "info" => self.info(),
             "rooms" => self.local_rooms(&text("prefix")),
             "join" => {
-                self.join_user(&text("user"), Room::from(text("room")))
+                self.join_user(&text("user"), Room::from(text("room")), before)
                     .await
             }
             "leave" => {
-                self.leave_user(&text("user"), Room::from(text("room")))
+                self.leave_user(&text("user"), Room::from(text("room")), before)
                     .await
             }
-            "disconnect" => self.disconnect_user(&text("user"), &text("reason")).await,
+            "disconnect" => {
+                self.disconnect_user(&text("user"), &text("reason"), before)
+                    .await
+            }
             "send" => {
                 let event = text("event");
                 let data = request.get("data").cloned().unwrap_or(Value::Null);
@@ -197,6 +272,28 @@ impl Inner {
     /// This node's sessions of `user`.
     fn sessions_of(&self, user: &str) -> Vec<Arc<Session>> {
         self.per_user.lock().get(user).cloned().unwrap_or_default()
+    }
+
+    /// This node's sessions of `user` that connected before `before` (ms; all when `None`).
+    fn sessions_before(&self, user: &str, before: Option<u64>) -> Vec<Arc<Session>> {
+        let mut sessions = self.sessions_of(user);
+        if let Some(before) = before {
+            sessions.retain(|s| s.connected_ms <= before);
+        }
+        sessions
+    }
+
+    /// The dropped sessions of `user` this node keeps for recovery (those that connected
+    /// before `before`, when given), with their recovery ids.
+    fn dropped_of(&self, user: &str, before: Option<u64>) -> Vec<(Arc<str>, Arc<Session>)> {
+        self.dropped
+            .lock()
+            .iter()
+            .filter(|(_, (s, _))| {
+                *s.user_id() == *user && before.is_none_or(|b| s.connected_ms <= b)
+            })
+            .map(|(pid, (s, _))| (pid.clone(), s.clone()))
+            .collect()
     }
 
     fn info(&self) -> Value {
@@ -268,9 +365,9 @@ impl Inner {
         }
     }
 
-    async fn join_user(&self, user: &str, room: Room) -> Value {
+    async fn join_user(&self, user: &str, room: Room, before: Option<u64>) -> Value {
         let mut n = 0usize;
-        let sessions = self.sessions_of(user);
+        let sessions = self.sessions_before(user, before);
         let of = sessions.len();
         for session in sessions {
             let ticket = session.ticket();
@@ -292,10 +389,18 @@ impl Inner {
         json!({ "sockets": n, "of": of })
     }
 
-    async fn leave_user(&self, user: &str, room: Room) -> Value {
+    async fn leave_user(self: &Arc<Self>, user: &str, room: Room, before: Option<u64>) -> Value {
         let mut n = 0usize;
-        let sessions = self.sessions_of(user);
+        let sessions = self.sessions_before(user, before);
         let of = sessions.len();
+        // A session waiting for its client to come back does not get the room back.
+        for (_, session) in self.dropped_of(user, before) {
+            let Some(t) = &session.tracker else { continue };
+            let had = t.state.lock().rooms.remove(&room).is_some();
+            if had {
+                self.save_record(&session, "dropped").await;
+            }
+        }
         for session in sessions {
             let ticket = session.ticket();
             ticket.turn().await;
@@ -311,8 +416,18 @@ impl Inner {
         json!({ "sockets": n, "of": of })
     }
 
-    async fn disconnect_user(&self, user: &str, reason: &str) -> Value {
-        let sessions = self.sessions_of(user);
+    async fn disconnect_user(&self, user: &str, reason: &str, before: Option<u64>) -> Value {
+        // A session waiting for its client to come back is not recovered.
+        for (pid, session) in self.dropped_of(user, before) {
+            self.dropped.lock().remove(&pid);
+            if let Some(t) = &session.tracker {
+                t.state.lock().rooms.clear();
+            }
+            if let Err(e) = self.broker.delete_record(&session_key(&pid), &[]).await {
+                self.backend_error("broker", &e.to_string());
+            }
+        }
+        let sessions = self.sessions_before(user, before);
         let message = if reason.is_empty() {
             "Disconnected by the server".to_owned()
         } else {
@@ -426,7 +541,19 @@ impl Gateway {
 
     /// Carries out a request about `user` on every node; how many of the user's sockets it
     /// was done to.
-    async fn ask_user(&self, user: &str, request: Value) -> Result<u64, ControlError> {
+    ///
+    /// Written to the control log first: a node that is not asked (cut off long enough not
+    /// to count as alive) carries it out from there before it delivers any room's events.
+    async fn ask_user(&self, user: &str, mut request: Value) -> Result<u64, ControlError> {
+        let id = self
+            .0
+            .broker
+            .log_control(&request)
+            .await
+            .map_err(|e| ControlError::Log(e.to_string()))?;
+        if let (Some(id), Some(map)) = (id, request.as_object_mut()) {
+            map.insert("log".to_owned(), Value::from(id));
+        }
         let answers = self.ask_all(request).await?;
         Self::done_to(user, &answers)
     }
@@ -437,5 +564,34 @@ impl Gateway {
         let mut nodes: Vec<Value> = answers.into_iter().map(|(_, a)| a).collect();
         nodes.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
         Ok(nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_entry_is_new_once() {
+        let mut applied = Applied::default();
+        assert!(applied.insert("1-0"));
+        assert!(applied.insert("2-0"));
+        assert!(!applied.insert("1-0"), "carried out already");
+        assert!(!applied.insert("2-0"));
+        assert!(applied.insert("3-0"));
+    }
+
+    #[test]
+    fn the_oldest_entries_are_forgotten_past_the_bound() {
+        let mut applied = Applied::default();
+        for i in 0..=APPLIED_MAX {
+            applied.insert(&format!("{i}-0"));
+        }
+        assert_eq!(applied.order.len(), APPLIED_MAX);
+        assert!(applied.insert("0-0"), "the oldest was forgotten");
+        assert!(
+            !applied.insert(&format!("{APPLIED_MAX}-0")),
+            "the newest is kept"
+        );
     }
 }

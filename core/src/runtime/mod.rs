@@ -84,6 +84,8 @@ pub(crate) struct Inner {
     /// The delivery checkpoints last written, by room.
     pub(crate) checkpointed:
         Mutex<HashMap<crate::broker::Room, Vec<(u64, crate::broker::Position)>>>,
+    /// The control log entries this node carried out lately.
+    pub(crate) control_applied: Mutex<control::Applied>,
 }
 
 /// A dropped session this node keeps for recovery, and when it dropped.
@@ -203,6 +205,7 @@ impl Gateway {
                 dropped: Mutex::new(HashMap::new()),
                 by_pid: Mutex::new(HashMap::new()),
                 checkpointed: Mutex::new(HashMap::new()),
+                control_applied: Mutex::new(control::Applied::default()),
             }
         });
         Gateway(inner)

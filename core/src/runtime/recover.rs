@@ -383,6 +383,7 @@ impl Gateway {
         record: &SessionRecord,
         offset: Option<&ClientOffset>,
     ) -> Result<Plan, String> {
+        let record = &self.apply_control_log(record).await?;
         let fields: Vec<String> = record.rooms.keys().map(|r| r.to_string()).collect();
         let values = self
             .0
@@ -412,6 +413,40 @@ impl Gateway {
         .map_err(|e| e.0)?;
         let presence = self.presence_from_records(record, offset).await?;
         Ok(Plan { rooms, presence })
+    }
+
+    /// The record as the backend's control calls made since it was written leave it (its
+    /// node, gone, may not have carried them out): out of the rooms the user was taken out
+    /// of; an error when the user was disconnected.
+    async fn apply_control_log(&self, record: &SessionRecord) -> Result<SessionRecord, String> {
+        let mut record = record.clone();
+        let since = record
+            .saved_ms
+            .saturating_sub(super::control::CLOCK_ALLOWANCE_MS);
+        let log = self
+            .0
+            .broker
+            .control_log(since)
+            .await
+            .map_err(|e| format!("the control log cannot be read: {e}"))?;
+        for entry in log {
+            let r = &entry.request;
+            if r.get("user").and_then(Value::as_str) != Some(record.sub.as_str()) {
+                continue;
+            }
+            match r.get("kind").and_then(Value::as_str) {
+                Some("disconnect") => {
+                    return Err("the backend disconnected the user since".to_owned());
+                }
+                Some("leave") => {
+                    if let Some(room) = r.get("room").and_then(Value::as_str) {
+                        record.rooms.remove(&Room::from(room));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(record)
     }
 
     /// The presence changes a session whose node is gone may have missed: this node's own,
@@ -633,6 +668,7 @@ impl Inner {
                 attached_us: st.attached_us,
                 rooms: st.rooms.clone(),
                 state: state.to_owned(),
+                saved_ms: crate::broker::now_us() / 1000,
             }
         };
         let Ok(text) = serde_json::to_string(&record) else {

@@ -90,6 +90,7 @@
 //! sharded_pubsub = false
 //! ```
 
+mod control_log;
 mod history;
 mod nodes;
 mod slots;
@@ -298,6 +299,9 @@ struct Inner {
     /// The next publish's number.
     next_publish: AtomicU64,
     outcomes: Outcomes,
+    /// The Redis server's clock (ms) at this node's last beat while every channel was
+    /// subscribed: control calls made before it reached this node (see [`control_log`]).
+    control_covered_ms: AtomicU64,
 }
 
 /// A broker error for a failed Redis command.
@@ -405,6 +409,7 @@ impl RedisBroker {
                 last_decode_warning: Mutex::new(None),
                 next_publish: AtomicU64::new(random_u64()),
                 outcomes: Outcomes::default(),
+                control_covered_ms: AtomicU64::new(0),
             }),
         })
     }
@@ -586,9 +591,15 @@ impl Inner {
     }
 
     /// Subscribes the broadcast channel and every subscribed room, lock shard by lock shard.
+    ///
+    /// First the node is put in the set of nodes alive and its control channel subscribed
+    /// (so control calls from now on ask it), then it carries out the control calls it may
+    /// have missed ([`control_log`]), and only then are rooms subscribed.
     async fn resubscribe(&self) -> Result<usize, BrokerError> {
+        let now_ms = self.beat().await?;
         self.subscribe_channels(vec![self.broadcast.clone(), self.control.clone()])
             .await?;
+        self.replay_control(now_ms).await?;
         let mut total = 0;
         for shard in self.rooms.iter() {
             let rooms = shard.lock().await;
@@ -974,6 +985,20 @@ impl RoomBroker for RedisBroker {
         timeout: Duration,
     ) -> Result<serde_json::Value, BrokerError> {
         self.inner.ask(node, request, timeout).await
+    }
+
+    async fn log_control(
+        &self,
+        request: &serde_json::Value,
+    ) -> Result<Option<String>, BrokerError> {
+        self.inner.log_control(request).await.map(Some)
+    }
+
+    async fn control_log(
+        &self,
+        since_ms: u64,
+    ) -> Result<Vec<switchboard_core::broker::LoggedControl>, BrokerError> {
+        self.inner.control_log(since_ms).await
     }
 
     async fn nodes(&self) -> Result<Vec<String>, BrokerError> {

@@ -7,7 +7,8 @@
 //! answer, and fails naming it). A node that stops cleanly leaves the set at once.
 
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use fred::prelude::Value as RedisValue;
 use fred::types::scripts::Script;
@@ -42,9 +43,11 @@ impl Inner {
             .await
     }
 
-    /// Writes this node's heartbeat, and forgets nodes silent for long.
-    pub(crate) async fn beat(&self) -> Result<(), BrokerError> {
-        self.nodes_script("beat").await.map(|_| ())
+    /// Writes this node's heartbeat, and forgets nodes silent for long; the server's clock
+    /// (ms).
+    pub(crate) async fn beat(&self) -> Result<u64, BrokerError> {
+        let v = self.nodes_script("beat").await?;
+        Ok(v.as_u64().unwrap_or(0))
     }
 
     /// The ids of the nodes alive now, this one included.
@@ -68,14 +71,27 @@ impl Inner {
 }
 
 /// Beats every [`BEAT`] until the broker is gone.
+///
+/// A beat while every channel is subscribed moves the point up to which control calls
+/// reached this node; a beat that succeeds after the node may have dropped out of the set
+/// (its beats failing for longer than [`ALIVE`] less a beat) asks for a subscription pass,
+/// which carries out the control calls it missed.
 pub(crate) async fn heartbeat(inner: std::sync::Weak<Inner>) {
     let mut tick = tokio::time::interval(BEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ok = Instant::now();
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         // A failed beat is the connection's business (reported by its health); try again.
-        let _ = inner.beat().await;
+        if let Ok(ms) = inner.beat().await {
+            if last_ok.elapsed() > ALIVE.saturating_sub(BEAT) {
+                inner.resync.notify_one();
+            } else if inner.subscribed.load(Ordering::SeqCst) && ms > 0 {
+                inner.control_covered_ms.fetch_max(ms, Ordering::SeqCst);
+            }
+            last_ok = Instant::now();
+        }
         // Every connection answers a PING now and then, the idle ones and the subscriber
         // included, so one that went half-open is replaced within the command timeout
         // instead of being found out when a publish needs it (or never, for a subscriber).

@@ -7,7 +7,7 @@ local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 if ARGV[2] == 'beat' then
   redis.call('ZADD', KEYS[1], ms, ARGV[1])
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - tonumber(ARGV[4]))
-  return 1
+  return ms
 end
 if ARGV[2] == 'leave' then
   return redis.call('ZREM', KEYS[1], ARGV[1])
