@@ -10,11 +10,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
 use crate::runtime::{Gateway, Publish, PublishError};
 
 mod admin;
+mod layers;
 
 /// A JSON error response `{"error": ..., "details": ...}`.
 #[derive(Debug)]
@@ -65,10 +65,7 @@ pub fn router(gw: Gateway) -> Router {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/{*rest}", axum::routing::any(api_not_found))
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            gw.clone(),
-            require_key,
-        ))
+        .layer(layers::KeyLayer(gw.clone()))
         .layer(DefaultBodyLimit::max(body_limit));
     let mut router = Router::new()
         .route("/healthz", get(healthz))
@@ -79,32 +76,8 @@ pub fn router(gw: Gateway) -> Router {
         router = router.merge(admin::router());
     }
     router
-        .route_layer(axum::middleware::from_fn_with_state(
-            gw.clone(),
-            count_request,
-        ))
+        .route_layer(layers::CountLayer(gw.clone()))
         .with_state(gw)
-}
-
-/// Counts each request by its declared route and its status.
-async fn count_request(
-    State(gw): State<Gateway>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let resp = next.run(req).await;
-    gw.metrics()
-        .http_requests
-        .get_or_create(&crate::metrics::HttpLabels {
-            route,
-            status: resp.status().as_u16(),
-        })
-        .inc();
-    resp
 }
 
 /// `GET /healthz`: the process is up (served on every listener).
@@ -118,50 +91,6 @@ async fn method_not_allowed() -> ApiError {
 
 async fn api_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "Not found")
-}
-
-async fn require_key(
-    State(gw): State<Gateway>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(key) = presented else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Missing API key: send Authorization: Bearer <key>",
-        )
-        .into_response();
-    };
-    // Compare against every key in constant time, without stopping at the first match.
-    let mut ok = 0u8;
-    let config = gw.config();
-    let admin: &[String] = if config.admin.enabled {
-        &config.admin.keys
-    } else {
-        &[]
-    };
-    for k in config
-        .api
-        .keys
-        .iter()
-        .chain(admin)
-        .filter(|k| !k.is_empty())
-    {
-        ok |= k.as_bytes().ct_eq(key.as_bytes()).unwrap_u8();
-    }
-    if ok == 1 {
-        next.run(req).await
-    } else {
-        gw.metrics()
-            .error_with("api_unauthorized", "a call with an invalid API key");
-        ApiError::new(StatusCode::UNAUTHORIZED, "Invalid API key").into_response()
-    }
 }
 
 /// Most emits one batch may carry.
@@ -185,8 +114,26 @@ fn json_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
+    let body = json_bytes(gw, headers.get(header::CONTENT_TYPE), body)?;
+    parse_json(&body)
+}
+
+/// Parses a body that is JSON.
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "Body is not valid JSON")
+            .details(json!(e.to_string()))
+    })
+}
+
+/// The body, once its content type (`content_type`) says JSON and it is within the body
+/// limit.
+fn json_bytes(
+    gw: &Gateway,
+    content_type: Option<&header::HeaderValue>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    let is_json = content_type
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(|m| {
@@ -200,7 +147,7 @@ fn json_body(
             "Content-Type must be application/json",
         ));
     }
-    let body = body.map_err(|e| {
+    body.map_err(|e| {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -213,10 +160,6 @@ fn json_body(
         } else {
             ApiError::new(status, "Could not read the body")
         }
-    })?;
-    serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "Body is not valid JSON")
-            .details(json!(e.to_string()))
     })
 }
 
@@ -255,12 +198,37 @@ fn control_error(e: &crate::runtime::ControlError) -> ApiError {
 
 const EMIT_SHAPE: &str = "{\"event\": string, \"data\": object, \"room\"?: string} or {\"event\", \"data\", \"user\": string}";
 
+/// The request's `Content-Type`, and nothing else of its headers.
+struct ContentType(Option<header::HeaderValue>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ContentType {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ContentType(
+            parts.headers.get(header::CONTENT_TYPE).cloned(),
+        ))
+    }
+}
+
 async fn emit(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    ContentType(content_type): ContentType,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let value = json_body(&gw, &headers, body)?;
+    let body = json_bytes(&gw, content_type.as_ref(), body)?;
+    // One emit, well formed: read straight into its shape. Anything else (a batch, or a
+    // body with a mistake) goes through a JSON value, whose errors name the field.
+    let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if !batch && let Ok(one) = serde_json::from_slice::<EmitBody>(&body) {
+        return emit_body(&gw, one)
+            .await
+            .map(|v| axum::Json(v).into_response());
+    }
+    let value = parse_json(&body)?;
     match value {
         Value::Array(items) => {
             if items.is_empty() {
@@ -298,6 +266,11 @@ async fn emit(
 /// One emit of a body or of a batch item: its answer, or its error.
 async fn emit_one(gw: &Gateway, value: &Value) -> Result<Value, ApiError> {
     let body: EmitBody = typed(value, EMIT_SHAPE)?;
+    emit_body(gw, body).await
+}
+
+/// One emit, read: its answer, or its error.
+async fn emit_body(gw: &Gateway, body: EmitBody) -> Result<Value, ApiError> {
     if body.event.is_empty() || body.event.chars().count() > 128 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

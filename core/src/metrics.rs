@@ -38,7 +38,7 @@ pub struct TransportLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     /// The route as declared (`/api/v1/rooms/{room}`), or `unmatched`.
-    pub route: String,
+    pub route: &'static str,
     /// The response status code.
     pub status: u16,
 }
@@ -111,6 +111,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one HTTP request to `route` (as declared) answered with `status`.
+    pub fn count_http(&self, route: &str, status: u16) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route_label(route),
+                status,
+            })
+            .inc();
+    }
+
     /// A fresh registry with the core metrics.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("switchboard");
@@ -271,4 +281,22 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
     }
+}
+
+/// `route` as a label that lives as long as the process: the routes are the ones the
+/// router declares, so each is kept once.
+fn route_label(route: &str) -> &'static str {
+    static ROUTES: std::sync::LazyLock<
+        parking_lot::RwLock<std::collections::HashSet<&'static str>>,
+    > = std::sync::LazyLock::new(Default::default);
+    if let Some(r) = ROUTES.read().get(route) {
+        return r;
+    }
+    let mut routes = ROUTES.write();
+    if let Some(r) = routes.get(route) {
+        return r;
+    }
+    let r: &'static str = Box::leak(route.to_owned().into_boxed_str());
+    routes.insert(r);
+    r
 }
