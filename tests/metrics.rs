@@ -204,3 +204,94 @@ fn the_grafana_dashboard_queries_only_exported_metrics() {
         }
     }
 }
+
+/// The samples of `switchboard_http_requests_total`: `(route, status) → count`.
+fn http_requests(text: &str) -> BTreeMap<(String, String), u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("switchboard_http_requests_total{"))
+        .filter_map(|l| {
+            let (labels, value) = l.split_once("} ")?;
+            let mut route = String::new();
+            let mut status = String::new();
+            for pair in labels.split(',') {
+                let (k, v) = pair.split_once('=')?;
+                let v = v.trim_matches('"').to_owned();
+                match k {
+                    "route" => route = v,
+                    "status" => status = v,
+                    _ => {}
+                }
+            }
+            Some(((route, status), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn http_requests_are_counted_by_declared_route_and_status() {
+    let node = Node::build(LoadedConfig::from_toml_str(BASE).expect("config")).expect("node");
+    let gw = node.gateway().clone();
+    gw.start().await;
+    let app = node.router();
+    let call = |method: &str, uri: &str, key: Option<&str>, body: Option<serde_json::Value>| {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .expect("request");
+        let app = app.clone();
+        async move { app.oneshot(req).await.expect("response").status().as_u16() }
+    };
+    let status = json!({"event": "message:status", "data": {"conversationId": "1", "messageId": "m", "status": "read"}});
+    assert_eq!(
+        call("POST", "/api/v1/emit", Some("k"), Some(status.clone())).await,
+        200
+    );
+    assert_eq!(
+        call("POST", "/api/v1/emit", Some("k"), Some(status)).await,
+        200
+    );
+    assert_eq!(call("POST", "/api/v1/emit", None, None).await, 401);
+    assert_eq!(
+        call("GET", "/api/v1/rooms/conversation:1", Some("k"), None).await,
+        200
+    );
+    assert_eq!(
+        call("GET", "/api/v1/rooms/conversation:2", Some("k"), None).await,
+        200
+    );
+    assert_eq!(call("GET", "/api/v1/nope", Some("k"), None).await, 404);
+    assert_eq!(call("GET", "/healthz", None, None).await, 200);
+    let counted = http_requests(&gw.metrics().encode());
+    let expect = |route: &str, status: &str| (route.to_owned(), status.to_owned());
+    assert_eq!(
+        counted.get(&expect("/api/v1/emit", "200")),
+        Some(&2),
+        "{counted:?}"
+    );
+    assert_eq!(
+        counted.get(&expect("/api/v1/emit", "401")),
+        Some(&1),
+        "{counted:?}"
+    );
+    assert_eq!(
+        counted.get(&expect("/api/v1/rooms/{room}", "200")),
+        Some(&2),
+        "one label for the declared route: {counted:?}"
+    );
+    assert_eq!(
+        counted.get(&expect("/api/{*rest}", "404")),
+        Some(&1),
+        "{counted:?}"
+    );
+    assert_eq!(
+        counted.get(&expect("/healthz", "200")),
+        Some(&1),
+        "{counted:?}"
+    );
+}
