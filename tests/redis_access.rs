@@ -78,8 +78,10 @@ async fn call(n: &TestNode, method: &str, path: &str, body: Option<Value>) -> (S
 }
 
 /// Two nodes on the Redis `redis` names: a socket on `b` in a conversation gets what is
-/// published on `a`; presence and history answer for both.
-async fn works_across_two_nodes(redis: &str) {
+/// published on `a`; presence, history and a control call answer for both; once
+/// `kill_subscribers` dropped their subscriber connections, each node reads the control log
+/// and subscribes again.
+async fn works_across_two_nodes(redis: &str, kill_subscribers: impl Fn()) {
     let (a, b) = (
         start_node(&node_toml(redis)).await,
         start_node(&node_toml(redis)).await,
@@ -122,6 +124,39 @@ async fn works_across_two_nodes(redis: &str) {
     })
     .await;
     assert!(both, "GET /api/v1/nodes lists both nodes");
+    // A control call is written to the control log first.
+    let (status, body) = call(
+        &a,
+        "POST",
+        "/api/v1/rooms/join",
+        Some(json!({"room": "conversation:43", "userId": "alice"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // After a reconnect a node reads the log before it subscribes its rooms again.
+    kill_subscribers();
+    let mut n = 1;
+    let again = eventually(Duration::from_secs(15), || {
+        n += 1;
+        let id = format!("m{n}");
+        let a = &a;
+        let sock = &sock;
+        async move {
+            let _ = call(
+                a,
+                "POST",
+                "/api/v1/emit",
+                Some(json!({"event": "message:status", "data": {"conversationId": "42", "messageId": id, "status": "read"}})),
+            )
+            .await;
+            sock.got("message:status").len() >= 2
+        }
+    })
+    .await;
+    assert!(
+        again,
+        "nothing crossed the nodes after their subscribers reconnected"
+    );
     b.gw.disconnect(&session).await;
     a.gw.shutdown().await;
     b.gw.shutdown().await;
@@ -166,7 +201,10 @@ async fn the_documented_acl_user_is_all_the_plugins_need() {
         "url = \"redis://switchboard:{PASSWORD}@127.0.0.1:{}\"",
         server.port()
     );
-    works_across_two_nodes(&url).await;
+    works_across_two_nodes(&url, || {
+        admin(&server, &["client", "kill", "type", "pubsub"]);
+    })
+    .await;
     // Nothing the plugins ran was denied, the heartbeats and sweeps included.
     let log = admin(&server, &["acl", "log"]);
     assert!(log.trim().is_empty(), "Redis denied something: {log}");
@@ -194,7 +232,12 @@ async fn the_documented_acl_user_is_all_the_plugins_need_on_a_cluster() {
         "url = \"{}\"",
         cluster.url_with(&format!("switchboard:{PASSWORD}@"))
     );
-    works_across_two_nodes(&url).await;
+    works_across_two_nodes(&url, || {
+        for node in cluster.nodes() {
+            let _ = cluster.cli(node.port(), &["client", "kill", "type", "pubsub"]);
+        }
+    })
+    .await;
     for node in cluster.nodes() {
         let log = cluster
             .cli(node.port(), &["acl", "log"])
@@ -235,6 +278,19 @@ async fn a_wrong_password_is_reported_and_the_node_is_not_ready() {
 
 /// A Redis serving TLS only, on the test CA's server certificate; `clients` is its
 /// `tls-auth-clients` setting.
+/// Drops the subscriber connections of a TLS-only Redis started by [`tls_redis`].
+fn kill_tls_subscribers(server: &RedisServer, ca: &TestCa) {
+    let _ = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string(), "--tls", "--cacert"])
+        .arg(ca.file("ca.pem"))
+        .arg("--cert")
+        .arg(ca.file("client.pem"))
+        .arg("--key")
+        .arg(ca.file("client.key"))
+        .args(["client", "kill", "type", "pubsub"])
+        .output();
+}
+
 fn tls_redis(ca: &TestCa, clients: &str) -> RedisServer {
     let (cert, key, root) = (
         ca.file("server.pem"),
@@ -268,7 +324,7 @@ async fn rediss_with_a_ca_and_a_client_certificate() {
         ca.file("client.pem"),
         ca.file("client.key"),
     );
-    works_across_two_nodes(&redis).await;
+    works_across_two_nodes(&redis, || kill_tls_subscribers(&server, &ca)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,7 +336,7 @@ async fn rediss_with_only_a_ca_when_clients_are_not_checked() {
         server.port(),
         ca.file("ca.pem"),
     );
-    works_across_two_nodes(&redis).await;
+    works_across_two_nodes(&redis, || kill_tls_subscribers(&server, &ca)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
