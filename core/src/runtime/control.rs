@@ -389,7 +389,7 @@ impl Inner {
         json!({ "sockets": n, "of": of })
     }
 
-    async fn leave_user(self: &Arc<Self>, user: &str, room: Room, before: Option<u64>) -> Value {
+    async fn leave_user(&self, user: &str, room: Room, before: Option<u64>) -> Value {
         let mut n = 0usize;
         let sessions = self.sessions_before(user, before);
         let of = sessions.len();
