@@ -263,16 +263,30 @@ async fn a_wrong_password_is_reported_and_the_node_is_not_ready() {
     let n = start_node(&toml).await;
     let (status, _) = call(&n, "GET", "/readyz", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    // The node still serves its own sockets; the publish says it reached only them.
-    let (status, body) = call(
-        &n,
-        "POST",
-        "/api/v1/emit",
-        Some(json!({"event": "message:status", "data": {"conversationId": "1", "messageId": "m", "status": "read"}})),
-    )
+    // It serves its own sockets (a publish says it reached only them) until other nodes
+    // could count it out, then refuses to publish, saying why.
+    let refused = eventually(Duration::from_secs(10), || async {
+        let (status, body) = call(
+            &n,
+            "POST",
+            "/api/v1/emit",
+            Some(json!({"event": "message:status", "data": {"conversationId": "1", "messageId": "m", "status": "read"}})),
+        )
+        .await;
+        if status == StatusCode::OK {
+            assert_eq!(body["localOnly"], json!(true), "{body}");
+            return false;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let why = body["error"].as_str().unwrap_or_default();
+        assert!(why.contains("count it out"), "{body}");
+        true
+    })
     .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["localOnly"], json!(true), "{body}");
+    assert!(
+        refused,
+        "a node that never reached Redis still delivers on its own"
+    );
     n.gw.shutdown().await;
 }
 

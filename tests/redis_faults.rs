@@ -410,6 +410,14 @@ async fn a_half_open_link_is_found_out_and_replaced() {
     assert_nothing_left(net, vec![('a', ssa), ('b', ssb)]).await;
 }
 
+/// A `message:status` emit body for `conv`.
+fn status_event(conv: &str, id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "event": "message:status",
+        "data": {"conversationId": conv, "messageId": id, "status": "read"}
+    })
+}
+
 /// The node ids `n` lists as alive (`GET /api/v1/nodes`).
 async fn alive(n: &TestNode) -> Vec<String> {
     let (_, v) = n.call("GET", "/api/v1/nodes", None).await;
@@ -475,6 +483,18 @@ async fn control_calls_made_while_a_node_was_cut_off_hold_there_before_it_delive
         )
         .await;
     assert_eq!(st, StatusCode::OK, "{body}");
+    // B, counted out, delivers nothing on its own meanwhile, and its publisher is told.
+    let (st, body) = net
+        .b
+        .call("POST", "/api/v1/emit", Some(status_event(conv, "b-cut")))
+        .await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("count it out")),
+        "the refusal says why: {body}"
+    );
     net.pb.set(Fault::None);
     assert!(
         eventually(Duration::from_secs(15), || net.b.ready()).await,
@@ -505,6 +525,17 @@ async fn control_calls_made_while_a_node_was_cut_off_hold_there_before_it_delive
     }
     let all = eventually(Duration::from_secs(5), || async { ids(&u2b).len() == 5 }).await;
     assert!(all, "u2 on B got {:?}", ids(&u2b));
+    assert!(
+        !ids(&u2b).contains(&"b-cut".to_owned()),
+        "the refused publish reached u2"
+    );
+    // B delivers its own publishes again.
+    assert_eq!(net.b.publish(conv, "b-back").await, StatusCode::OK);
+    let back = eventually(Duration::from_secs(5), || async {
+        ids(&u2b).contains(&"b-back".to_owned())
+    })
+    .await;
+    assert!(back, "u2 on B misses B's publish after the heal");
     assert!(
         ids(&u1b).is_empty(),
         "u1 on B got {:?} after its leave",

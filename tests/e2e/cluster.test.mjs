@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import {
   configToml, startServer, signJwt, connect, waitFor, expectNone, api, emitApi,
   joinConversation, receivedOf, eventually, uid, standardHooks, sleep, presenceOf,
-withoutOffset,
+  withoutOffset, assertJsonError,
 } from './helpers.mjs';
 import { startRedis, sharedCluster } from './redis.mjs';
 
@@ -256,7 +256,7 @@ describe('a Redis restart while clients stay connected', () => {
   });
   standardHooks(() => [a, b]);
 
-  it('readyz turns 503 then 200, local delivery continues, cross-node delivery resumes, presence is re-registered, a user first seen during the outage is announced', async () => {
+  it('readyz turns 503 then 200, local delivery continues until a node could be counted out, then is refused, cross-node delivery resumes, presence is re-registered, a user first seen during the outage is announced', async () => {
     const conv = uid('c');
     const alice = uid('alice');
     const bob = uid('bob');
@@ -269,14 +269,32 @@ describe('a Redis restart while clients stay connected', () => {
     await redis.stop();
     for (const s of [a, b]) await eventually(async () => (await readyz(s)) === 503, 10000);
 
-    // Local delivery keeps working; the other node cannot be reached.
-    const local = waitFor(sa, 'message:status', 5000, (d) => d.messageId === 'during');
-    const notRemote = expectNone(sb, 'message:status', 800, (d) => d.messageId === 'during');
-    const during = await emitApi(a, status(conv, 'during'));
-    assert.deepEqual(withoutOffset(during.json), { room: `conversation:${conv}`, event: 'message:status', localOnly: true }, 'the publisher is told');
-    assert.deepEqual(await local, { conversationId: conv, messageId: 'during', status: 'read' });
-    await notRemote;
-    for (let i = 0; i < 20; i += 1) await emitApi(a, status(conv, `during-${i}`));
+    // A keeps delivering to its own clients, telling the publisher so, until B could have
+    // counted it out; from then on it refuses, saying why (a control call answered without
+    // it must not be undone by its own deliveries).
+    const during = (socket) => receivedOf(socket, 'message:status').filter((d) => d.messageId.startsWith('during-')).map((d) => d.messageId);
+    const localOnly = [];
+    const deadline = Date.now() + 15000;
+    let refused;
+    while (!refused) {
+      assert.ok(Date.now() < deadline, `A still delivers on its own after 15 s: ${localOnly.length} publishes`);
+      const id = `during-${localOnly.length}`;
+      const res = await emitApi(a, status(conv, id));
+      if (res.status === 200) {
+        assert.deepEqual(withoutOffset(res.json), { room: `conversation:${conv}`, event: 'message:status', localOnly: true }, 'the publisher is told');
+        localOnly.push(id);
+        await sleep(100);
+      } else {
+        refused = res;
+      }
+    }
+    assertJsonError(refused, 503, 'count it out');
+    const again = await emitApi(a, status(conv, 'during-refused'));
+    assertJsonError(again, 503, 'count it out');
+    await eventually(() => during(sa).length === localOnly.length, 5000);
+    await sleep(300);
+    assert.deepEqual(during(sa), localOnly, 'A\'s client got what was answered localOnly, and nothing refused');
+    assert.deepEqual(during(sb), [], 'B cannot be reached');
 
     // A user who comes online while Redis is away is accepted; the announcement waits.
     const carol = uid('carol');

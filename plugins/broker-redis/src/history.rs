@@ -186,9 +186,9 @@ impl Inner {
         match kept {
             Ok(position) if through_redis => Ok((Reach::Cluster, Some(position))),
             Ok(position) => {
-                // Other nodes heard it; this node, not subscribed, delivers its own copy.
-                self.metrics.local_only.inc();
-                self.deliver_locally(&delivery.at(position.clone()));
+                // Other nodes heard it; this node, not subscribed, delivers its own copy
+                // (if it still may: the event is kept either way).
+                let _ = self.deliver_on_its_own(&delivery.at(position.clone()));
                 Ok((Reach::Cluster, Some(position)))
             }
             Err(e) => {
@@ -198,8 +198,7 @@ impl Inner {
                 if tracked && !self.outcomes.failed(i) {
                     return Ok((Reach::Cluster, None));
                 }
-                self.metrics.local_only.inc();
-                self.deliver_locally(&delivery);
+                self.deliver_on_its_own(&delivery)?;
                 Ok((Reach::LocalOnly, None))
             }
         }

@@ -245,6 +245,7 @@ impl Outcomes {
 struct BrokerMetrics {
     rooms: Gauge<i64, AtomicI64>,
     local_only: Counter<u64, AtomicU64>,
+    refused_cut_off: Counter<u64, AtomicU64>,
     received: Counter<u64, AtomicU64>,
     lost: Counter<u64, AtomicU64>,
     slot_moves: Counter<u64, AtomicU64>,
@@ -302,6 +303,8 @@ struct Inner {
     /// The Redis server's clock (ms) at this node's last beat while every channel was
     /// subscribed: control calls made before it reached this node (see [`control_log`]).
     control_covered_ms: AtomicU64,
+    /// Whether this node may deliver on its own (see [`nodes::Lease`]).
+    lease: nodes::Lease,
 }
 
 /// A broker error for a failed Redis command.
@@ -323,6 +326,17 @@ fn broker_error(command: &'static str, timeout: Duration, e: &RedisError) -> Bro
             backend: "Redis",
             reason: e.to_string(),
         }
+    }
+}
+
+/// Why a node cut off from Redis long enough to be counted out refuses to deliver.
+fn cut_off() -> BrokerError {
+    BrokerError::Unavailable {
+        backend: "Redis",
+        reason: format!(
+            "this node has not reached Redis for {} s or more (or not since it started), so other nodes may count it out; it delivers again once it is back and has carried out the control calls made without it",
+            nodes::LAPSE.as_secs()
+        ),
     }
 }
 
@@ -410,6 +424,7 @@ impl RedisBroker {
                 next_publish: AtomicU64::new(random_u64()),
                 outcomes: Outcomes::default(),
                 control_covered_ms: AtomicU64::new(0),
+                lease: nodes::Lease::default(),
             }),
         })
     }
@@ -457,6 +472,11 @@ impl RedisBroker {
             m.local_only.clone(),
         );
         reg.register(
+            "redis_broker_cut_off",
+            "Publishes refused because this node was cut off from Redis long enough to be counted out",
+            m.refused_cut_off.clone(),
+        );
+        reg.register(
             "redis_broker_received",
             "Messages received from Redis and delivered locally",
             m.received.clone(),
@@ -502,6 +522,18 @@ impl Inner {
         if let Some(inbox) = self.inbox.get() {
             inbox.deliver(d);
         }
+    }
+
+    /// Delivers a publish Redis did not carry to this node's members, unless other nodes may
+    /// have counted this one out (control calls made without it may forbid the delivery).
+    fn deliver_on_its_own(&self, d: &Delivery) -> Result<(), BrokerError> {
+        if self.lease.cut_off() {
+            self.metrics.refused_cut_off.inc();
+            return Err(cut_off());
+        }
+        self.metrics.local_only.inc();
+        self.deliver_locally(d);
+        Ok(())
     }
 
     /// The pooled connection a channel always publishes on, and whether it is up.
@@ -596,10 +628,11 @@ impl Inner {
     /// (so control calls from now on ask it), then it carries out the control calls it may
     /// have missed ([`control_log`]), and only then are rooms subscribed.
     async fn resubscribe(&self) -> Result<usize, BrokerError> {
-        let now_ms = self.beat().await?;
+        let beat = self.beat().await?;
         self.subscribe_channels(vec![self.broadcast.clone(), self.control.clone()])
             .await?;
-        self.replay_control(now_ms).await?;
+        self.replay_control(beat.ms).await?;
+        self.lease.restored();
         let mut total = 0;
         for shard in self.rooms.iter() {
             let rooms = shard.lock().await;
@@ -646,18 +679,16 @@ impl Inner {
             if !inner.outcomes.failed(i) {
                 return Ok(Reach::Cluster);
             }
-            inner.metrics.local_only.inc();
-            inner.deliver_locally(&delivery);
+            inner.deliver_on_its_own(&delivery)?;
             return Ok(Reach::LocalOnly);
         }
         inner.health.report(false, "not subscribed");
-        inner.metrics.local_only.inc();
-        inner.deliver_locally(&delivery);
+        let here = inner.deliver_on_its_own(&delivery);
         // Other nodes may still hear Redis; this node skips its own tagged copy.
         if client_up && inner.send(client, channel, message).await.is_ok() {
             return Ok(Reach::Cluster);
         }
-        Ok(Reach::LocalOnly)
+        here.map(|()| Reach::LocalOnly)
     }
 
     /// Delivers one message read from the subscription.
