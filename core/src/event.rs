@@ -873,6 +873,11 @@ pub fn parse_payload<T: DeserializeOwned>(event: &str, payload: &Value) -> Resul
             format!("expected an object, got {}", json_type(payload)),
         ));
     }
+    // Read plainly first; only a payload with a mistake is read again, tracking the path
+    // to name the field (which costs about as much as the read itself).
+    if let Ok(parsed) = T::deserialize(payload) {
+        return Ok(parsed);
+    }
     serde_path_to_error::deserialize::<_, T>(payload).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();

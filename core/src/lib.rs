@@ -9,6 +9,7 @@ pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod config;
+mod cors;
 pub mod error;
 pub mod event;
 mod expiry;

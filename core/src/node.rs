@@ -11,10 +11,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use http::{HeaderValue, Method, header};
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::Authenticator;
 use crate::broker::RoomBroker;
@@ -367,7 +365,7 @@ impl Node {
         if let Some(dir) = &cfg.server.static_dir {
             app = app.fallback_service(tower_http::services::ServeDir::new(dir));
         }
-        app.layer(cors_layer(&cfg.server.cors_origins))
+        app.layer(crate::cors::layer(&cfg.server.cors_origins))
     }
 
     /// The internal listener's app when `server.internal_listen` is set: the operator
@@ -377,7 +375,7 @@ impl Node {
         cfg.server.internal_listen?;
         Some(
             self.operator_routes()
-                .layer(cors_layer(&cfg.server.cors_origins)),
+                .layer(crate::cors::layer(&cfg.server.cors_origins)),
         )
     }
 
@@ -473,20 +471,4 @@ fn set_path(root: &mut serde_json::Value, path: &str, value: serde_json::Value) 
             .entry((*part).to_owned())
             .or_insert_with(|| serde_json::Value::Object(Default::default()));
     }
-}
-
-fn cors_layer(origins: &[String]) -> CorsLayer {
-    let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
-    if origins.iter().any(|o| o == "*") {
-        return layer
-            .allow_origin(AllowOrigin::mirror_request())
-            .allow_credentials(true);
-    }
-    let list: Vec<HeaderValue> = origins
-        .iter()
-        .filter_map(|o| HeaderValue::from_str(o).ok())
-        .collect();
-    layer.allow_origin(list).allow_credentials(true)
 }
