@@ -208,4 +208,65 @@ proptest! {
             Ok::<(), TestCaseError>(())
         })?;
     }
+
+    /// A single emit into a room takes a fast path (its data delivered as the JSON text it
+    /// came as); it answers as `Gateway::publish` does, and keeps what was sent.
+    #[test]
+    fn an_emit_answers_and_keeps_what_gateway_publish_would(
+        event in prop_oneof![
+            Just("message:received".to_owned()), Just("message:status".to_owned()),
+            Just("session:completed".to_owned()), Just("session:status-changed".to_owned()),
+            Just("typing:start".to_owned()), Just("auth:refresh".to_owned()), "[a-z:]{1,20}",
+        ],
+        data in prop_oneof![
+            json_value(),
+            any::<f64>().prop_map(Value::from),
+            ("[a-z0-9]{0,40}", "[a-z0-9]{0,40}", prop_oneof![Just("sent"), Just("read"), Just("lost")])
+                .prop_map(|(c, m, s)| json!({"conversationId": c, "messageId": m, "status": s})),
+        ],
+        room in proptest::option::of("[a-z:0-9]{0,20}"),
+        pretty in any::<bool>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(async {
+            let node = node();
+            let gw = node.gateway();
+            gw.start().await;
+            let mut body = json!({"event": event, "data": data});
+            if let Some(r) = &room { body["room"] = Value::from(r.clone()); }
+            let text = if pretty { serde_json::to_string_pretty(&body) } else { serde_json::to_string(&body) }
+                .expect("json");
+            let req = Request::post("/api/v1/emit")
+                .header("authorization", "Bearer k")
+                .header("content-type", "application/json")
+                .body(Body::from(text.clone()))
+                .expect("request");
+            let resp = node.router().oneshot(req).await.expect("infallible");
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+            let answer: Value = serde_json::from_slice(&bytes).map_err(|e| TestCaseError::fail(format!("not JSON ({e})")))?;
+
+            let reference = gw.publish(switchboard::Publish { event: event.clone(), data: data.clone(), room: room.clone() }).await;
+            match &reference {
+                Ok(p) => {
+                    prop_assert_eq!(status, StatusCode::OK, "{} answered {}", text, answer);
+                    prop_assert_eq!(answer["room"].as_str(), Some(&*p.room));
+                    // Both were kept (unless the event is transient): the HTTP one first.
+                    if p.offset.is_some() {
+                        let h = gw.history(&p.room, None, 10).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        prop_assert_eq!(h.events.len(), 2);
+                        let kept: Value = serde_json::from_str(h.events[0].payload.get()).expect("kept JSON");
+                        prop_assert_eq!(&kept, &data, "kept from {}", text);
+                    }
+                }
+                Err(switchboard::PublishError::UnknownEvent(_)) => prop_assert_eq!(status, StatusCode::NOT_FOUND, "{}", text),
+                Err(switchboard::PublishError::Invalid(m)) => {
+                    prop_assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{}", text);
+                    prop_assert_eq!(answer["error"].as_str(), Some(m.as_str()));
+                }
+                Err(e) => return Err(TestCaseError::fail(format!("unexpected {e}"))),
+            }
+            Ok::<(), TestCaseError>(())
+        })?;
+    }
 }

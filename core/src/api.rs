@@ -108,6 +108,18 @@ struct EmitBody {
     user: Option<String>,
 }
 
+/// One emit as sent, its data kept as JSON text (the fast path of a single emit).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmitRaw {
+    event: String,
+    data: Box<serde_json::value::RawValue>,
+    #[serde(default)]
+    room: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
 /// Checks the body is JSON of at most the body limit, and parses it.
 fn json_body(
     gw: &Gateway,
@@ -223,8 +235,8 @@ async fn emit(
     // One emit, well formed: read straight into its shape. Anything else (a batch, or a
     // body with a mistake) goes through a JSON value, whose errors name the field.
     let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    if !batch && let Ok(one) = serde_json::from_slice::<EmitBody>(&body) {
-        return emit_body(&gw, one)
+    if !batch && let Ok(one) = serde_json::from_slice::<EmitRaw>(&body) {
+        return emit_raw(&gw, one)
             .await
             .map(|v| axum::Json(v).into_response());
     }
@@ -269,14 +281,58 @@ async fn emit_one(gw: &Gateway, value: &Value) -> Result<Value, ApiError> {
     emit_body(gw, body).await
 }
 
-/// One emit, read: its answer, or its error.
-async fn emit_body(gw: &Gateway, body: EmitBody) -> Result<Value, ApiError> {
-    if body.event.is_empty() || body.event.chars().count() > 128 {
+/// Refuses an event name that is empty or too long.
+fn check_event_name(event: &str) -> Result<(), ApiError> {
+    if event.is_empty() || event.chars().count() > 128 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "event: must be a non-empty string of at most 128 characters",
         ));
     }
+    Ok(())
+}
+
+/// One emit read with its data as JSON text: into a room, delivered as sent; to a user,
+/// as [`emit_body`].
+async fn emit_raw(gw: &Gateway, body: EmitRaw) -> Result<Value, ApiError> {
+    if body.user.is_some() {
+        let data = parse_json(body.data.get().as_bytes())?;
+        let body = EmitBody {
+            event: body.event,
+            data,
+            room: body.room,
+            user: body.user,
+        };
+        return emit_body(gw, body).await;
+    }
+    check_event_name(&body.event)?;
+    match gw
+        .publish_raw(body.event.clone(), body.room, body.data)
+        .await
+    {
+        Ok(p) => Ok(published(&body.event, &p)),
+        Err(e) => Err(publish_error(gw, e)),
+    }
+}
+
+/// The answer to an emit into a room.
+fn published(event: &str, p: &crate::runtime::Published) -> Value {
+    let mut out = json!({ "room": &*p.room, "event": event });
+    if p.dropped {
+        out["dropped"] = Value::Bool(true);
+    }
+    if p.local_only {
+        out["localOnly"] = Value::Bool(true);
+    }
+    if let Some(offset) = &p.offset {
+        out["offset"] = Value::from(offset.to_string());
+    }
+    out
+}
+
+/// One emit, read: its answer, or its error.
+async fn emit_body(gw: &Gateway, body: EmitBody) -> Result<Value, ApiError> {
+    check_event_name(&body.event)?;
     if let Some(user) = body.user {
         if body.room.is_some() {
             return Err(ApiError::new(
@@ -305,19 +361,7 @@ async fn emit_body(gw: &Gateway, body: EmitBody) -> Result<Value, ApiError> {
     };
     let event = req.event.clone();
     match gw.publish(req).await {
-        Ok(p) => {
-            let mut out = json!({ "room": &*p.room, "event": event });
-            if p.dropped {
-                out["dropped"] = Value::Bool(true);
-            }
-            if p.local_only {
-                out["localOnly"] = Value::Bool(true);
-            }
-            if let Some(offset) = &p.offset {
-                out["offset"] = Value::from(offset.to_string());
-            }
-            Ok(out)
-        }
+        Ok(p) => Ok(published(&event, &p)),
         Err(e) => Err(publish_error(gw, e)),
     }
 }

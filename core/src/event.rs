@@ -150,6 +150,9 @@ impl Outcome {
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Outcome, EventError>> + Send>>;
 type InboundFn = Arc<dyn Fn(InboundCtx, Value) -> HandlerFuture + Send + Sync>;
 type RouteFn = Arc<dyn Fn(&Value, &LimitsConfig) -> Result<Room, EventError> + Send + Sync>;
+/// Reads JSON text straight into the payload's type and derives the room; `None` when the
+/// text is not a well-formed payload (the [`RouteFn`] then says why).
+type RawRouteFn = Arc<dyn Fn(&str, &LimitsConfig) -> Option<Room> + Send + Sync>;
 
 /// An event's payload, as declared: its name in schemas, its JSON Schema and its check.
 #[derive(Clone)]
@@ -317,6 +320,7 @@ pub struct OutboundEvent {
     room: &'static str,
     kept: bool,
     route: RouteFn,
+    route_raw: RawRouteFn,
 }
 
 impl OutboundEvent {
@@ -339,6 +343,11 @@ impl OutboundEvent {
     /// Validates `data` and derives the room.
     pub fn route(&self, data: &Value, limits: &LimitsConfig) -> Result<Room, EventError> {
         (self.route)(data, limits)
+    }
+    /// Validates `data`, JSON text, and derives the room; `None` when it is not valid (what
+    /// is wrong is for [`route`](Self::route) to say).
+    pub fn route_raw(&self, data: &str, limits: &LimitsConfig) -> Option<Room> {
+        (self.route_raw)(data, limits)
     }
 }
 
@@ -489,12 +498,23 @@ impl EventSet {
         let f: RouteFn = Arc::new(move |data: &Value, limits: &LimitsConfig| {
             P::parse(event, data, limits).map(|p| route(&p))
         });
+        let raw: RawRouteFn = Arc::new(move |data: &str, limits: &LimitsConfig| {
+            // An object only, as `parse_payload` requires (serde reads a struct from an
+            // array too).
+            if !data.trim_start().starts_with('{') {
+                return None;
+            }
+            let p: P = serde_json::from_str(data).ok()?;
+            p.validate(event, limits).ok()?;
+            Some(route(&p))
+        });
         self.outbound.push(OutboundEvent {
             name: Cow::Borrowed(event),
             payload: Payload::of::<P>(),
             room: rule,
             kept,
             route: f,
+            route_raw: raw,
         });
         self
     }

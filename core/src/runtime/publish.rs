@@ -98,19 +98,7 @@ impl Gateway {
             ),
             None => None,
         };
-        let room: Room = match (req.room, routed) {
-            (Some(room), _) => {
-                if room.is_empty() || room.chars().count() > limits.max_id_chars + 64 {
-                    return Err(PublishError::Invalid(format!(
-                        "room: must be a non-empty string of at most {} characters",
-                        limits.max_id_chars + 64
-                    )));
-                }
-                Room::from(room)
-            }
-            (None, Some(room)) => room,
-            (None, None) => return Err(PublishError::UnknownEvent(req.event)),
-        };
+        let room = self.pick_room(&req.event, req.room, routed)?;
         let ctx = HookCtx {
             direction: Direction::Outbound,
             room: Some(&room),
@@ -134,6 +122,77 @@ impl Gateway {
             local_only: sent.as_ref().is_some_and(|(r, _)| *r == Reach::LocalOnly),
             offset: sent.and_then(|(_, p)| p),
         })
+    }
+
+    /// Publishes `data`, JSON text as the backend sent it, as [`publish`](Self::publish)
+    /// does. With no hook configured and a valid payload the text is delivered as it is,
+    /// without a round trip through a JSON value; otherwise it takes `publish`'s path
+    /// (whose errors name the field).
+    pub(crate) async fn publish_raw(
+        &self,
+        event: String,
+        room: Option<String>,
+        data: Box<serde_json::value::RawValue>,
+    ) -> Result<Published, PublishError> {
+        let slow = |event, room, data: &serde_json::value::RawValue| {
+            serde_json::from_str::<Value>(data.get())
+                .map(|data| Publish { event, data, room })
+                .map_err(|e| PublishError::Invalid(format!("data: {e}")))
+        };
+        if !self.0.hooks.is_empty() {
+            return self.publish(slow(event, room, &data)?).await;
+        }
+        refuse_reserved(&event)?;
+        let routed = match self.0.events.outbound(&event) {
+            Some(decl) => match decl.route_raw(data.get(), &self.0.config.limits) {
+                Some(room) => Some(room),
+                None => return self.publish(slow(event, room, &data)?).await,
+            },
+            None => None,
+        };
+        let room = self.pick_room(&event, room, routed)?;
+        let started = std::time::Instant::now();
+        let (reach, offset) = self
+            .0
+            .send(
+                &event,
+                Delivery::new(event.as_str(), Some(room.clone()), data),
+            )
+            .await?;
+        self.0
+            .metrics
+            .publish_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(Published {
+            room,
+            dropped: false,
+            local_only: reach == Reach::LocalOnly,
+            offset,
+        })
+    }
+
+    /// The room a publish goes to: the one it names (checked), else the one its event
+    /// derives.
+    fn pick_room(
+        &self,
+        event: &str,
+        named: Option<String>,
+        routed: Option<Room>,
+    ) -> Result<Room, PublishError> {
+        let limits = &self.0.config.limits;
+        match (named, routed) {
+            (Some(room), _) => {
+                if room.is_empty() || room.chars().count() > limits.max_id_chars + 64 {
+                    return Err(PublishError::Invalid(format!(
+                        "room: must be a non-empty string of at most {} characters",
+                        limits.max_id_chars + 64
+                    )));
+                }
+                Ok(Room::from(room))
+            }
+            (None, Some(room)) => Ok(room),
+            (None, None) => Err(PublishError::UnknownEvent(event.to_owned())),
+        }
     }
 
     /// `room`'s kept events after `since` (from the oldest kept when `None`), at most `limit`.
@@ -190,14 +249,23 @@ impl Inner {
         let Some(data) = self.run_hooks(event, data, ctx, Direction::Outbound) else {
             return Ok(None);
         };
-        // A room's events are kept, but those their set declares transient (typing).
-        let keep = room.is_some()
-            && self.config.history.enabled()
-            && self.events.outbound(event).is_none_or(|d| d.kept());
         let delivery = Delivery::encode(event, room, &data)
             .map_err(|e| BrokerError::Encode(e.to_string()))?
-            .except(except)
-            .kept(keep);
+            .except(except);
+        self.send(event, delivery).await.map(Some)
+    }
+
+    /// Hands an encoded delivery to the broker, kept in its room's history unless the
+    /// event is transient (typing) or history is off.
+    pub(crate) async fn send(
+        &self,
+        event: &str,
+        delivery: Delivery,
+    ) -> Result<(Reach, Option<crate::broker::Position>), BrokerError> {
+        let keep = delivery.room.is_some()
+            && self.config.history.enabled()
+            && self.events.outbound(event).is_none_or(|d| d.kept());
+        let delivery = delivery.kept(keep);
         self.metrics.count_out(event);
         let sent = if keep {
             self.broker.publish_kept(Arc::new(delivery)).await
@@ -208,7 +276,7 @@ impl Inner {
                 .map(|r| (r, None))
         };
         match sent {
-            Ok(sent) => Ok(Some(sent)),
+            Ok(sent) => Ok(sent),
             Err(e) => {
                 self.backend_error("broker", &e.to_string());
                 Err(e)
