@@ -236,9 +236,7 @@ async fn emit(
     // body with a mistake) goes through a JSON value, whose errors name the field.
     let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     if !batch && let Ok(one) = serde_json::from_slice::<EmitRaw>(&body) {
-        return emit_raw(&gw, one)
-            .await
-            .map(|v| axum::Json(v).into_response());
+        return emit_raw(&gw, one).await;
     }
     let value = parse_json(&body)?;
     match value {
@@ -294,7 +292,7 @@ fn check_event_name(event: &str) -> Result<(), ApiError> {
 
 /// One emit read with its data as JSON text: into a room, delivered as sent; to a user,
 /// as [`emit_body`].
-async fn emit_raw(gw: &Gateway, body: EmitRaw) -> Result<Value, ApiError> {
+async fn emit_raw(gw: &Gateway, body: EmitRaw) -> Result<Response, ApiError> {
     if body.user.is_some() {
         let data = parse_json(body.data.get().as_bytes())?;
         let body = EmitBody {
@@ -303,19 +301,41 @@ async fn emit_raw(gw: &Gateway, body: EmitRaw) -> Result<Value, ApiError> {
             room: body.room,
             user: body.user,
         };
-        return emit_body(gw, body).await;
+        return emit_body(gw, body)
+            .await
+            .map(|v| axum::Json(v).into_response());
     }
     check_event_name(&body.event)?;
     match gw
         .publish_raw(body.event.clone(), body.room, body.data)
         .await
     {
-        Ok(p) => Ok(published(&body.event, &p)),
+        Ok(p) => Ok(axum::Json(Answer {
+            room: &p.room,
+            event: &body.event,
+            dropped: p.dropped,
+            local_only: p.local_only,
+            offset: p.offset.as_ref().map(ToString::to_string),
+        })
+        .into_response()),
         Err(e) => Err(publish_error(gw, e)),
     }
 }
 
-/// The answer to an emit into a room.
+/// The answer to an emit into a room, written straight from its parts.
+#[derive(serde::Serialize)]
+struct Answer<'a> {
+    room: &'a str,
+    event: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dropped: bool,
+    #[serde(rename = "localOnly", skip_serializing_if = "std::ops::Not::not")]
+    local_only: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<String>,
+}
+
+/// The answer to an emit into a room, as a value (a batch item's).
 fn published(event: &str, p: &crate::runtime::Published) -> Value {
     let mut out = json!({ "room": &*p.room, "event": event });
     if p.dropped {
