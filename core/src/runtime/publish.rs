@@ -112,16 +112,27 @@ impl Gateway {
             .0
             .publish_routed(&req.event, Some(room.clone()), req.data, None, &ctx)
             .await?;
+        Ok(self.published(started, room, sent))
+    }
+
+    /// What a publish started at `started` did (and its time, observed); `sent` is `None`
+    /// when a hook dropped it.
+    fn published(
+        &self,
+        started: std::time::Instant,
+        room: Room,
+        sent: Option<(Reach, Option<crate::broker::Position>)>,
+    ) -> Published {
         self.0
             .metrics
             .publish_seconds
             .observe(started.elapsed().as_secs_f64());
-        Ok(Published {
+        Published {
             room,
             dropped: sent.is_none(),
             local_only: sent.as_ref().is_some_and(|(r, _)| *r == Reach::LocalOnly),
             offset: sent.and_then(|(_, p)| p),
-        })
+        }
     }
 
     /// Publishes `data`, JSON text as the backend sent it, as [`publish`](Self::publish)
@@ -152,23 +163,14 @@ impl Gateway {
         };
         let room = self.pick_room(&event, room, routed)?;
         let started = std::time::Instant::now();
-        let (reach, offset) = self
+        let sent = self
             .0
             .send(
                 &event,
                 Delivery::new(event.as_str(), Some(room.clone()), data),
             )
             .await?;
-        self.0
-            .metrics
-            .publish_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Ok(Published {
-            room,
-            dropped: false,
-            local_only: reach == Reach::LocalOnly,
-            offset,
-        })
+        Ok(self.published(started, room, Some(sent)))
     }
 
     /// The room a publish goes to: the one it names (checked), else the one its event
