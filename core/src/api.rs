@@ -97,28 +97,21 @@ async fn api_not_found() -> ApiError {
 const MAX_BATCH: usize = 1000;
 
 /// One emit: into a room (`room`, or the one the event's plugin derives) or to a user.
+///
+/// `data` is a JSON value, or (`EmitRaw`, the fast path of a single emit) its JSON text.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EmitBody {
+struct EmitBody<D = Value> {
     event: String,
-    data: Value,
+    data: D,
     #[serde(default)]
     room: Option<String>,
     #[serde(default)]
     user: Option<String>,
 }
 
-/// One emit as sent, its data kept as JSON text (the fast path of a single emit).
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmitRaw {
-    event: String,
-    data: Box<serde_json::value::RawValue>,
-    #[serde(default)]
-    room: Option<String>,
-    #[serde(default)]
-    user: Option<String>,
-}
+/// One emit as sent, its data kept as JSON text.
+type EmitRaw = EmitBody<Box<serde_json::value::RawValue>>;
 
 /// Checks the body is JSON of at most the body limit, and parses it.
 fn json_body(
@@ -310,14 +303,7 @@ async fn emit_raw(gw: &Gateway, body: EmitRaw) -> Result<Response, ApiError> {
         .publish_raw(body.event.clone(), body.room, body.data)
         .await
     {
-        Ok(p) => Ok(axum::Json(Answer {
-            room: &p.room,
-            event: &body.event,
-            dropped: p.dropped,
-            local_only: p.local_only,
-            offset: p.offset.as_ref().map(ToString::to_string),
-        })
-        .into_response()),
+        Ok(p) => Ok(axum::Json(Answer::of(&body.event, &p)).into_response()),
         Err(e) => Err(publish_error(gw, e)),
     }
 }
@@ -335,19 +321,21 @@ struct Answer<'a> {
     offset: Option<String>,
 }
 
+impl<'a> Answer<'a> {
+    fn of(event: &'a str, p: &'a crate::runtime::Published) -> Self {
+        Answer {
+            room: &p.room,
+            event,
+            dropped: p.dropped,
+            local_only: p.local_only,
+            offset: p.offset.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
 /// The answer to an emit into a room, as a value (a batch item's).
 fn published(event: &str, p: &crate::runtime::Published) -> Value {
-    let mut out = json!({ "room": &*p.room, "event": event });
-    if p.dropped {
-        out["dropped"] = Value::Bool(true);
-    }
-    if p.local_only {
-        out["localOnly"] = Value::Bool(true);
-    }
-    if let Some(offset) = &p.offset {
-        out["offset"] = Value::from(offset.to_string());
-    }
-    out
+    serde_json::to_value(Answer::of(event, p)).unwrap_or(Value::Null)
 }
 
 /// One emit, read: its answer, or its error.
