@@ -3,7 +3,7 @@
 // with exactly its payload, no offset argument its fixed-arity handlers would choke on — and
 // a dropped connection starts afresh (CONTRACT §2 *Recovery*, last point).
 
-import { describe, it, before, after } from 'node:test';
+import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -11,6 +11,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import {
   configToml, startServer, signJwt, emitApi, eventually, uid, REPO_ROOT, TRANSPORTS,
+  connect, joinConversation, disconnectAll,
 } from './helpers.mjs';
 import { startProxy } from './proxy.mjs';
 
@@ -55,10 +56,14 @@ describe('python-socketio 5 with auth.recovery = false', () => {
     await proxy.close();
     await server.stop();
   });
+  afterEach(() => disconnectAll());
 
   for (const [transport] of TRANSPORTS) {
     it(`gets today's wire over ${transport}: one argument per event, and a fresh start after a drop`, async () => {
       const conv = uid('conv');
+      // A socket.io-client in the same room tracks offsets: one room, both kinds of member.
+      const tracking = await connect(server, { token: signJwt({ sub: 'js-user' }) });
+      await joinConversation(tracking, conv);
       const run = python(proxy.url, signJwt({ sub: 'py-user' }), conv, transport);
       try {
         await eventually(() => steps(run, 'joined').length === 1, 15000);
@@ -69,6 +74,10 @@ describe('python-socketio 5 with auth.recovery = false', () => {
         }
         await eventually(() => steps(run, 'status').length === 3, 5000);
         assert.deepEqual(steps(run, 'status').map((l) => l.data.messageId), ['m0', 'm1', 'm2']);
+        const seen = () => tracking.received.filter((r) => r.event === 'message:status');
+        await eventually(() => seen().length === 3, 5000);
+        assert.deepEqual(seen().map((r) => r.args[0].messageId), ['m0', 'm1', 'm2'], 'the tracking socket gets each once');
+        for (const r of seen()) assert.equal(typeof r.args[1], 'string', 'with its offset');
         const joined = steps(run, 'event').filter((l) => l.event === 'conversation:joined');
         assert.deepEqual(joined.map((l) => l.args), [1], 'conversation:joined carries its payload alone');
 

@@ -451,21 +451,44 @@ impl Transport for SocketIoTransport {
             Some(s) => s.to(rooms),
             None => ns.clone().to(rooms),
         };
-        // The local adapter broadcasts at once: its future is ready when first polled.
-        let sent = match (to.room(), to.offset()) {
-            (Some(room), Some(offset)) => {
-                let plain = to_rooms(vec![room.to_string()])
-                    .emit(&*d.event, &*d.payload)
-                    .now_or_never();
-                let with_offset = to_rooms(vec![tracked(room)])
-                    .emit(&*d.event, &(&*d.payload, offset))
-                    .now_or_never();
-                plain.and(with_offset)
+        // The local adapter broadcasts at once: its future is ready when first polled. A
+        // socket is in the room's plain or its tracked variant, never both; each variant
+        // that has members gets one single-room broadcast (a broadcast to several rooms
+        // would track every socket it reached, to send each one once).
+        let sent = match to.room() {
+            Some(room) => {
+                let (mut plain, mut tracking) = (false, false);
+                for c in to.of::<SioConnection>() {
+                    if c.tracks {
+                        tracking = true;
+                    } else {
+                        plain = true;
+                    }
+                    if plain && tracking {
+                        break;
+                    }
+                }
+                let plain = plain.then(|| {
+                    to_rooms(vec![room.to_string()])
+                        .emit(&*d.event, &*d.payload)
+                        .now_or_never()
+                });
+                let tracking = tracking.then(|| {
+                    let rooms = to_rooms(vec![tracked(room)]);
+                    match to.offset() {
+                        Some(offset) => {
+                            rooms.emit(&*d.event, &(&*d.payload, offset)).now_or_never()
+                        }
+                        None => rooms.emit(&*d.event, &*d.payload).now_or_never(),
+                    }
+                });
+                match (plain, tracking) {
+                    (Some(a), Some(b)) => a.and(b),
+                    (Some(a), None) | (None, Some(a)) => a,
+                    (None, None) => Some(Ok(())),
+                }
             }
-            (Some(room), None) => to_rooms(vec![room.to_string(), tracked(room)])
-                .emit(&*d.event, &*d.payload)
-                .now_or_never(),
-            (None, _) => match &sender {
+            None => match &sender {
                 Some(s) => s.broadcast().emit(&*d.event, &*d.payload).now_or_never(),
                 None => ns.emit(&*d.event, &*d.payload).now_or_never(),
             },
