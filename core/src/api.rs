@@ -65,18 +65,23 @@ pub fn router(gw: Gateway) -> Router {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/{*rest}", axum::routing::any(api_not_found))
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(layers::KeyLayer(gw.clone()))
-        .layer(DefaultBodyLimit::max(body_limit));
-    let mut router = Router::new()
+        // Counted, limited and key-checked by one layer on each route: every layer of a
+        // router wraps each route on its own, and each request clones every wrapper.
+        .route_layer((
+            layers::CountLayer(gw.clone()),
+            DefaultBodyLimit::max(body_limit),
+            layers::KeyLayer(gw.clone()),
+        ));
+    let mut operator = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(api);
+        .route("/metrics", get(metrics));
     if gw.config().admin.enabled {
-        router = router.merge(admin::router());
+        operator = operator.merge(admin::router());
     }
-    router
+    operator
         .route_layer(layers::CountLayer(gw.clone()))
+        .merge(api)
         .with_state(gw)
 }
 
@@ -85,8 +90,12 @@ pub(crate) async fn healthz() -> Response {
     (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+/// A known `/api` path with another method: 405, once the key is checked (as for a route).
+async fn method_not_allowed(State(gw): State<Gateway>, req: axum::extract::Request) -> ApiError {
+    match layers::check_key(&gw, &req) {
+        Ok(()) => ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+        Err(e) => e,
+    }
 }
 
 async fn api_not_found() -> ApiError {
@@ -142,8 +151,12 @@ fn json_bytes(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(|m| {
-            let m = m.trim().to_ascii_lowercase();
-            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            let m = m.trim().as_bytes();
+            let (head, tail) = m.split_at(m.len().min(12));
+            m.eq_ignore_ascii_case(b"application/json")
+                || (head.eq_ignore_ascii_case(b"application/")
+                    && tail.len() >= 5
+                    && tail[tail.len() - 5..].eq_ignore_ascii_case(b"+json"))
         })
         .unwrap_or(false);
     if !is_json {
@@ -299,10 +312,7 @@ async fn emit_raw(gw: &Gateway, body: EmitRaw) -> Result<Response, ApiError> {
             .map(|v| axum::Json(v).into_response());
     }
     check_event_name(&body.event)?;
-    match gw
-        .publish_raw(body.event.clone(), body.room, body.data)
-        .await
-    {
+    match gw.publish_raw(&body.event, body.room, body.data).await {
         Ok(p) => Ok(axum::Json(Answer::of(&body.event, &p)).into_response()),
         Err(e) => Err(publish_error(gw, e)),
     }

@@ -39,7 +39,7 @@ fn rules(origins: &[String]) -> CorsLayer {
 /// fixed headers.
 #[derive(Clone, Debug)]
 pub(crate) struct CorsGate {
-    rules: CorsLayer,
+    rules: Arc<CorsLayer>,
     /// What the rules add to the answer to a request without an `Origin`.
     fixed: Arc<HeaderMap>,
 }
@@ -58,7 +58,7 @@ impl CorsGate {
             .map(|r| r.headers().clone())
             .unwrap_or_default();
         CorsGate {
-            rules,
+            rules: Arc::new(rules),
             fixed: Arc::new(fixed),
         }
     }
@@ -68,19 +68,18 @@ impl<S: Clone> Layer<S> for CorsGate {
     type Service = Gated<S>;
     fn layer(&self, inner: S) -> Gated<S> {
         Gated {
-            cors: self.rules.layer(inner.clone()),
-            plain: inner,
-            fixed: self.fixed.clone(),
+            gate: self.clone(),
+            inner,
         }
     }
 }
 
-/// The service of [`CorsGate`].
+/// The service of [`CorsGate`]. Cloned per request by the router around it: it holds
+/// only shared parts, and builds tower-http's service for the requests that need it.
 #[derive(Clone, Debug)]
 pub(crate) struct Gated<S> {
-    cors: Cors<S>,
-    plain: S,
-    fixed: Arc<HeaderMap>,
+    gate: CorsGate,
+    inner: S,
 }
 
 pin_project_lite::pin_project! {
@@ -124,17 +123,21 @@ where
     type Future = Either<tower_http::cors::ResponseFuture<S::Future>, Plain<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        std::task::ready!(self.cors.poll_ready(cx))?;
-        self.plain.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         if req.method() == Method::OPTIONS || req.headers().contains_key(header::ORIGIN) {
-            Either::Left(self.cors.call(req))
+            // tower-http's service around the inner service readied for this call (a clone
+            // stays for the next).
+            let next = self.inner.clone();
+            let ready = std::mem::replace(&mut self.inner, next);
+            let mut cors: Cors<S> = self.gate.rules.layer(ready);
+            Either::Left(cors.call(req))
         } else {
             Either::Right(Plain {
-                inner: self.plain.call(req),
-                fixed: self.fixed.clone(),
+                inner: self.inner.call(req),
+                fixed: self.gate.fixed.clone(),
             })
         }
     }

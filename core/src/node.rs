@@ -365,7 +365,7 @@ impl Node {
         if let Some(dir) = &cfg.server.static_dir {
             app = app.fallback_service(tower_http::services::ServeDir::new(dir));
         }
-        app.layer(crate::cors::layer(&cfg.server.cors_origins))
+        with_cors(app, &cfg.server.cors_origins)
     }
 
     /// The internal listener's app when `server.internal_listen` is set: the operator
@@ -373,10 +373,7 @@ impl Node {
     pub fn internal_router(&self) -> Option<Router> {
         let cfg = self.gateway.config();
         cfg.server.internal_listen?;
-        Some(
-            self.operator_routes()
-                .layer(crate::cors::layer(&cfg.server.cors_origins)),
-        )
+        Some(with_cors(self.operator_routes(), &cfg.server.cors_origins))
     }
 
     /// The routes for operators and backends (`/api/*`, `/metrics`, `/readyz`, `/admin/`;
@@ -471,4 +468,11 @@ fn set_path(root: &mut serde_json::Value, path: &str, value: serde_json::Value) 
             .entry((*part).to_owned())
             .or_insert_with(|| serde_json::Value::Object(Default::default()));
     }
+}
+
+/// `app` behind CORS, applied once around the whole app: a layer on a router wraps each
+/// route on its own, and each request would clone every wrapper of its route.
+fn with_cors(app: Router, origins: &[String]) -> Router {
+    use tower::Layer;
+    Router::new().fallback_service(crate::cors::layer(origins).layer(app.with_state(())))
 }

@@ -279,6 +279,35 @@ describe('API authentication', () => {
   it('GET /api/v1/emit (wrong method) -> 405 JSON', async () => {
     assertJsonError(await api(server, 'GET', '/api/v1/emit'), 405);
   });
+  it('a wrong method without a key -> 401, as for any /api call', async () => {
+    assertJsonError(await api(server, 'GET', '/api/v1/emit', { key: null }), 401);
+    assertJsonError(await api(server, 'GET', '/api/v1/emit', { key: 'nope' }), 401);
+  });
+  it('CORS: an allowed origin is answered on the API, on Socket.IO and on a preflight; another is not', async () => {
+    const allowed = 'http://localhost:3000';
+    const preflight = await fetch(`${server.url}/api/v1/emit`, {
+      method: 'OPTIONS',
+      headers: { origin: allowed, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type,authorization' },
+    });
+    assert.equal(preflight.status, 200);
+    assert.equal(preflight.headers.get('access-control-allow-origin'), allowed);
+    assert.match(preflight.headers.get('access-control-allow-methods') ?? '', /POST/);
+    assert.equal(preflight.headers.get('access-control-allow-credentials'), 'true');
+    const conv = uid('conv');
+    const emitted = await emitApi(server, { event: 'message:status', data: { conversationId: conv, messageId: 'm', status: 'read' } }, { headers: { origin: allowed } });
+    assert.equal(emitted.status, 200);
+    assert.equal(emitted.headers.get('access-control-allow-origin'), allowed);
+    assert.match(emitted.headers.get('vary') ?? '', /origin/i);
+    const polling = await fetch(`${server.url}/socket.io/?EIO=4&transport=polling`, { headers: { origin: allowed } });
+    assert.equal(polling.status, 200);
+    assert.equal(polling.headers.get('access-control-allow-origin'), allowed);
+    const other = await emitApi(server, { event: 'message:status', data: { conversationId: conv, messageId: 'm2', status: 'read' } }, { headers: { origin: 'http://evil.example' } });
+    assert.equal(other.status, 200, 'CORS is the browser\'s to enforce; the server only withholds the header');
+    assert.equal(other.headers.get('access-control-allow-origin'), null);
+    const plain = await emitApi(server, { event: 'message:status', data: { conversationId: conv, messageId: 'm3', status: 'read' } });
+    assert.equal(plain.headers.get('access-control-allow-origin'), null);
+    assert.match(plain.headers.get('vary') ?? '', /origin/i, 'a request without an Origin still says the answer varies by it');
+  });
 });
 
 describe('presence API, health and metrics', () => {

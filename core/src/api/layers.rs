@@ -131,7 +131,7 @@ where
 }
 
 /// Whether the request carries a key this node accepts.
-fn check_key(gw: &Gateway, req: &Request) -> Result<(), ApiError> {
+pub(super) fn check_key(gw: &Gateway, req: &Request) -> Result<(), ApiError> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)

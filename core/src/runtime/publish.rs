@@ -141,34 +141,35 @@ impl Gateway {
     /// (whose errors name the field).
     pub(crate) async fn publish_raw(
         &self,
-        event: String,
+        event: &str,
         room: Option<String>,
         data: Box<serde_json::value::RawValue>,
     ) -> Result<Published, PublishError> {
-        let slow = |event, room, data: &serde_json::value::RawValue| {
+        let slow = |event: &str, room, data: &serde_json::value::RawValue| {
             serde_json::from_str::<Value>(data.get())
-                .map(|data| Publish { event, data, room })
+                .map(|data| Publish {
+                    event: event.to_owned(),
+                    data,
+                    room,
+                })
                 .map_err(|e| PublishError::Invalid(format!("data: {e}")))
         };
         if !self.0.hooks.is_empty() {
             return self.publish(slow(event, room, &data)?).await;
         }
-        refuse_reserved(&event)?;
-        let routed = match self.0.events.outbound(&event) {
+        refuse_reserved(event)?;
+        let routed = match self.0.events.outbound(event) {
             Some(decl) => match decl.route_raw(data.get(), &self.0.config.limits) {
                 Some(room) => Some(room),
                 None => return self.publish(slow(event, room, &data)?).await,
             },
             None => None,
         };
-        let room = self.pick_room(&event, room, routed)?;
+        let room = self.pick_room(event, room, routed)?;
         let started = std::time::Instant::now();
         let sent = self
             .0
-            .send(
-                &event,
-                Delivery::new(event.as_str(), Some(room.clone()), data),
-            )
+            .send(event, Delivery::new(event, Some(room.clone()), data))
             .await?;
         Ok(self.published(started, room, Some(sent)))
     }

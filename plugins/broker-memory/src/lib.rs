@@ -145,14 +145,20 @@ impl RoomBroker for MemoryBroker {
                 reason: "not started (Gateway::start starts it)".to_owned(),
             });
         };
-        match (&delivery.room, delivery.keep && self.history.enabled()) {
+        match (
+            delivery.room.clone(),
+            delivery.keep && self.history.enabled(),
+        ) {
             (Some(room), true) => {
-                let stream = self.stream(room);
+                let stream = self.stream(&room);
                 // Numbered and delivered under the room's lock: one order for everyone.
                 let mut s = stream.lock();
                 s.n += 1;
                 let position = Position::new(self.epoch.clone(), s.n);
-                let kept = Arc::new(delivery.at(position.clone()));
+                // The publisher's delivery itself, placed (a copy only if it is shared).
+                let mut kept = Arc::unwrap_or_clone(delivery);
+                kept.position = Some(position.clone());
+                let kept = Arc::new(kept);
                 inbox.deliver(&kept);
                 let now = Instant::now();
                 let seq = self.kept_seq.fetch_add(1, Ordering::Relaxed);
