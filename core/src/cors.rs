@@ -101,6 +101,7 @@ where
         let this = self.project();
         let mut resp = std::task::ready!(this.inner.poll(cx))?;
         let headers = resp.headers_mut();
+        headers.reserve(this.fixed.len());
         for (name, value) in this.fixed.iter() {
             // As tower-http does: `Vary` joins the answer's own, the rest replace theirs.
             if name == header::VARY {

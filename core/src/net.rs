@@ -168,12 +168,27 @@ impl AsyncRead for SharedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let tcp = &self.tcp;
         loop {
-            ready!(self.tcp.poll_read_ready(cx))?;
-            match self.tcp.try_read_buf(buf) {
-                Ok(_) => return Poll::Ready(Ok(())),
+            ready!(tcp.poll_read_ready(cx))?;
+            let room = buf.remaining();
+            let mut read = false;
+            let done = tcp.try_io(tokio::io::Interest::READABLE, || {
+                let n = tcp.try_read_buf(buf)?;
+                read = true;
+                if n > 0 && n < room && !cfg!(windows) {
+                    // A read that did not fill the buffer drained the socket: as tokio's
+                    // own `TcpStream` does, forget its readiness (unless an event came
+                    // since), so the next read waits for data instead of asking for it.
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match done {
+                _ if read => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
+                Ok(()) => return Poll::Ready(Ok(())),
             }
         }
     }
