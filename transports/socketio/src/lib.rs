@@ -73,6 +73,8 @@ pub struct SocketIoTransport {
     cfg: SocketIoConfig,
     io: SocketIo,
     router: Router,
+    /// Whether a socket may track offsets (recovery is on).
+    tracking: bool,
 }
 
 /// The socketioxide room that mirrors a core room for the sockets that track offsets (they
@@ -127,7 +129,19 @@ impl SocketIoTransport {
             .route_service("/socket.io", svc)
             .layer(axum::middleware::from_fn(detach_request))
             .layer(axum::middleware::from_fn_with_state(pids, add_pid));
-        SocketIoTransport { cfg, io, router }
+        SocketIoTransport {
+            cfg,
+            io,
+            router,
+            tracking: true,
+        }
+    }
+
+    /// Says whether sockets may track offsets (`recovery.enabled`; on unless told): with
+    /// recovery off, a delivery does not look for sockets that track them.
+    pub fn with_offset_tracking(mut self, on: bool) -> Self {
+        self.tracking = on;
+        self
     }
 }
 
@@ -447,9 +461,9 @@ impl Transport for SocketIoTransport {
             .except()
             .and_then(|id| id.as_str().parse().ok())
             .and_then(|sid| ns.get_socket(sid));
-        let to_rooms = |rooms: Vec<String>| match &sender {
-            Some(s) => s.to(rooms),
-            None => ns.clone().to(rooms),
+        let to_room = |room: String| match &sender {
+            Some(s) => s.to(room),
+            None => ns.clone().to(room),
         };
         // The local adapter broadcasts at once: its future is ready when first polled. A
         // socket is in the room's plain or its tracked variant, never both; each variant
@@ -457,24 +471,27 @@ impl Transport for SocketIoTransport {
         // would track every socket it reached, to send each one once).
         let sent = match to.room() {
             Some(room) => {
-                let (mut plain, mut tracking) = (false, false);
-                for c in to.of::<SioConnection>() {
-                    if c.tracks {
-                        tracking = true;
-                    } else {
-                        plain = true;
-                    }
-                    if plain && tracking {
-                        break;
+                // With recovery off every socket is plain; else see which kinds the room has.
+                let (mut plain, mut tracking) = (!self.tracking, false);
+                if self.tracking {
+                    for c in to.of::<SioConnection>() {
+                        if c.tracks {
+                            tracking = true;
+                        } else {
+                            plain = true;
+                        }
+                        if plain && tracking {
+                            break;
+                        }
                     }
                 }
                 let plain = plain.then(|| {
-                    to_rooms(vec![room.to_string()])
+                    to_room(room.to_string())
                         .emit(&*d.event, &*d.payload)
                         .now_or_never()
                 });
                 let tracking = tracking.then(|| {
-                    let rooms = to_rooms(vec![tracked(room)]);
+                    let rooms = to_room(tracked(room));
                     match to.offset() {
                         Some(offset) => {
                             rooms.emit(&*d.event, &(&*d.payload, offset)).now_or_never()
@@ -517,11 +534,10 @@ fn build(ctx: &PluginContext<'_>) -> Result<Option<Arc<dyn Transport>>, BoxError
         return Ok(None);
     }
     let handshake = ctx.config().limits.handshake_timeout;
-    Ok(Some(Arc::new(SocketIoTransport::new(
-        cfg,
-        ctx.gateway(),
-        handshake,
-    ))))
+    let recovery = ctx.config().recovery.enabled;
+    Ok(Some(Arc::new(
+        SocketIoTransport::new(cfg, ctx.gateway(), handshake).with_offset_tracking(recovery),
+    )))
 }
 
 register_plugin!(
