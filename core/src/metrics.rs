@@ -91,6 +91,31 @@ struct Totals {
     events_in: AtomicU64,
     events_out: AtomicU64,
     recent: Mutex<VecDeque<RecentError>>,
+    /// The counters of `events_in` and `events_out` met so far, by name: found from the
+    /// name alone, without a label set built for each event.
+    by_name_in: ByName,
+    by_name_out: ByName,
+}
+
+/// Counters of one family by event name.
+#[derive(Default)]
+struct ByName(parking_lot::RwLock<std::collections::HashMap<Box<str>, Counter>>);
+
+impl ByName {
+    /// Counts one `event` in `family`.
+    fn inc(&self, family: &Family<EventLabels, Counter>, event: &str) {
+        if let Some(c) = self.0.read().get(event) {
+            c.inc();
+            return;
+        }
+        let c = family
+            .get_or_create(&EventLabels {
+                event: event.to_owned(),
+            })
+            .clone();
+        c.inc();
+        self.0.write().insert(event.into(), c);
+    }
 }
 
 /// One recent failure on this node.
@@ -201,21 +226,13 @@ impl Metrics {
 
     /// Counts one client event received (`label`: its name, or `unknown`).
     pub fn count_in(&self, label: &str) {
-        self.events_in
-            .get_or_create(&EventLabels {
-                event: label.to_owned(),
-            })
-            .inc();
+        self.totals.by_name_in.inc(&self.events_in, label);
         self.totals.events_in.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one published event.
     pub fn count_out(&self, event: &str) {
-        self.events_out
-            .get_or_create(&EventLabels {
-                event: event.to_owned(),
-            })
-            .inc();
+        self.totals.by_name_out.inc(&self.events_out, event);
         self.totals.events_out.fetch_add(1, Ordering::Relaxed);
     }
 
