@@ -317,3 +317,37 @@ fn route_label(route: &str) -> &'static str {
     routes.insert(r);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_counted_by_name_whether_met_before_or_not() {
+        let m = Metrics::new();
+        m.count_out("message:status");
+        m.count_out("message:status");
+        m.count_out("custom:thing");
+        m.count_in("conversation:join");
+        m.count_in("unknown");
+        m.count_in("unknown");
+        let text = m.encode();
+        for line in [
+            "switchboard_events_out_total{event=\"message:status\"} 2",
+            "switchboard_events_out_total{event=\"custom:thing\"} 1",
+            "switchboard_events_in_total{event=\"conversation:join\"} 1",
+            "switchboard_events_in_total{event=\"unknown\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert_eq!((m.events_out_total(), m.events_in_total()), (3, 3));
+        // The family itself holds the same counters as the names.
+        let direct = m
+            .events_out
+            .get_or_create(&EventLabels {
+                event: "message:status".to_owned(),
+            })
+            .get();
+        assert_eq!(direct, 2);
+    }
+}
