@@ -352,6 +352,10 @@ impl Node {
     /// `into_make_service_with_connect_info::<PeerSocket>()` to keep the native transport's
     /// direct writes; without a [`PeerSocket`](crate::net::PeerSocket) it queues every
     /// frame for the socket's task. Every call serves the same transports.
+    ///
+    /// The app sits behind CORS as the router's fallback: routes merged into the returned
+    /// router are answered before it (without CORS); a router with a fallback of its own
+    /// cannot be merged into it.
     pub fn router(&self) -> Router {
         let cfg = self.gateway.config();
         let mut app = if cfg.server.internal_listen.is_some() {
