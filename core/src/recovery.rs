@@ -308,6 +308,8 @@ pub(crate) struct TrackState {
     pub(crate) pending: bool,
     /// The session went to another node (or a newer connection): its close keeps nothing.
     pub(crate) handed_over: bool,
+    /// The node forgot the session (a reset): its close keeps nothing either.
+    pub(crate) forgotten: bool,
     /// Holds the socket's own joins and leaves back until the recovered rooms are live.
     pub(crate) first_turn: Option<crate::session::Ticket>,
 }

@@ -25,6 +25,10 @@ pub enum CloseReason {
     /// The backend disconnected the user (`POST /api/v1/users/{userId}/disconnect`): the
     /// client must not reconnect by itself.
     Kicked,
+    /// The node lost track of what the backend asked about its sockets (it was cut off from
+    /// the other nodes for longer than they keep the calls): the client should connect
+    /// again, afresh; nothing of the session is kept for recovery.
+    Reset,
 }
 
 /// A socket's outgoing queue is full: nothing was sent.
@@ -184,6 +188,16 @@ pub trait Transport: Send + Sync + 'static {
     fn deliver(&self, delivery: &Delivery, to: Recipients<'_>) {
         for conn in to.iter() {
             conn.send(&delivery.event, &delivery.payload);
+        }
+    }
+
+    /// Closes `sockets` (this transport's, every one it has on this node) so that each
+    /// client connects again by itself ([`CloseReason::Reset`]); the core has already taken
+    /// them out of their rooms and forgotten their sessions. The default closes each with
+    /// [`Connection::close`].
+    async fn reset(&self, sockets: Vec<Arc<dyn Connection>>) {
+        for conn in sockets {
+            conn.close(CloseReason::Reset);
         }
     }
 

@@ -260,6 +260,7 @@ impl Inner {
                 self.disconnect_user(&text("user"), &text("reason"), before)
                     .await
             }
+            "reset" => self.reset().await,
             "send" => {
                 let event = text("event");
                 let data = request.get("data").cloned().unwrap_or(Value::Null);
@@ -455,6 +456,87 @@ impl Inner {
             }
         }
         tracing::info!(user = %user, sockets = sessions.len(), reason = %reason, "disconnected a user's sockets");
+        json!({ "sockets": sessions.len(), "of": sessions.len() })
+    }
+
+    /// Forgets every session of this node and closes every socket so that its client
+    /// connects again, afresh: the broker's own request when it cannot tell which control
+    /// calls this node missed.
+    async fn reset(&self) -> Value {
+        // A session waiting for its client to come back is not recovered.
+        let dropped: Vec<(Arc<str>, Arc<Session>)> = self
+            .dropped
+            .lock()
+            .drain()
+            .map(|(pid, (s, _))| (pid, s))
+            .collect();
+        for (pid, session) in &dropped {
+            if let Some(t) = &session.tracker {
+                t.state.lock().rooms.clear();
+            }
+            if let Err(e) = self.broker.delete_record(&session_key(pid), &[]).await {
+                self.backend_error("broker", &e.to_string());
+            }
+        }
+        let sessions: Vec<Arc<Session>> =
+            self.per_user.lock().values().flatten().cloned().collect();
+        for session in &sessions {
+            if let Some(t) = &session.tracker {
+                {
+                    let mut st = t.state.lock();
+                    st.forgotten = true;
+                    st.rooms.clear();
+                }
+                let pid = t.pid.lock().clone();
+                self.by_pid.lock().remove(&pid);
+                if let Err(e) = self.broker.delete_record(&session_key(&pid), &[]).await {
+                    self.backend_error("broker", &e.to_string());
+                }
+            }
+            // Out of every room now: nothing more reaches it while its transport closes.
+            let ticket = session.ticket();
+            ticket.turn().await;
+            self.rooms.leave_all(session).await;
+        }
+        let transports = self.rooms.transports();
+        let mut by_transport: Vec<Vec<Arc<dyn crate::transport::Connection>>> =
+            vec![Vec::new(); transports.len()];
+        for session in &sessions {
+            match session.transport().0.checked_sub(1) {
+                Some(i) if i < transports.len() => by_transport[i].push(session.conn.clone()),
+                _ => session.close(CloseReason::Reset),
+            }
+        }
+        self.metrics.error_with(
+            "control_reset",
+            &format!(
+                "closing {} sockets so that their clients connect again: this node was cut off for longer than the control log keeps calls",
+                sessions.len()
+            ),
+        );
+        tracing::warn!(
+            sockets = sessions.len(),
+            waiting = dropped.len(),
+            "closing every socket of this node so that each client connects again: the node cannot tell which control calls it missed"
+        );
+        for (transport, conns) in transports.iter().zip(by_transport) {
+            if !conns.is_empty() {
+                transport.reset(conns).await;
+            }
+        }
+        // Every socket at once, within one wait.
+        let closing = sessions.iter().map(|session| {
+            let mut ended = session.ended.subscribe();
+            async move {
+                let _ = ended.wait_for(|e| *e).await;
+            }
+        });
+        if tokio::time::timeout(CLOSE_WAIT, futures_util::future::join_all(closing))
+            .await
+            .is_err()
+        {
+            tracing::debug!("some reset sockets are still closing");
+        }
         json!({ "sockets": sessions.len(), "of": sessions.len() })
     }
 

@@ -260,7 +260,9 @@ impl Gateway {
             }
         };
         let handed_over = || t.state.lock().handed_over;
-        if leaving == Leaving::Closed {
+        // A session the node forgot (a reset) keeps nothing, however its transport ended.
+        let forgotten = t.state.lock().forgotten;
+        if leaving == Leaving::Closed || forgotten {
             forget(&mut self.0.by_pid.lock());
             if !handed_over()
                 && let Err(e) = self.0.broker.delete_record(&session_key(&pid), &[]).await
@@ -723,6 +725,9 @@ impl Inner {
                         let mut st = t.state.lock();
                         if st.pending {
                             return Err("the session was still being recovered".to_owned());
+                        }
+                        if st.forgotten {
+                            return Err("this node forgot the session".to_owned());
                         }
                         st.handed_over = true;
                     }

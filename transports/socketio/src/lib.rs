@@ -75,7 +75,12 @@ pub struct SocketIoTransport {
     router: Router,
     /// Whether a socket may track offsets (recovery is on).
     tracking: bool,
+    /// Registers the namespace with its handlers.
+    register: Register,
 }
+
+/// Registers the transport's namespace with its handlers on a [`SocketIo`].
+type Register = Arc<dyn Fn(&SocketIo) + Send + Sync>;
 
 /// The socketioxide room that mirrors a core room for the sockets that track offsets (they
 /// get each room event with its offset as the last argument).
@@ -123,7 +128,14 @@ impl SocketIoTransport {
                 }
             }
         };
-        io.ns(cfg.namespace.clone(), connected.with(middleware));
+        let namespace = cfg.namespace.clone();
+        let register: Register = Arc::new(move |io: &SocketIo| {
+            io.ns(
+                namespace.clone(),
+                connected.clone().with(middleware.clone()),
+            );
+        });
+        register(&io);
         let router = Router::new()
             .route_service("/socket.io/", svc.clone())
             .route_service("/socket.io", svc)
@@ -134,6 +146,7 @@ impl SocketIoTransport {
             io,
             router,
             tracking: true,
+            register,
         }
     }
 
@@ -212,6 +225,8 @@ impl Connection for SioConnection {
 
     fn close(&self, reason: CloseReason) {
         tracing::debug!(socket = %self.id, ?reason, "closing socket");
+        // socketioxide closes one socket only with the namespace's disconnect packet (the
+        // client does not reconnect); a reset closes them all through `Transport::reset`.
         let _ = self.socket.clone().disconnect();
     }
 }
@@ -514,6 +529,29 @@ impl Transport for SocketIoTransport {
             Some(Ok(())) => {}
             Some(Err(e)) => tracing::debug!(event = %d.event, error = %e, "broadcast incomplete"),
             None => tracing::warn!(event = %d.event, "broadcast did not complete at once; dropped"),
+        }
+    }
+
+    /// Closes every socket of the namespace so that socket.io-client reconnects by itself:
+    /// each gets engine.io's close packet (the client's `disconnect` reason is `transport
+    /// close`), not the namespace's disconnect packet, which would stop it reconnecting.
+    /// socketioxide closes a transport that way only for all its sockets at once, as it
+    /// closes the server; the namespace is registered again straight after, for the
+    /// clients that connect from then on.
+    async fn reset(&self, sockets: Vec<Arc<dyn Connection>>) {
+        let io = self.io.clone();
+        let mut close = Box::pin(async move { io.close().await });
+        // The first step takes the namespaces away and sends each socket its close packet.
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(close.as_mut().poll(cx))).await;
+        (self.register)(&self.io);
+        tracing::info!(
+            sockets = sockets.len(),
+            "closed every Socket.IO socket so that its client connects again"
+        );
+        if first.is_pending() {
+            // The rest waits for each transport to be gone (a polling client's next request).
+            tokio::spawn(close);
         }
     }
 

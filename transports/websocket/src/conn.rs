@@ -72,6 +72,10 @@ impl Close {
         code: 1001,
         reason: "Server shutting down",
     };
+    pub(crate) const RESET: Close = Close {
+        code: 1012,
+        reason: "Connect again",
+    };
     pub(crate) const BINARY: Close = Close {
         code: 1003,
         reason: "Binary frames are not supported",
@@ -305,6 +309,7 @@ impl Connection for WsConn {
             CloseReason::RateAbuse => Close::RATE_ABUSE,
             CloseReason::Shutdown => Close::SHUTDOWN,
             CloseReason::Kicked => Close::KICKED,
+            CloseReason::Reset => Close::RESET,
             _ => Close::SERVER,
         });
     }

@@ -23,7 +23,9 @@
 //!   `max_frame_bytes` with 1009, token expiry with 4401, sustained rate abuse with 4429.
 //! - The server pings every `ping_interval` and closes (4408, "Ping timeout") a socket that
 //!   answered neither of its last two pings. A socket whose outbound queue passes
-//!   `max_queued_frames` (it does not read) is closed with 1013; shutdown closes with 1001.
+//!   `max_queued_frames` (it does not read) is closed with 1013; shutdown closes with 1001;
+//!   a node that lost track of the backend's calls about its sockets closes them with 1012
+//!   (connect again, afresh).
 //!
 //! # Design for leanness
 //!
