@@ -9,7 +9,8 @@
 //! - `/readyz` answers 503 on the node that lost Redis while the fault lasts, 200 elsewhere;
 //! - once every socket has gone, no room subscription and no presence key is left;
 //! - a control call answered while a node was cut off (so not asked) holds there too once
-//!   it is back, before that node delivers any room's events again.
+//!   it is back, before that node delivers any room's events again; when the control log
+//!   lost such a call, the node closes every socket it holds, to start afresh.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -554,4 +555,109 @@ async fn control_calls_made_while_a_node_was_cut_off_hold_there_before_it_delive
     net.b.gw.disconnect(&s3b).await;
     net.a.gw.disconnect(&s3a).await;
     assert_nothing_left(net, vec![('a', s1a), ('b', s1b), ('b', s2b)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_for_longer_than_the_control_log_keeps_closes_every_socket_to_start_afresh()
+{
+    let net = net().await;
+    let conv = "forgotten";
+    let room = format!("conversation:{conv}");
+    let (u1b, s1b) = net.b.connect("u1").await;
+    let (u2b, s2b) = net.b.connect("u2").await;
+    let (u1a, s1a) = net.a.connect("u1").await;
+    let (u2a, s2a) = net.a.connect("u2").await;
+    for (n, s) in [
+        (&net.b, &s1b),
+        (&net.b, &s2b),
+        (&net.a, &s1a),
+        (&net.a, &s2a),
+    ] {
+        n.join(s, conv).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            alive(&net.a).await.len() == 2
+        })
+        .await,
+        "A sees both nodes"
+    );
+
+    net.pb.set(Fault::Partition);
+    let cut_off = eventually(Duration::from_secs(15), || async {
+        alive(&net.a).await.len() == 1
+    })
+    .await;
+    assert!(cut_off, "B still alive for A: {:?}", alive(&net.a).await);
+    let (st, body) = net
+        .a
+        .call(
+            "POST",
+            "/api/v1/rooms/leave",
+            Some(serde_json::json!({"room": room, "userId": "u1"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    // The log loses that call before B is back, as it does when B stays away for longer
+    // than the log keeps calls (its own trimming is tested with the broker).
+    let log = format!("{}control-log", net.prefix);
+    let entries = cli(&net.redis, &["XRANGE", &log, "-", "+"]);
+    let logged: Vec<&str> = entries
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.split_once('-')
+                .is_some_and(|(ms, _)| ms.parse::<u64>().is_ok())
+        })
+        .collect();
+    assert!(!logged.is_empty(), "the call is not in the log: {entries}");
+    let mut xdel = vec!["XDEL", log.as_str()];
+    xdel.extend(logged);
+    cli(&net.redis, &xdel);
+    net.pb.set(Fault::None);
+
+    // B cannot tell what it missed: it closes every socket it holds, to connect afresh.
+    let reset = eventually(Duration::from_secs(15), || async {
+        *u1b.closed.lock() == Some(switchboard::CloseReason::Reset)
+            && *u2b.closed.lock() == Some(switchboard::CloseReason::Reset)
+    })
+    .await;
+    assert!(
+        reset,
+        "B's sockets were not reset: u1 {:?}, u2 {:?}",
+        u1b.closed.lock(),
+        u2b.closed.lock()
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || net.b.ready()).await,
+        "B ready again after the partition"
+    );
+    assert!(!s1b.in_room(&room), "u1 on B still in the room");
+    assert!(!s2b.in_room(&room), "u2 on B still in the room");
+    assert!(u2a.closed.lock().is_none(), "A closed a socket");
+    assert!(!s1a.in_room(&room), "u1 on A still in the room");
+
+    // A socket that connects to B afresh gets the room's events again; the reset ones
+    // get nothing more.
+    let (u4b, s4b) = net.b.connect("u4").await;
+    net.b.join(&s4b, conv).await;
+    for seq in 0..3 {
+        assert_eq!(
+            net.a.publish(conv, &format!("a-{seq}")).await,
+            StatusCode::OK
+        );
+    }
+    let all = eventually(Duration::from_secs(5), || async {
+        ids(&u4b).len() == 3 && ids(&u2a).len() == 3
+    })
+    .await;
+    assert!(all, "u4 on B got {:?}, u2 on A {:?}", ids(&u4b), ids(&u2a));
+    assert!(ids(&u1b).is_empty(), "u1 on B got {:?}", ids(&u1b));
+    assert!(ids(&u1a).is_empty(), "u1 on A got {:?}", ids(&u1a));
+    assert!(ids(&u2b).is_empty(), "u2 on B got {:?}", ids(&u2b));
+    assert_nothing_left(
+        net,
+        vec![('b', s1b), ('b', s2b), ('a', s1a), ('a', s2a), ('b', s4b)],
+    )
+    .await;
 }

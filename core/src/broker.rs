@@ -470,8 +470,10 @@ pub trait RoomBroker: Send + Sync + 'static {
     ///
     /// A node that was cut off from the other nodes (so not asked) reads the entries it
     /// missed ([`control_log`](Self::control_log)) and carries them out, through its
-    /// [`Inbox::answer`], before it receives any room's events again. `None`: a broker that
-    /// links no nodes keeps no log.
+    /// [`Inbox::answer`], before it receives any room's events again. When the log no
+    /// longer holds all it may have missed, it hands [`Inbox::answer`] a
+    /// `{"kind": "reset"}` first: the core closes every socket of the node so that each
+    /// client connects again, afresh. `None`: a broker that links no nodes keeps no log.
     async fn log_control(&self, request: &Value) -> Result<Option<String>, BrokerError> {
         let _ = request;
         Ok(None)

@@ -12,7 +12,7 @@ import {
   configToml, startServer, signJwt, emitApi, api, eventually, uid, sleep, nowSec, NAMESPACE, TRANSPORTS,
 } from './helpers.mjs';
 import { startProxy } from './proxy.mjs';
-import { startRedis, sharedCluster } from './redis.mjs';
+import { startRedis, sharedCluster, redisCommand } from './redis.mjs';
 import { openNative } from './native.mjs';
 
 const open = new Set();
@@ -1003,4 +1003,75 @@ for (const backend of BACKENDS) describe(`recovery across nodes on ${backend.nam
       }
     });
   }
+});
+
+describe('a node cut off from Redis for longer than the control log keeps the calls', () => {
+  it('closes every socket so that each client connects again by itself, afresh (socket.io-client over WebSocket and long-polling, native)', async () => {
+    const redis = await startRedis();
+    // Node B reaches Redis through a forwarder the test can cut.
+    const link = await startProxy(redis.port);
+    const prefix = `${uid('sb')}:`;
+    const a = await startServer({ toml: recoveryToml({ redis, prefix }) });
+    const b = await startServer({ toml: recoveryToml({ redis: { url: `redis://127.0.0.1:${link.port}` }, prefix }) });
+    const nodes = async () => (await api(a, 'GET', '/api/v1/nodes')).json?.nodes?.length;
+    try {
+      for (const s of [a, b]) await eventually(async () => (await api(s, 'GET', '/readyz')).status === 200, 10000);
+      await eventually(async () => (await nodes()) === 2, 10000);
+      const conv = uid('conv');
+      const alice = uid('alice');
+      const onA = await connected(client(a.url, { token: signJwt({ sub: alice }), transports: ['websocket'] }));
+      const witness = await connected(client(a.url, { token: signJwt({ sub: uid('dave') }), transports: ['websocket'] }));
+      const ws = await connected(client(b.url, { token: signJwt({ sub: alice }), transports: ['websocket'] }));
+      const polling = await connected(client(b.url, { token: signJwt({ sub: uid('bob') }), transports: ['polling'] }));
+      for (const s of [onA, witness, ws, polling]) await join(s, conv);
+      const native = await openNative(b);
+      native.send({ op: 'connect', token: signJwt({ sub: uid('carol') }) });
+      await native.frame((f) => f.op === 'connected', 5000, 'connected');
+      const nativeAck = await native.emitAck('conversation:join', { conversationId: conv });
+      assert.deepEqual(nativeAck, { conversationId: conv, success: true });
+      await publish(a, conv, ['before']);
+      await eventually(() => ids(ws).length === 1 && ids(polling).length === 1, 5000);
+
+      // B loses Redis until A no longer counts it; the backend takes alice out of the room.
+      link.hold();
+      link.cut();
+      await eventually(async () => (await nodes()) === 1, 15000);
+      const left = await api(a, 'POST', '/api/v1/rooms/leave', { body: { room: `conversation:${conv}`, userId: alice } });
+      assert.equal(left.status, 200, JSON.stringify(left.json));
+      // The log loses the call before B is back (B stayed away longer than it keeps calls).
+      const entries = await redisCommand(redis.port, 'XRANGE', `${prefix}control-log`, '-', '+');
+      assert.ok(entries.length > 0, 'the call is in the log');
+      await redisCommand(redis.port, 'XDEL', `${prefix}control-log`, ...entries.map((e) => e[0]));
+
+      const dropped = [ws, polling].map((s) => once(s, 'disconnect', 20000));
+      const reconnected = [ws, polling].map((s) => once(s, 'connect', 25000));
+      link.release();
+      for (const [reason] of await Promise.all(dropped)) {
+        assert.equal(reason, 'transport close', 'socket.io-client is told to connect again, not disconnected for good');
+      }
+      assert.deepEqual(await native.closedWith(20000), { code: 1012, reason: 'Connect again' });
+      await Promise.all(reconnected);
+      assert.equal(ws.recovered, false, 'nothing is recovered of a session the node forgot');
+      assert.equal(polling.recovered, false);
+      const metrics = await api(b, 'GET', '/metrics');
+      assert.match(metrics.text, /switchboard_errors_total\{kind="control_reset"\} 1\b/, 'the operator can see it');
+
+      // Afresh: in no room until the client joins again.
+      await publish(a, conv, ['after']);
+      await eventually(() => ids(witness).length === 2, 5000);
+      await join(polling, conv);
+      await publish(a, conv, ['rejoined']);
+      await eventually(() => ids(polling).includes('rejoined'), 5000);
+      assert.deepEqual(ids(ws), ['before'], 'alice on B gets nothing of the room after the leave');
+      assert.deepEqual(ids(polling), ['before', 'rejoined']);
+      assert.deepEqual(ids(onA), ['before'], 'alice on A left the room');
+      await eventually(() => ids(witness).length === 3, 5000);
+      assert.deepEqual(ids(witness), ['before', 'after', 'rejoined']);
+    } finally {
+      await link.close();
+      await a.stop();
+      await b.stop();
+      await redis.stop();
+    }
+  });
 });

@@ -1,6 +1,7 @@
 //! The control log: the backend's calls about a user's sockets (join, leave, disconnect), in
-//! one stream, `{prefix}control-log` (an entry per call, `r`: the request; trimmed to about
-//! [`KEEP_ENTRIES`] entries, the whole stream expiring [`KEEP`] after its last entry).
+//! one stream, `{prefix}control-log` (an entry per call, `r`: the request; trimmed to
+//! [`KEEP_ENTRIES`] entries and to the last [`KEEP`] as calls come, the whole stream
+//! expiring [`LIFETIME`] after its last entry).
 //!
 //! A call asks the nodes alive; a node cut off from Redis long enough to drop out of the
 //! set of nodes alive is not asked. When it is back, every subscription pass first puts
@@ -8,6 +9,10 @@
 //! the log holds from a little before it was last known to be reachable ([`MARGIN`]), each
 //! entry once (the core skips those it carried out when asked), before any room's channel
 //! is subscribed: no event of a room reaches a socket the backend took out of it.
+//!
+//! When the log no longer holds all of that (the node was cut off for longer than the log
+//! keeps calls), the node cannot tell what it missed: it hands its core a `reset` first,
+//! which closes every socket of the node so that its client connects again afresh.
 
 use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
@@ -21,9 +26,11 @@ use switchboard_core::broker::LoggedControl;
 
 use super::Inner;
 
-/// How long the log keeps its entries after the last one.
+/// How long the log keeps an entry (older ones go as new calls come).
 pub(crate) const KEEP: Duration = Duration::from_secs(3600);
-/// About how many entries the log keeps.
+/// How long the log stays after its last entry.
+pub(crate) const LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How many entries the log keeps.
 pub(crate) const KEEP_ENTRIES: u64 = 100_000;
 /// How far before the node was last known reachable its replay starts (asks in flight when
 /// it was cut off).
@@ -40,6 +47,27 @@ fn id_ms(id: &str) -> u64 {
         .next()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// An entry id's time and sequence parts.
+fn id_parts(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Whether entries written at or after `since_ms` may be gone from the log, from what the
+/// log says it deleted last (`deleted`: the script's answer) and the server's clock.
+fn gap(deleted: &str, since_ms: u64, now_ms: u64) -> bool {
+    let older_than = |d: Duration| {
+        since_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)) < now_ms
+    };
+    match deleted {
+        // No log: it expired (nothing was written for `LIFETIME`), or none was ever written.
+        "missing" => older_than(LIFETIME),
+        // A Redis before 7.0 does not say what it trimmed: anything older than `KEEP` may be.
+        "unknown" => older_than(KEEP),
+        id => id_parts(id).is_none_or(|(ms, _)| ms >= since_ms),
+    }
 }
 
 /// The entries of an `XRANGE` answer that read as requests.
@@ -90,6 +118,7 @@ impl Inner {
             request.to_string(),
             KEEP_ENTRIES.to_string(),
             KEEP.as_millis().to_string(),
+            LIFETIME.as_millis().to_string(),
         ];
         let v = self
             .run_script(client, &SCRIPT, vec![key], args, "XADD")
@@ -129,6 +158,22 @@ impl Inner {
         }
     }
 
+    /// Whether the log may have lost entries written at or after `since_ms`.
+    pub(crate) async fn control_log_gap(
+        &self,
+        since_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, BrokerError> {
+        let key = self.control_log_key();
+        let (client, _) = self.publisher(&key);
+        let args = vec!["deleted".to_owned()];
+        let v = self
+            .run_script(client, &SCRIPT, vec![key], args, "XINFO")
+            .await?;
+        let deleted = v.as_string().unwrap_or_default();
+        Ok(gap(&deleted, since_ms, now_ms))
+    }
+
     /// Carries out what the log holds from a little before this node was last reachable
     /// (`now_ms`: the server's clock as this pass found it); how many entries it read.
     pub(crate) async fn replay_control(&self, now_ms: u64) -> Result<usize, BrokerError> {
@@ -140,9 +185,21 @@ impl Inner {
         }
         let since = covered.saturating_sub(u64::try_from(MARGIN.as_millis()).unwrap_or(0));
         let log = self.control_log(since).await?;
+        // Asked after the read: an entry trimmed while it read counts as missed.
+        let gap = self.control_log_gap(since, now_ms).await?;
         let Some(inbox) = self.inbox.get() else {
             return Ok(0);
         };
+        if gap {
+            tracing::warn!(
+                cut_off_ms = now_ms.saturating_sub(covered),
+                "room broker: this node was cut off for longer than the control log keeps calls; closing every socket so that its client connects again"
+            );
+            let answer = inbox.answer(serde_json::json!({ "kind": "reset" })).await;
+            if let Some(e) = answer.get("error").and_then(Value::as_str) {
+                tracing::warn!(error = %e, "room broker: the reset failed here");
+            }
+        }
         for entry in &log {
             let mut request = entry.request.clone();
             if let Some(map) = request.as_object_mut() {
@@ -173,6 +230,25 @@ mod tests {
     fn ids_give_their_time() {
         assert_eq!(id_ms("1712345678901-3"), 1_712_345_678_901);
         assert_eq!(id_ms("nonsense"), 0);
+    }
+
+    #[test]
+    fn a_gap_is_what_the_log_deleted_at_or_after_the_start() {
+        let hour = 3_600_000;
+        let now = 1000 * hour;
+        // Nothing deleted, or only entries before the start.
+        assert!(!gap("0-0", now - hour, now));
+        assert!(!gap(&format!("{}-7", now - hour - 1), now - hour, now));
+        // An entry at or after the start is gone.
+        assert!(gap(&format!("{}-0", now - hour), now - hour, now));
+        assert!(gap(&format!("{}-3", now - 10), now - hour, now));
+        assert!(gap("garbage", now - hour, now));
+        // No log: only a node cut off for longer than the log lives can have missed one.
+        assert!(!gap("missing", now - 2 * hour, now));
+        assert!(gap("missing", now - 200 * hour, now + 1));
+        // A Redis that does not say: anything older than an hour may be gone.
+        assert!(!gap("unknown", now - hour / 2, now));
+        assert!(gap("unknown", now - 2 * hour, now));
     }
 
     #[test]

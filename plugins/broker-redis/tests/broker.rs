@@ -497,3 +497,84 @@ async fn nodes_sharing_a_redis_list_each_other_until_one_stops() {
         "an error once Redis is gone"
     );
 }
+
+/// Runs the control log's script with `args` on `key`.
+fn control_log_script(server: &RedisServer, key: &str, args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/control_log.lua");
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string(), "--eval", script, key, ","])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// An entry id's time (ms).
+fn id_ms(id: &str) -> u64 {
+    id.split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("not an entry id: {id}"))
+}
+
+#[tokio::test]
+async fn the_control_log_says_up_to_when_it_may_have_dropped_entries() {
+    let server = RedisServer::start();
+    let add = |key: &str, n: usize, keep_ms: &str| {
+        control_log_script(
+            &server,
+            key,
+            &["add", &format!("{{\"n\":{n}}}"), "3", keep_ms, "604800000"],
+        )
+    };
+    let deleted = |key: &str| control_log_script(&server, key, &["deleted"]);
+    assert_eq!(deleted("log"), "missing");
+
+    // A new log may only have lost what a log that expired a week before held.
+    let first = add("log", 1, "3600000");
+    let week = 7 * 24 * 3600 * 1000;
+    assert_eq!(id_ms(&deleted("log")), id_ms(&first) - week);
+
+    // Over its length, it drops the oldest entries, and says so.
+    let second = add("log", 2, "3600000");
+    add("log", 3, "3600000");
+    assert_eq!(id_ms(&deleted("log")), id_ms(&first) - week);
+    add("log", 4, "3600000");
+    assert_eq!(deleted("log"), format!("{}-0", id_ms(&first)));
+    add("log", 5, "3600000");
+    assert_eq!(deleted("log"), format!("{}-0", id_ms(&second)));
+    let kept = control_log_script(&server, "log", &["read", "-", "10"]);
+    assert!(
+        !kept.contains("\"n\":2") && kept.contains("\"n\":3") && kept.contains("\"n\":5"),
+        "{kept}"
+    );
+
+    // Past their age, entries go too: the bound moves up to just below the age limit.
+    let old = add("aged", 1, "50");
+    let passed = eventually(Duration::from_secs(5), || async {
+        let t = std::process::Command::new("redis-cli")
+            .args(["-p", &server.port().to_string(), "TIME"])
+            .output()
+            .expect("redis-cli");
+        let parts: Vec<u64> = String::from_utf8_lossy(&t.stdout)
+            .lines()
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        let now_ms =
+            parts.first().copied().unwrap_or(0) * 1000 + parts.get(1).copied().unwrap_or(0) / 1000;
+        now_ms > id_ms(&old) + 50
+    })
+    .await;
+    assert!(passed, "the server's clock did not move");
+    let new = add("aged", 2, "50");
+    let bound = id_ms(&deleted("aged"));
+    assert!(
+        bound >= id_ms(&old) && bound < id_ms(&new) - 50,
+        "deleted up to {bound}: old {old}, new {new}"
+    );
+    let kept = control_log_script(&server, "aged", &["read", "-", "10"]);
+    assert!(
+        !kept.contains("\"n\":1") && kept.contains("\"n\":2"),
+        "{kept}"
+    );
+}
