@@ -262,3 +262,63 @@ async fn a_key_published_for_one_algorithm_refuses_another() {
     );
     assert_eq!(auth.refused_count(RefusalReason::AlgorithmNotAccepted), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_kids_fetches_the_set_at_most_once_per_jwks_cache_min() {
+    let a = Signer::rsa("a", "rsa-a.key");
+    let (p, url) = provider(Answer::Keys(vec![a.jwk()])).await;
+    // A minimum far longer than the test: any fetch after the first would be one the limit
+    // let through (an unknown kid fetches at once only when the last attempt is older).
+    let cfg = JwtConfig {
+        algorithms: vec!["RS256".into()],
+        jwks_url: Some(url),
+        jwks_cache_min: Dur::secs(600),
+        jwks_cache_max: Dur::secs(3600),
+        leeway: Dur::secs(0),
+        ..JwtConfig::default()
+    };
+    let auth = Arc::new(JwtAuthenticator::new(&cfg, false).expect("config"));
+    let token = a.token("u1");
+    assert!(auth.verify_token(&token).await.is_ok());
+    assert_eq!(
+        p.hits.load(Ordering::SeqCst),
+        1,
+        "the first handshake fetched the set"
+    );
+
+    // Tokens of a key the set lacks, each under its own kid, all at once and then one by one.
+    let rogue = EncodingKey::from_rsa_pem(&read("rsa-b.key")).expect("rsa key");
+    let forged = |kid: String| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid);
+        jsonwebtoken::encode(
+            &header,
+            &json!({"sub": "mallory", "exp": 4_000_000_000u64}),
+            &rogue,
+        )
+        .expect("sign")
+    };
+    let at_once: Vec<_> = (0..200)
+        .map(|i| {
+            let (auth, token) = (auth.clone(), forged(format!("rogue-{i}")));
+            tokio::spawn(async move { auth.verify_token(&token).await })
+        })
+        .collect();
+    for t in at_once {
+        assert_eq!(t.await.expect("task"), Err(AuthError::InvalidToken));
+    }
+    for i in 200..300 {
+        assert_eq!(
+            auth.verify_token(&forged(format!("rogue-{i}"))).await,
+            Err(AuthError::InvalidToken)
+        );
+    }
+    assert_eq!(
+        p.hits.load(Ordering::SeqCst),
+        1,
+        "300 unknown kids within jwks_cache_min of the last fetch fetched nothing"
+    );
+    assert!(auth.refused_count(RefusalReason::UnknownKid) >= 300);
+    // The known key is not disturbed.
+    assert!(auth.verify_token(&token).await.is_ok());
+}
