@@ -294,3 +294,26 @@ async fn a_join_racing_the_last_leave_of_another_socket_stays_subscribed() {
         "only the other node's subscription is left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_the_backend_disconnected_joins_no_room_while_its_transport_closes() {
+    let gw = gateway(&config(None)).await;
+    let (_sock, session) = connect(&gw, "kicked").await;
+    burst(&gw, &session, &[join("1")]).await;
+    assert!(session.in_room("conversation:1"));
+    let n = gw
+        .disconnect_user("user-kicked", "banned")
+        .await
+        .expect("disconnected");
+    assert_eq!(n, 1);
+    assert!(!session.in_room("conversation:1"));
+    // Its transport has not closed yet (this connection never does by itself): an event it
+    // sent meanwhile does not put it back in a room.
+    burst(&gw, &session, &[join("2")]).await;
+    assert!(
+        session.rooms().is_empty(),
+        "a closing socket joined {:?}",
+        session.rooms()
+    );
+    gw.disconnect(&session).await;
+}

@@ -308,6 +308,10 @@ impl Rooms {
         room: &Room,
         recovered: Option<Position>,
     ) -> Result<(), BrokerError> {
+        if session.is_closing() {
+            // A socket the server is closing (a kick, a reset) stays out of every room.
+            return Ok(());
+        }
         loop {
             let entry = self.entry_or_create(room);
             {

@@ -40,6 +40,8 @@ pub struct Session {
     pub(crate) ended: tokio::sync::watch::Sender<bool>,
     /// When it connected (ms since the epoch, by this node's clock).
     pub(crate) connected_ms: u64,
+    /// The server is closing it: it joins no room any more.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Session {
@@ -67,7 +69,19 @@ impl Session {
             tracker,
             ended: tokio::sync::watch::Sender::new(false),
             connected_ms: crate::broker::now_us() / 1000,
+            closing: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks it as being closed by the server: from now on it joins no room.
+    pub(crate) fn mark_closing(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the server is closing it.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Its recovery id (`pid`), when the client tracks offsets and recovery is on.
@@ -139,6 +153,7 @@ impl Session {
     }
     /// Closes the connection.
     pub(crate) fn close(&self, reason: CloseReason) {
+        self.mark_closing();
         self.conn.close(reason);
     }
 }

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::{Gateway, Inner};
@@ -29,6 +30,8 @@ use crate::transport::CloseReason;
 
 /// How long a call waits for every node's answer.
 pub(crate) const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many recovery records a reset deletes at a time.
+const RESET_CONCURRENCY: usize = 64;
 /// How long a disconnect waits for a closed socket to be gone from its node.
 const CLOSE_WAIT: Duration = Duration::from_millis(1500);
 
@@ -470,17 +473,17 @@ impl Inner {
             .drain()
             .map(|(pid, (s, _))| (pid, s))
             .collect();
+        let mut records: Vec<Arc<str>> = Vec::with_capacity(dropped.len());
         for (pid, session) in &dropped {
             if let Some(t) = &session.tracker {
                 t.state.lock().rooms.clear();
             }
-            if let Err(e) = self.broker.delete_record(&session_key(pid), &[]).await {
-                self.backend_error("broker", &e.to_string());
-            }
+            records.push(pid.clone());
         }
         let sessions: Vec<Arc<Session>> =
             self.per_user.lock().values().flatten().cloned().collect();
         for session in &sessions {
+            session.mark_closing();
             if let Some(t) = &session.tracker {
                 {
                     let mut st = t.state.lock();
@@ -489,10 +492,18 @@ impl Inner {
                 }
                 let pid = t.pid.lock().clone();
                 self.by_pid.lock().remove(&pid);
+                records.push(pid);
+            }
+        }
+        // No node recovers any of them: their records go, many at a time.
+        futures_util::stream::iter(records)
+            .for_each_concurrent(RESET_CONCURRENCY, |pid| async move {
                 if let Err(e) = self.broker.delete_record(&session_key(&pid), &[]).await {
                     self.backend_error("broker", &e.to_string());
                 }
-            }
+            })
+            .await;
+        for session in &sessions {
             // Out of every room now: nothing more reaches it while its transport closes.
             let ticket = session.ticket();
             ticket.turn().await;
