@@ -432,6 +432,29 @@ async fn alive(n: &TestNode) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Once A sees both nodes, cuts B off from Redis and waits until A counts it out.
+async fn cut_off_b(net: &Net) {
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            alive(&net.a).await.len() == 2
+        })
+        .await,
+        "A sees both nodes"
+    );
+    net.pb.set(Fault::Partition);
+    let cut_off = eventually(Duration::from_secs(15), || async {
+        alive(&net.a).await.len() == 1
+    })
+    .await;
+    assert!(cut_off, "B still alive for A: {:?}", alive(&net.a).await);
+}
+
+/// Makes the backend's call `path` with `body` on `n`, which answers 200.
+async fn call_ok(n: &TestNode, path: &str, body: serde_json::Value) {
+    let (st, answer) = n.call("POST", path, Some(body)).await;
+    assert_eq!(st, StatusCode::OK, "{path}: {answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_calls_made_while_a_node_was_cut_off_hold_there_before_it_delivers_again() {
     let net = net().await;
@@ -451,39 +474,20 @@ async fn control_calls_made_while_a_node_was_cut_off_hold_there_before_it_delive
     ] {
         n.join(s, conv).await;
     }
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            alive(&net.a).await.len() == 2
-        })
-        .await,
-        "A sees both nodes"
-    );
-
-    net.pb.set(Fault::Partition);
     // Until A no longer counts B as alive, a call fails naming B; after, it is not asked.
-    let cut_off = eventually(Duration::from_secs(15), || async {
-        alive(&net.a).await.len() == 1
-    })
+    cut_off_b(&net).await;
+    call_ok(
+        &net.a,
+        "/api/v1/rooms/leave",
+        serde_json::json!({"room": room, "userId": "u1"}),
+    )
     .await;
-    assert!(cut_off, "B still alive for A: {:?}", alive(&net.a).await);
-    let (st, body) = net
-        .a
-        .call(
-            "POST",
-            "/api/v1/rooms/leave",
-            Some(serde_json::json!({"room": room, "userId": "u1"})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{body}");
-    let (st, body) = net
-        .a
-        .call(
-            "POST",
-            "/api/v1/users/u3/disconnect",
-            Some(serde_json::json!({"reason": "banned"})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{body}");
+    call_ok(
+        &net.a,
+        "/api/v1/users/u3/disconnect",
+        serde_json::json!({"reason": "banned"}),
+    )
+    .await;
     // B, counted out, delivers nothing on its own meanwhile, and its publisher is told.
     let (st, body) = net
         .b
@@ -575,29 +579,13 @@ async fn a_node_cut_off_for_longer_than_the_control_log_keeps_closes_every_socke
     ] {
         n.join(s, conv).await;
     }
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            alive(&net.a).await.len() == 2
-        })
-        .await,
-        "A sees both nodes"
-    );
-
-    net.pb.set(Fault::Partition);
-    let cut_off = eventually(Duration::from_secs(15), || async {
-        alive(&net.a).await.len() == 1
-    })
+    cut_off_b(&net).await;
+    call_ok(
+        &net.a,
+        "/api/v1/rooms/leave",
+        serde_json::json!({"room": room, "userId": "u1"}),
+    )
     .await;
-    assert!(cut_off, "B still alive for A: {:?}", alive(&net.a).await);
-    let (st, body) = net
-        .a
-        .call(
-            "POST",
-            "/api/v1/rooms/leave",
-            Some(serde_json::json!({"room": room, "userId": "u1"})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{body}");
     // The log loses that call before B is back, as it does when B stays away for longer
     // than the log keeps calls (its own trimming is tested with the broker).
     let log = format!("{}control-log", net.prefix);
