@@ -639,7 +639,14 @@ async fn a_node_cut_off_for_longer_than_the_control_log_keeps_closes_every_socke
         ids(&u4b).len() == 3 && ids(&u2a).len() == 3
     })
     .await;
-    assert!(all, "u4 on B got {:?}, u2 on A {:?}", ids(&u4b), ids(&u2a));
+    assert!(
+        all,
+        "u4 on B got {:?} (closed: {:?}, in the room: {}), u2 on A {:?}",
+        ids(&u4b),
+        u4b.closed.lock(),
+        s4b.in_room(&room),
+        ids(&u2a)
+    );
     assert!(ids(&u1b).is_empty(), "u1 on B got {:?}", ids(&u1b));
     assert!(ids(&u1a).is_empty(), "u1 on A got {:?}", ids(&u1a));
     assert!(ids(&u2b).is_empty(), "u2 on B got {:?}", ids(&u2b));

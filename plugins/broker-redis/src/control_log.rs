@@ -55,18 +55,41 @@ fn id_parts(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-/// Whether entries written at or after `since_ms` may be gone from the log, from what the
-/// log says it deleted last (`deleted`: the script's answer) and the server's clock.
-fn gap(deleted: &str, since_ms: u64, now_ms: u64) -> bool {
-    let older_than = |d: Duration| {
-        since_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)) < now_ms
-    };
-    match deleted {
-        // No log: it expired (nothing was written for `LIFETIME`), or none was ever written.
-        "missing" => older_than(LIFETIME),
-        // A Redis before 7.0 does not say what it trimmed: anything older than `KEEP` may be.
-        "unknown" => older_than(KEEP),
-        id => id_parts(id).is_none_or(|(ms, _)| ms >= since_ms),
+/// What the log says of the entries it dropped: the newest time (ms) one may carry, or why
+/// it cannot say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropped {
+    /// Entries up to this time may be gone.
+    UpTo(u64),
+    /// There is no log: it expired (nothing was written for [`LIFETIME`]), or none was.
+    NoLog,
+    /// A Redis before 7.0 does not keep it: anything older than [`KEEP`] may be gone.
+    Unknown,
+}
+
+impl Dropped {
+    /// Reads the script's answer.
+    fn parse(answer: &str) -> Self {
+        match answer {
+            "missing" => Dropped::NoLog,
+            "unknown" => Dropped::Unknown,
+            // Unreadable: assume the worst.
+            id => Dropped::UpTo(id_parts(id).map_or(u64::MAX, |(ms, _)| ms)),
+        }
+    }
+
+    /// Whether entries written at or after `since_ms` may be gone, by the server's clock
+    /// `now_ms`, beyond what a pass that read the log before had seen dropped
+    /// (`handled_ms`).
+    fn gap(self, since_ms: u64, now_ms: u64, handled_ms: u64) -> bool {
+        let older_than = |d: Duration| {
+            since_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)) < now_ms
+        };
+        match self {
+            Dropped::NoLog => older_than(LIFETIME),
+            Dropped::Unknown => older_than(KEEP),
+            Dropped::UpTo(ms) => ms >= since_ms && ms > handled_ms,
+        }
     }
 }
 
@@ -158,20 +181,15 @@ impl Inner {
         }
     }
 
-    /// Whether the log may have lost entries written at or after `since_ms`.
-    pub(crate) async fn control_log_gap(
-        &self,
-        since_ms: u64,
-        now_ms: u64,
-    ) -> Result<bool, BrokerError> {
+    /// What the log says of the entries it dropped.
+    async fn control_log_dropped(&self) -> Result<Dropped, BrokerError> {
         let key = self.control_log_key();
         let (client, _) = self.publisher(&key);
         let args = vec!["deleted".to_owned()];
         let v = self
             .run_script(client, &SCRIPT, vec![key], args, "XINFO")
             .await?;
-        let deleted = v.as_string().unwrap_or_default();
-        Ok(gap(&deleted, since_ms, now_ms))
+        Ok(Dropped::parse(&v.as_string().unwrap_or_default()))
     }
 
     /// Carries out what the log holds from a little before this node was last reachable
@@ -186,7 +204,9 @@ impl Inner {
         let since = covered.saturating_sub(u64::try_from(MARGIN.as_millis()).unwrap_or(0));
         let log = self.control_log(since).await?;
         // Asked after the read: an entry trimmed while it read counts as missed.
-        let gap = self.control_log_gap(since, now_ms).await?;
+        let dropped = self.control_log_dropped().await?;
+        let handled = self.control_dropped_ms.load(Ordering::SeqCst);
+        let gap = dropped.gap(since, now_ms, handled);
         let Some(inbox) = self.inbox.get() else {
             return Ok(0);
         };
@@ -218,6 +238,13 @@ impl Inner {
                 "room broker: carried out the control calls made while this node was cut off"
             );
         }
+        // Everything up to this pass is carried out (or reset): a later pass, before the next
+        // beat moves this up, starts here and does not reset again the sockets that
+        // connected since.
+        self.control_covered_ms.fetch_max(now_ms, Ordering::SeqCst);
+        if let Dropped::UpTo(ms) = dropped {
+            self.control_dropped_ms.fetch_max(ms, Ordering::SeqCst);
+        }
         Ok(log.len())
     }
 }
@@ -233,22 +260,29 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_is_what_the_log_deleted_at_or_after_the_start() {
+    fn a_gap_is_an_entry_dropped_at_or_after_the_start_and_not_handled_before() {
         let hour = 3_600_000;
         let now = 1000 * hour;
-        // Nothing deleted, or only entries before the start.
-        assert!(!gap("0-0", now - hour, now));
-        assert!(!gap(&format!("{}-7", now - hour - 1), now - hour, now));
+        let since = now - hour;
+        let gap = |answer: &str, since: u64, now: u64, handled: u64| {
+            Dropped::parse(answer).gap(since, now, handled)
+        };
+        // Nothing dropped, or only entries before the start.
+        assert!(!gap("0-0", since, now, 0));
+        assert!(!gap(&format!("{}-7", since - 1), since, now, 0));
         // An entry at or after the start is gone.
-        assert!(gap(&format!("{}-0", now - hour), now - hour, now));
-        assert!(gap(&format!("{}-3", now - 10), now - hour, now));
-        assert!(gap("garbage", now - hour, now));
+        assert!(gap(&format!("{since}-0"), since, now, 0));
+        assert!(gap(&format!("{}-3", now - 10), since, now, 0));
+        assert!(gap("garbage", since, now, 0));
+        // ...unless a pass that read the log already saw it gone (and reset).
+        assert!(!gap(&format!("{}-3", now - 10), since, now, now - 10));
+        assert!(gap(&format!("{}-3", now - 5), since, now, now - 10));
         // No log: only a node cut off for longer than the log lives can have missed one.
-        assert!(!gap("missing", now - 2 * hour, now));
-        assert!(gap("missing", now - 200 * hour, now + 1));
+        assert!(!gap("missing", now - 2 * hour, now, 0));
+        assert!(gap("missing", now - 200 * hour, now + 1, 0));
         // A Redis that does not say: anything older than an hour may be gone.
-        assert!(!gap("unknown", now - hour / 2, now));
-        assert!(gap("unknown", now - 2 * hour, now));
+        assert!(!gap("unknown", now - hour / 2, now, 0));
+        assert!(gap("unknown", now - 2 * hour, now, 0));
     }
 
     #[test]

@@ -303,6 +303,9 @@ struct Inner {
     /// The Redis server's clock (ms) at this node's last beat while every channel was
     /// subscribed: control calls made before it reached this node (see [`control_log`]).
     control_covered_ms: AtomicU64,
+    /// The newest time (ms) the control log said it may have dropped an entry of, as this
+    /// node last read it: a loss at or below it is already carried out (or reset).
+    control_dropped_ms: AtomicU64,
     /// Whether this node may deliver on its own (see [`nodes::Lease`]).
     lease: nodes::Lease,
 }
@@ -424,6 +427,7 @@ impl RedisBroker {
                 next_publish: AtomicU64::new(random_u64()),
                 outcomes: Outcomes::default(),
                 control_covered_ms: AtomicU64::new(0),
+                control_dropped_ms: AtomicU64::new(0),
                 lease: nodes::Lease::default(),
             }),
         })
