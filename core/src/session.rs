@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use serde_json::value::RawValue;
@@ -41,7 +42,7 @@ pub struct Session {
     /// When it connected (ms since the epoch, by this node's clock).
     pub(crate) connected_ms: u64,
     /// The server is closing it: it joins no room any more.
-    closing: std::sync::atomic::AtomicBool,
+    closing: AtomicBool,
 }
 
 impl std::fmt::Debug for Session {
@@ -69,19 +70,18 @@ impl Session {
             tracker,
             ended: tokio::sync::watch::Sender::new(false),
             connected_ms: crate::broker::now_us() / 1000,
-            closing: std::sync::atomic::AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         }
     }
 
     /// Marks it as being closed by the server: from now on it joins no room.
     pub(crate) fn mark_closing(&self) {
-        self.closing
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.closing.store(true, Ordering::SeqCst);
     }
 
     /// Whether the server is closing it.
     pub(crate) fn is_closing(&self) -> bool {
-        self.closing.load(std::sync::atomic::Ordering::SeqCst)
+        self.closing.load(Ordering::SeqCst)
     }
 
     /// Its recovery id (`pid`), when the client tracks offsets and recovery is on.

@@ -41,18 +41,15 @@ const PAGE: usize = 1000;
 static SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("scripts/control_log.lua")));
 
-/// An entry id's time part (ms).
-fn id_ms(id: &str) -> u64 {
-    id.split('-')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-/// An entry id's time and sequence parts.
+/// An entry id's time (ms) and sequence parts.
 fn id_parts(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
     Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// An entry id's time part (ms); 0 for what is not an id.
+fn id_ms(id: &str) -> u64 {
+    id_parts(id).map_or(0, |(ms, _)| ms)
 }
 
 /// What the log says of the entries it dropped: the newest time (ms) one may carry, or why
