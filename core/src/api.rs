@@ -140,6 +140,21 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
+/// Whether a media type (without parameters) is JSON: `application/json` or
+/// `application/*+json`, in any case.
+fn is_json_media_type(media: &str) -> bool {
+    let m = media.trim();
+    let starts = |p: &str| m.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
+    let ends = |p: &str| {
+        m.len()
+            .checked_sub(p.len())
+            .and_then(|i| m.get(i..))
+            .is_some_and(|t| t.eq_ignore_ascii_case(p))
+    };
+    m.eq_ignore_ascii_case("application/json")
+        || (m.len() >= "application/+json".len() && starts("application/") && ends("+json"))
+}
+
 /// The body, once its content type (`content_type`) says JSON and it is within the body
 /// limit.
 fn json_bytes(
@@ -150,15 +165,7 @@ fn json_bytes(
     let is_json = content_type
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .map(|m| {
-            let m = m.trim().as_bytes();
-            let (head, tail) = m.split_at(m.len().min(12));
-            m.eq_ignore_ascii_case(b"application/json")
-                || (head.eq_ignore_ascii_case(b"application/")
-                    && tail.len() >= 5
-                    && tail[tail.len() - 5..].eq_ignore_ascii_case(b"+json"))
-        })
-        .unwrap_or(false);
+        .is_some_and(is_json_media_type);
     if !is_json {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -687,4 +694,32 @@ async fn history(
         axum::Json(json!({ "room": room, "events": events, "complete": h.complete }))
             .into_response(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json_media_type;
+
+    #[test]
+    fn json_media_types_are_application_json_and_application_plus_json_in_any_case() {
+        for yes in [
+            "application/json",
+            " Application/JSON ",
+            "application/merge-patch+json",
+            "application/+json",
+        ] {
+            assert!(is_json_media_type(yes), "{yes}");
+        }
+        for no in [
+            "text/json",
+            "application/jsonx",
+            "application/xml",
+            "application+json",
+            "json",
+            "",
+            "application/é+json\u{0}",
+        ] {
+            assert!(!is_json_media_type(no), "{no}");
+        }
+    }
 }
