@@ -432,6 +432,13 @@ async fn alive(n: &TestNode) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A socket of `user` on `n`, in conversation `conv`.
+async fn member(n: &TestNode, user: &str, conv: &str) -> (Arc<support::Sock>, Arc<Session>) {
+    let (sock, session) = n.connect(user).await;
+    n.join(&session, conv).await;
+    (sock, session)
+}
+
 /// Once A sees both nodes, cuts B off from Redis and waits until A counts it out.
 async fn cut_off_b(net: &Net) {
     assert!(
@@ -460,20 +467,11 @@ async fn control_calls_made_while_a_node_was_cut_off_hold_there_before_it_delive
     let net = net().await;
     let conv = "revoke";
     let room = format!("conversation:{conv}");
-    let (u1a, s1a) = net.a.connect("u1").await;
-    let (u1b, s1b) = net.b.connect("u1").await;
-    let (u2b, s2b) = net.b.connect("u2").await;
-    let (_u3a, s3a) = net.a.connect("u3").await;
-    let (u3b, s3b) = net.b.connect("u3").await;
-    for (n, s) in [
-        (&net.a, &s1a),
-        (&net.b, &s1b),
-        (&net.b, &s2b),
-        (&net.a, &s3a),
-        (&net.b, &s3b),
-    ] {
-        n.join(s, conv).await;
-    }
+    let (u1a, s1a) = member(&net.a, "u1", conv).await;
+    let (u1b, s1b) = member(&net.b, "u1", conv).await;
+    let (u2b, s2b) = member(&net.b, "u2", conv).await;
+    let (_u3a, s3a) = member(&net.a, "u3", conv).await;
+    let (u3b, s3b) = member(&net.b, "u3", conv).await;
     // Until A no longer counts B as alive, a call fails naming B; after, it is not asked.
     cut_off_b(&net).await;
     call_ok(
@@ -567,18 +565,10 @@ async fn a_node_cut_off_for_longer_than_the_control_log_keeps_closes_every_socke
     let net = net().await;
     let conv = "forgotten";
     let room = format!("conversation:{conv}");
-    let (u1b, s1b) = net.b.connect("u1").await;
-    let (u2b, s2b) = net.b.connect("u2").await;
-    let (u1a, s1a) = net.a.connect("u1").await;
-    let (u2a, s2a) = net.a.connect("u2").await;
-    for (n, s) in [
-        (&net.b, &s1b),
-        (&net.b, &s2b),
-        (&net.a, &s1a),
-        (&net.a, &s2a),
-    ] {
-        n.join(s, conv).await;
-    }
+    let (u1b, s1b) = member(&net.b, "u1", conv).await;
+    let (u2b, s2b) = member(&net.b, "u2", conv).await;
+    let (u1a, s1a) = member(&net.a, "u1", conv).await;
+    let (u2a, s2a) = member(&net.a, "u2", conv).await;
     cut_off_b(&net).await;
     call_ok(
         &net.a,
