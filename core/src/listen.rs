@@ -10,8 +10,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::routing::{any, get};
+use axum::{Router, ServiceExt};
 use http::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::ApiError;
 use crate::config::{Config, ConfigIssue};
+use crate::cors::Gated;
 use crate::metrics::Metrics;
 use crate::net::{PeerSocket, SharedListener};
 use crate::tls::{AbortOnDrop, Tls, TlsListener};
@@ -106,8 +107,8 @@ impl Listeners {
     /// Starts serving `public` (and `internal`, when bound) until [`Serving::stop`].
     pub(crate) fn serve(
         self,
-        public: Router,
-        internal: Option<Router>,
+        public: Gated<Router>,
+        internal: Option<Gated<Router>>,
         config: &Config,
         metrics: &Metrics,
     ) -> io::Result<Serving> {
@@ -120,13 +121,12 @@ impl Listeners {
         };
         let mut servers = Vec::new();
         let mut watcher = None;
-        // Turn every route into a service once: served as a plain `Router`, axum rebuilds
-        // the whole route table (each route's CORS layer included) for every connection.
-        let public = public.with_state(());
         match self.tls {
             None => {
                 // Each request carries a handle to its connection's socket (see `crate::net`).
-                let app = public.into_make_service_with_connect_info::<PeerSocket>();
+                let app = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                    PeerSocket,
+                >(public);
                 let server = axum::serve(SharedListener::new(self.public), app)
                     .with_graceful_shutdown(signal());
                 servers.push(spawn(server));
@@ -140,15 +140,17 @@ impl Listeners {
                     config.limits.handshake_timeout.get(),
                     metrics.clone(),
                 )?;
-                let app = public.into_make_service_with_connect_info::<PeerSocket>();
+                let app = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                    PeerSocket,
+                >(public);
                 let server = axum::serve(listener, app).with_graceful_shutdown(signal());
                 servers.push(spawn(server));
                 watcher = Some(tls.watch(config.server.tls.reload_interval.get(), metrics.clone()));
             }
         }
         if let (Some(listener), Some(app)) = (self.internal, internal) {
-            let server = axum::serve(listener, app.with_state(()).into_make_service())
-                .with_graceful_shutdown(signal());
+            let app = ServiceExt::<axum::extract::Request>::into_make_service(app);
+            let server = axum::serve(listener, app).with_graceful_shutdown(signal());
             servers.push(spawn(server));
         }
         Ok(Serving {
@@ -277,6 +279,7 @@ mod tests {
 
     #[tokio::test]
     async fn operator_routes_answer_only_on_the_internal_listener() {
+        use crate::node::with_cors;
         let mut config = Config::default();
         config.server.internal_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -287,7 +290,12 @@ mod tests {
             .route("/healthz", get(crate::api::healthz))
             .route("/metrics", get(|| async { "metrics" }));
         let serving = listeners
-            .serve(public_stand_in(), Some(internal), &config, &Metrics::new())
+            .serve(
+                with_cors(public_stand_in(), &[]),
+                Some(with_cors(internal, &[])),
+                &config,
+                &Metrics::new(),
+            )
             .expect("serve");
 
         let (status, body) = http_get(public_addr, "/metrics").await;
