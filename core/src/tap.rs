@@ -45,6 +45,8 @@ impl std::fmt::Debug for WsTap {
 #[derive(Default)]
 struct Inner {
     armed: AtomicBool,
+    /// `state.output` holds bytes not written yet.
+    pending: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -77,11 +79,16 @@ impl WsTap {
         self.0.armed.load(Ordering::Acquire)
     }
 
+    /// Whether a write must go through the tap's state: armed, or bytes still held.
     fn busy(&self) -> bool {
-        self.is_armed() || {
-            let s = self.0.state.lock();
-            s.written < s.output.len()
-        }
+        self.is_armed() || self.0.pending.load(Ordering::Acquire)
+    }
+
+    /// Records whether `s` still holds bytes to write (`s` is this tap's locked state).
+    fn settle(&self, s: &State) {
+        self.0
+            .pending
+            .store(s.written < s.output.len(), Ordering::Release);
     }
 
     /// Writes `buf` through the tap to `write`.
@@ -95,7 +102,9 @@ impl WsTap {
             return write(cx, buf);
         }
         let mut s = self.0.state.lock();
-        ready!(flush_output(&mut s, cx, &mut write))?;
+        let flushed = flush_output(&mut s, cx, &mut write);
+        self.settle(&s);
+        ready!(flushed)?;
         if !self.is_armed() {
             drop(s);
             return write(cx, buf);
@@ -109,7 +118,9 @@ impl WsTap {
             s.rewriter = None;
         }
         // What is parsed goes out now if the socket takes it; the rest on the next flush.
-        let _ = flush_output(&mut s, cx, &mut write)?;
+        let flushed = flush_output(&mut s, cx, &mut write);
+        self.settle(&s);
+        let _ = flushed?;
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -123,7 +134,9 @@ impl WsTap {
             return Poll::Ready(Ok(()));
         }
         let mut s = self.0.state.lock();
-        flush_output(&mut s, cx, &mut write)
+        let flushed = flush_output(&mut s, cx, &mut write);
+        self.settle(&s);
+        flushed
     }
 }
 
