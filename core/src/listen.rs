@@ -10,6 +10,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
 use axum::routing::{any, get};
 use axum::{Router, ServiceExt};
 use http::StatusCode;
@@ -124,9 +125,7 @@ impl Listeners {
         match self.tls {
             None => {
                 // Each request carries a handle to its connection's socket (see `crate::net`).
-                let app = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                    PeerSocket,
-                >(public);
+                let app = with_peer(public);
                 let server = axum::serve(SharedListener::new(self.public), app)
                     .with_graceful_shutdown(signal());
                 servers.push(spawn(server));
@@ -140,9 +139,7 @@ impl Listeners {
                     config.limits.handshake_timeout.get(),
                     metrics.clone(),
                 )?;
-                let app = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                    PeerSocket,
-                >(public);
+                let app = with_peer(public);
                 let server = axum::serve(listener, app).with_graceful_shutdown(signal());
                 servers.push(spawn(server));
                 watcher = Some(tls.watch(config.server.tls.reload_interval.get(), metrics.clone()));
@@ -159,6 +156,11 @@ impl Listeners {
             _watcher: watcher,
         })
     }
+}
+
+/// `app` made per connection with a [`PeerSocket`] in every request's extensions.
+fn with_peer(app: Gated<Router>) -> IntoMakeServiceWithConnectInfo<Gated<Router>, PeerSocket> {
+    ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info(app)
 }
 
 fn spawn<F>(server: F) -> JoinHandle<io::Result<()>>

@@ -7,7 +7,7 @@
 //! every connection it serves (`Node::serve`'s accept loop), so the Socket.IO transport
 //! arms the tap of a connection that upgrades to WebSocket, and the tap hands each text
 //! frame written after the `101` response to the transport's rewriter until it says it has
-//! seen the frame it looks for. The tap is off on every other connection (one atomic load
+//! seen the frame it looks for. The tap is off on every other connection (two atomic loads
 //! per write), and off again on that connection after the frame. When upstream grows the
 //! hook, this module goes.
 
