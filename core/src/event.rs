@@ -316,6 +316,8 @@ impl std::fmt::Debug for InboundEvent {
 #[derive(Clone)]
 pub struct OutboundEvent {
     name: Cow<'static, str>,
+    /// The name as every delivery of it holds it: one allocation for all of them.
+    shared_name: Arc<str>,
     payload: Payload,
     room: &'static str,
     kept: bool,
@@ -327,6 +329,10 @@ impl OutboundEvent {
     /// The event name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+    /// The event name, shared (a delivery's `event`).
+    pub fn shared_name(&self) -> Arc<str> {
+        self.shared_name.clone()
     }
     /// Its payload.
     pub fn payload(&self) -> &Payload {
@@ -510,6 +516,7 @@ impl EventSet {
         });
         self.outbound.push(OutboundEvent {
             name: Cow::Borrowed(event),
+            shared_name: Arc::from(event),
             payload: Payload::of::<P>(),
             room: rule,
             kept,

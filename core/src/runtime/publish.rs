@@ -158,18 +158,18 @@ impl Gateway {
             return self.publish(slow(event, room, &data)?).await;
         }
         refuse_reserved(event)?;
-        let routed = match self.0.events.outbound(event) {
+        let (name, routed) = match self.0.events.outbound(event) {
             Some(decl) => match decl.route_raw(data.get(), &self.0.config.limits) {
-                Some(room) => Some(room),
+                Some(room) => (decl.shared_name(), Some(room)),
                 None => return self.publish(slow(event, room, &data)?).await,
             },
-            None => None,
+            None => (Arc::from(event), None),
         };
         let room = self.pick_room(event, room, routed)?;
         let started = std::time::Instant::now();
         let sent = self
             .0
-            .send(event, Delivery::new(event, Some(room.clone()), data))
+            .send(event, Delivery::new(name, Some(room.clone()), data))
             .await?;
         Ok(self.published(started, room, Some(sent)))
     }

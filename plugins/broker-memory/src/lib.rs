@@ -91,14 +91,21 @@ impl MemoryBroker {
     }
 
     fn stream(&self, room: &Room) -> Arc<Mutex<Stream>> {
-        if let Some(s) = self.streams.read().get(room) {
-            return s.clone();
+        self.stream_named(room).1
+    }
+
+    /// The room's stream and the room's name as the broker holds it (one allocation for
+    /// every event the stream keeps).
+    fn stream_named(&self, room: &Room) -> (Room, Arc<Mutex<Stream>>) {
+        if let Some((name, s)) = self.streams.read().get_key_value(room) {
+            return (name.clone(), s.clone());
         }
-        self.streams
-            .write()
-            .entry(room.clone())
-            .or_default()
-            .clone()
+        let mut streams = self.streams.write();
+        let s = streams.entry(room.clone()).or_default().clone();
+        let name = streams
+            .get_key_value(room)
+            .map_or_else(|| room.clone(), |(name, _)| name.clone());
+        (name, s)
     }
 
     /// Drops what is past `history.ttl`.
@@ -150,15 +157,18 @@ impl RoomBroker for MemoryBroker {
             delivery.keep && self.history.enabled(),
         ) {
             (Some(room), true) => {
-                let stream = self.stream(&room);
+                let (name, stream) = self.stream_named(&room);
                 // Numbered and delivered under the room's lock: one order for everyone.
                 let mut s = stream.lock();
                 s.n += 1;
                 let position = Position::new(self.epoch.clone(), s.n);
-                // The publisher's delivery itself, placed (a copy only if it is shared).
-                let mut kept = Arc::unwrap_or_clone(delivery);
-                kept.position = Some(position.clone());
-                let kept = Arc::new(kept);
+                // The publisher's delivery itself, placed (a copy only if it is shared),
+                // naming its room with the stream's own name: what history keeps per event
+                // is the delivery and its payload.
+                let mut kept = delivery;
+                let placed = Arc::make_mut(&mut kept);
+                placed.position = Some(position.clone());
+                placed.room = Some(name);
                 inbox.deliver(&kept);
                 let now = Instant::now();
                 let seq = self.kept_seq.fetch_add(1, Ordering::Relaxed);
