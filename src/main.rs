@@ -1,6 +1,11 @@
 //! The `switchboard` binary: `serve` (default), `check`, `plugins`, `token`, `schema`,
 //! `init`.
 
+/// The binary's allocator: jemalloc, unless built without the `jemalloc` feature.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
