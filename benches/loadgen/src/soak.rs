@@ -755,10 +755,14 @@ async fn connected(
                             Err(e) => return fail(world, e),
                         };
                     }
-                    St::Joining { .. } => return fail(world, format!("node {node}: no ack to a join in {ACK_TIMEOUT:?}")),
-                    St::Leaving { bound, .. } => {
+                    St::Joining { id, .. } => {
+                        let at = world.clock.now_us() as f64 / 1e6;
+                        return fail(world, format!("node {node}: no ack to a join in {ACK_TIMEOUT:?} (socket {i}, ack id {id}, {at:.1} s into the run)"));
+                    }
+                    St::Leaving { id, bound, .. } => {
                         world.end_membership(i, bound, "leave unanswered");
-                        world.c.borrow_mut().error(format!("node {node}: no ack to a leave in {ACK_TIMEOUT:?}"));
+                        let at = world.clock.now_us() as f64 / 1e6;
+                        world.c.borrow_mut().error(format!("node {node}: no ack to a leave in {ACK_TIMEOUT:?} (socket {i}, ack id {id}, {at:.1} s into the run)"));
                         return Outcome::Failed;
                     }
                     St::Member { .. } => {}

@@ -332,7 +332,11 @@ async fn admit(
                     }
                     Err(e) => gw.inbound_malformed(&session, &e.to_string()),
                 };
-                let _ = ack.send(&reply);
+                if let Err(e) = ack.send(&reply) {
+                    // A closed socket, or a full outgoing queue (a client that does not
+                    // read): the client waits for an ack that does not come.
+                    tracing::debug!(socket = %session.id(), event = %event, error = %e, "ack not sent");
+                }
             }
         },
     );
