@@ -97,24 +97,21 @@ print(total['Ir'], d1, ll, d['delivered'], d['lost'])
 PY
 }
 
-if [[ $CACHE == 1 ]]; then
-  printf '| %-12s | %-9s | %22s | %18s | %18s | %s |\n' server protocol "instructions/delivery" \
-    "D1 misses/delivery" "LL misses/delivery" lost
-  printf '| %-12s | %-9s | %22s | %18s | %18s | %s |\n' --- --- ---: ---: ---: ---
-else
-  printf '| %-12s | %-9s | %22s | %s |\n' server protocol "instructions/delivery" lost
-  printf '| %-12s | %-9s | %22s | %s |\n' --- --- ---: ---
-fi
+# A table row: server protocol instructions [D1-misses LL-misses] lost.
+row() {
+  if [[ $CACHE == 1 ]]; then
+    printf '| %-12s | %-9s | %22s | %18s | %18s | %s |\n' "$@"
+  else
+    printf '| %-12s | %-9s | %22s | %s |\n' "$1" "$2" "$3" "${@: -1}"
+  fi
+}
+row server protocol "instructions/delivery" "D1 misses/delivery" "LL misses/delivery" lost
+row --- --- ---: ---: ---: ---
 IFS=, read -r -a list <<< "$SERVERS"
 for name in "${list[@]}"; do
   read -r a d1a lla da la <<< "$(run "$name" "$SHORT")"
   read -r b d1b llb db lb <<< "$(run "$name" "$LONG")"
   n=$((db - da))
-  per=$(( (b - a) / n ))
-  if [[ $CACHE == 1 ]]; then
-    printf '| %-12s | %-9s | %22s | %18s | %18s | %s |\n' "${name%%[=@]*}" "$PROTOCOL" "$per" \
-      "$(( (d1b - d1a) / n ))" "$(( (llb - lla) / n ))" "$((la + lb))"
-  else
-    printf '| %-12s | %-9s | %22s | %s |\n' "${name%%[=@]*}" "$PROTOCOL" "$per" "$((la + lb))"
-  fi
+  row "${name%%[=@]*}" "$PROTOCOL" "$(( (b - a) / n ))" "$(( (d1b - d1a) / n ))" \
+    "$(( (llb - lla) / n ))" "$((la + lb))"
 done
