@@ -268,11 +268,17 @@ impl Metrics {
 
     /// Counts one failure of `kind`, and keeps `message` among the recent ones.
     pub fn error_with(&self, kind: &str, message: &str) {
+        self.errors_with(kind, 1, message);
+    }
+
+    /// Counts `n` failures of `kind` that `message` tells of together, and keeps it among the
+    /// recent ones.
+    pub fn errors_with(&self, kind: &str, n: u64, message: &str) {
         self.errors
             .get_or_create(&KindLabels {
                 kind: kind.to_owned(),
             })
-            .inc();
+            .inc_by(n);
         let mut recent = self.totals.recent.lock();
         if recent.len() == RECENT_ERRORS {
             recent.pop_front();

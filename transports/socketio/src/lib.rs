@@ -22,14 +22,14 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
-use socketioxide::handler::{ConnectHandler, FromMessage};
+use socketioxide::handler::{ConnectHandler, FromMessage, FromMessageParts};
 use socketioxide::socket::DisconnectReason;
 use socketioxide::socket::Socket;
-use socketioxide::{SendError, SocketError, SocketIo};
+use socketioxide::{BroadcastError, SendError, SocketError, SocketIo};
 use switchboard_core::runtime::{Leaving, RecoveryRequest};
 use switchboard_core::{
     BoxError, CloseReason, ConnId, Connection, Delivery, Dur, Factory, GatewayHandle, Handshake,
-    Plugin, PluginContext, QueueFull, Recipients, Room, Session, Size, Ticket, Transport,
+    Metrics, Plugin, PluginContext, QueueFull, Recipients, Room, Session, Size, Ticket, Transport,
     async_trait, register_plugin,
 };
 
@@ -77,6 +77,42 @@ pub struct SocketIoTransport {
     tracking: bool,
     /// Registers the namespace with its handlers.
     register: Register,
+    /// Counts what full outgoing queues dropped.
+    overflow: Overflow,
+}
+
+/// Counts the events a socket's full outgoing queue made it miss, in
+/// `switchboard_errors_total{kind="queue_full"}`, once the node's metrics are known.
+#[derive(Clone, Default)]
+struct Overflow(Arc<std::sync::OnceLock<Metrics>>);
+
+impl Overflow {
+    /// Counts `n` events of `event` that full queues dropped (`to`: whose).
+    fn dropped(&self, n: usize, event: &str, to: &dyn std::fmt::Display) {
+        if n == 0 {
+            return;
+        }
+        tracing::debug!(event = %event, sockets = n, "outgoing queue full; event dropped");
+        if let Some(m) = self.0.get() {
+            m.errors_with(
+                "queue_full",
+                n as u64,
+                &format!("{event} not sent to {to}: its outgoing queue was full (a client reading slower than it is sent to)"),
+            );
+        }
+    }
+
+    /// Counts a send that failed; other failures than a full queue (a closed socket) are
+    /// only logged.
+    fn check(&self, sent: Result<(), SendError>, event: &str, socket: &ConnId) {
+        match sent {
+            Ok(()) => {}
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                self.dropped(1, event, &format_args!("socket {socket}"));
+            }
+            Err(e) => tracing::debug!(socket = %socket, error = %e, "could not send to socket"),
+        }
+    }
 }
 
 /// Registers the transport's namespace with its handlers on a [`SocketIo`].
@@ -111,9 +147,16 @@ impl SocketIoTransport {
             .ws_read_buffer_size(cfg.ws_read_buffer_size.bytes().max(64))
             .build_svc();
         let pids = Arc::new(Pids::default());
-        let (admitting, registry) = (gateway.clone(), pids.clone());
+        let overflow = Overflow::default();
+        let (admitting, registry, counting) = (gateway.clone(), pids.clone(), overflow.clone());
         let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
-            admit(admitting.clone(), registry.clone(), s, auth.ok())
+            admit(
+                admitting.clone(),
+                registry.clone(),
+                counting.clone(),
+                s,
+                auth.ok(),
+            )
         };
         // Runs once the client has the CONNECT packet: a recovered socket's replay, and the
         // deliveries held for a socket that tracks offsets.
@@ -147,6 +190,7 @@ impl SocketIoTransport {
             router,
             tracking: true,
             register,
+            overflow,
         }
     }
 
@@ -154,6 +198,13 @@ impl SocketIoTransport {
     /// recovery off, a delivery does not look for sockets that track them.
     pub fn with_offset_tracking(mut self, on: bool) -> Self {
         self.tracking = on;
+        self
+    }
+
+    /// Counts the events full outgoing queues drop in `metrics`
+    /// (`switchboard_errors_total{kind="queue_full"}`).
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        let _ = self.overflow.0.set(metrics);
         self
     }
 }
@@ -164,6 +215,8 @@ struct SioConnection {
     socket: SocketRef,
     /// The client tracks offsets: room events carry theirs as the last argument.
     tracks: bool,
+    /// Counts what a full outgoing queue dropped.
+    overflow: Overflow,
 }
 
 impl Connection for SioConnection {
@@ -172,9 +225,8 @@ impl Connection for SioConnection {
     }
 
     fn send(&self, event: &str, payload: &RawValue) {
-        if let Err(e) = self.socket.emit(event, payload) {
-            tracing::debug!(socket = %self.id, error = %e, "could not send to socket");
-        }
+        self.overflow
+            .check(self.socket.emit(event, payload), event, &self.id);
     }
 
     fn send_event(&self, event: &str, payload: &RawValue, offset: Option<&str>) {
@@ -182,9 +234,7 @@ impl Connection for SioConnection {
             Some(offset) if self.tracks => self.socket.emit(event, &(payload, offset)),
             _ => self.socket.emit(event, payload),
         };
-        if let Err(e) = sent {
-            tracing::debug!(socket = %self.id, error = %e, "could not send to socket");
-        }
+        self.overflow.check(sent, event, &self.id);
     }
 
     fn try_send_event(
@@ -259,6 +309,48 @@ impl<A: Adapter> FromMessage<A> for RawPacket {
     }
 }
 
+/// How long an ack waits before it tries again to get into a full outgoing queue.
+const ACK_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Where an event's ack goes: its socket and the ack id the client sent (none: no ack).
+struct Ack<A: Adapter> {
+    socket: Arc<Socket<A>>,
+    id: Option<i64>,
+}
+
+impl<A: Adapter> FromMessageParts<A> for Ack<A> {
+    type Error = std::convert::Infallible;
+    fn from_message_parts(
+        s: &Arc<Socket<A>>,
+        _: &mut socketioxide::handler::Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Self::Error> {
+        Ok(Ack {
+            socket: s.clone(),
+            id: *ack_id,
+        })
+    }
+}
+
+impl<A: Adapter> Ack<A> {
+    /// Sends the ack. A full outgoing queue (a client reading slower than it is sent to,
+    /// as in a burst of presence events) does not lose it: the ack waits for room, as a
+    /// replay does, until the socket closes (a client that stops reading is closed by the
+    /// engine.io heartbeat).
+    async fn send(self, reply: &Value) -> Result<(), SendError> {
+        loop {
+            let mut none = socketioxide::handler::Value::Str(Default::default(), None);
+            let Ok(sender) = AckSender::from_message_parts(&self.socket, &mut none, &self.id);
+            match sender.send(reply) {
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                    tokio::time::sleep(ACK_RETRY).await;
+                }
+                sent => return sent,
+            }
+        }
+    }
+}
+
 /// Splits `["event", payload, …]` into its payload's JSON text (`None` when absent).
 fn payload_of(raw: &str) -> Result<Option<&RawValue>, serde_json::Error> {
     let parts: Vec<&RawValue> = serde_json::from_str(raw)?;
@@ -271,6 +363,7 @@ fn payload_of(raw: &str) -> Result<Option<&RawValue>, serde_json::Error> {
 async fn admit(
     handle: GatewayHandle,
     pids: Arc<Pids>,
+    overflow: Overflow,
     socket: SocketRef,
     auth: Option<Value>,
 ) -> Result<(), switchboard_core::AuthError> {
@@ -303,6 +396,7 @@ async fn admit(
         id: ConnId::new(socket.id.as_str()),
         socket: socket.clone(),
         tracks: request.tracks_offsets,
+        overflow,
     });
     let connected = gw
         .connect_with(handle.transport(), conn, identity, request)
@@ -314,7 +408,7 @@ async fn admit(
 
     let events = handle.clone();
     socket.on_fallback(
-        move |s: SocketRef, ack: AckSender, Event(event): Event, RawPacket(raw): RawPacket| {
+        move |s: SocketRef, ack: Ack<_>, Event(event): Event, RawPacket(raw): RawPacket| {
             // Taken here, as socketioxide hands over the event in the order it arrived;
             // the handler itself runs in a task of its own.
             let session = s.extensions.get::<Arc<Session>>();
@@ -332,9 +426,8 @@ async fn admit(
                     }
                     Err(e) => gw.inbound_malformed(&session, &e.to_string()),
                 };
-                if let Err(e) = ack.send(&reply) {
-                    // A closed socket, or a full outgoing queue (a client that does not
-                    // read): the client waits for an ack that does not come.
+                if let Err(e) = ack.send(&reply).await {
+                    // The socket closed meanwhile.
                     tracing::debug!(socket = %session.id(), event = %event, error = %e, "ack not sent");
                 }
             }
@@ -531,6 +624,17 @@ impl Transport for SocketIoTransport {
         };
         match sent {
             Some(Ok(())) => {}
+            Some(Err(BroadcastError::Socket(errors))) => {
+                let full = errors
+                    .iter()
+                    .filter(|e| matches!(e, SocketError::InternalChannelFull))
+                    .count();
+                let to = match to.room() {
+                    Some(room) => format!("{full} sockets of {room}"),
+                    None => format!("{full} sockets"),
+                };
+                self.overflow.dropped(full, &d.event, &to);
+            }
             Some(Err(e)) => tracing::debug!(event = %d.event, error = %e, "broadcast incomplete"),
             None => tracing::warn!(event = %d.event, "broadcast did not complete at once; dropped"),
         }
@@ -578,7 +682,9 @@ fn build(ctx: &PluginContext<'_>) -> Result<Option<Arc<dyn Transport>>, BoxError
     let handshake = ctx.config().limits.handshake_timeout;
     let recovery = ctx.config().recovery.enabled;
     Ok(Some(Arc::new(
-        SocketIoTransport::new(cfg, ctx.gateway(), handshake).with_offset_tracking(recovery),
+        SocketIoTransport::new(cfg, ctx.gateway(), handshake)
+            .with_offset_tracking(recovery)
+            .with_metrics(ctx.metrics().clone()),
     )))
 }
 

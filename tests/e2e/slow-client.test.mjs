@@ -1,0 +1,79 @@
+// A Socket.IO client that reads slower than it is sent to: its outgoing queue
+// (`transports.socketio.max_buffer_size` packets) fills. What does not fit is dropped and
+// counted in switchboard_errors_total{kind="queue_full"}; an ack waits for room instead, so
+// the client's emitWithAck still gets its answer once it reads again.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  configToml, startServer, signJwt, connect, emitAck, emitApi, joinConversation, uid,
+  standardHooks, api, eventually,
+} from './helpers.mjs';
+
+let server;
+
+before(async () => {
+  server = await startServer({
+    toml: configToml(),
+    env: { SWITCHBOARD_TRANSPORTS__SOCKETIO__MAX_BUFFER_SIZE: '4' },
+  });
+});
+after(async () => { await server?.stop(); });
+standardHooks(() => server);
+
+/** The value of one sample of /metrics (0 when absent). */
+async function metric(name) {
+  const r = await api(server, 'GET', '/metrics', { key: null });
+  assert.equal(r.status, 200);
+  const line = r.text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : 0;
+}
+
+const QUEUE_FULL = 'switchboard_errors_total{kind="queue_full"}';
+const HANDLED = 'switchboard_inbound_seconds_count';
+
+describe('a Socket.IO client that does not keep up', () => {
+  it('gets the ack of an event it sent while its outgoing queue was full', async () => {
+    const sub = uid('slow');
+    const s = await connect(server, { transports: ['websocket'], token: signJwt({ sub }) });
+    const conv = uid('conv');
+    await joinConversation(s, conv);
+
+    // Stop reading: the kernel's buffers fill, then the socket's queue.
+    const tcp = s.io.engine.transport.ws._socket;
+    tcp.pause();
+    const full = await metric(QUEUE_FULL);
+    const content = { text: 'x'.repeat(200 * 1024) };
+    let sent = 0;
+    while ((await metric(QUEUE_FULL)) === full) {
+      assert.ok(sent < 400, `the queue did not fill after ${sent} events of 200 KiB`);
+      const r = await emitApi(server, {
+        event: 'message:received',
+        data: {
+          conversationId: conv, messageId: `m-${sent}`, senderId: 'u-1', type: 'text',
+          content, status: 'sent', timestamp: new Date().toISOString(),
+        },
+      });
+      assert.equal(r.status, 200, r.text);
+      sent += 1;
+    }
+
+    // An event with an ack, handled while the queue is still full.
+    const handled = await metric(HANDLED);
+    const other = uid('conv');
+    const acked = emitAck(s, 'conversation:join', { conversationId: other }, 30000);
+    await eventually(async () => (await metric(HANDLED)) > handled, 10000);
+
+    tcp.resume();
+    assert.deepEqual(await acked, { conversationId: other, success: true });
+
+    // The node says what the client missed.
+    const r = await api(server, 'GET', '/api/v1/nodes');
+    assert.equal(r.status, 200, r.text);
+    const errors = r.json.nodes.flatMap((n) => n.errors ?? []);
+    assert.ok(
+      errors.some((e) => e.kind === 'queue_full' && e.message.includes('outgoing queue was full')),
+      `no queue_full among the recent errors: ${JSON.stringify(errors).slice(0, 500)}`,
+    );
+  });
+});
