@@ -62,7 +62,8 @@
 #   --profile P        release (default) or debug binaries
 #   --no-build         use the binaries as they are
 #   --out DIR          results (default target/bench-results/<time>-soak): samples.tsv,
-#                      soak.json (the load generator's counts), node and redis logs
+#                      soak.json (the load generator's counts), node and redis logs,
+#                      each node's final /metrics (metrics-A.txt ...)
 #
 # Pinning as in benches/run.sh: the nodes and redis-server on core 0, the load generator
 # on core 1 (BENCH_SERVER_CPU, BENCH_LOAD_CPU); BENCH_PORT (3131) and BENCH_REDIS_PORT
@@ -379,6 +380,11 @@ check_empty() {
 }
 converge "after every socket closed" check_empty || true
 row closed
+
+# Each node's final metrics (cumulative: how long events took, what failed), kept with the run.
+for ((k = 0; k < NODES; k++)); do
+  curl -s -m 5 "http://127.0.0.1:${PORTS[k]}/metrics" > "$OUT/metrics-${NAMES[k]}.txt" || true
+done
 
 # ---- Verdict ---------------------------------------------------------------------------
 
