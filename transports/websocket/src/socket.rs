@@ -121,6 +121,15 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, mut start: Box<Start>) {
 
     ctx.hub.remove(&conn);
     conn.finish();
+    if matches!(end, End::Ours(c) if c == Close::SLOW_CONSUMER) {
+        gw.metrics().error_with(
+            "queue_full",
+            &format!(
+                "socket {} closed with 1013: its outgoing queue was full (a client reading slower than it is sent to)",
+                conn.socket_id()
+            ),
+        );
+    }
     let (close, leaving) = match end {
         End::Ours(c) if c == Close::SHUTDOWN => (Some(c), Leaving::Shutdown),
         // A ping timeout or a slow consumer is a connection that failed: it may come back.
