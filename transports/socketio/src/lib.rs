@@ -47,7 +47,7 @@ pub struct SocketIoConfig {
     pub ping_timeout: Dur,
     /// Largest frame (WebSocket message or polling payload); a bigger one closes the connection.
     pub max_frame_bytes: Size,
-    /// Packets queued for one slow client before emits to it fail.
+    /// Packets queued for one slow client; an event that does not fit is dropped, an ack waits.
     pub max_buffer_size: usize,
     /// How much a WebSocket reads at a time; the buffer grows for larger messages. Every
     /// idle socket holds one, so a small one saves memory per connection.
@@ -62,7 +62,7 @@ impl Default for SocketIoConfig {
             ping_interval: Dur::secs(25),
             ping_timeout: Dur::secs(20),
             max_frame_bytes: Size::mib(1),
-            max_buffer_size: 128,
+            max_buffer_size: 1024,
             ws_read_buffer_size: Size(1024),
         }
     }
