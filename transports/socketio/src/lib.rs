@@ -309,8 +309,22 @@ impl<A: Adapter> FromMessage<A> for RawPacket {
     }
 }
 
-/// How long an ack waits before it tries again to get into a full outgoing queue.
+/// How long an ack first waits before it tries again to get into a full outgoing queue;
+/// the wait doubles up to [`ACK_RETRY_MAX`].
 const ACK_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
+/// The longest wait between two tries of an ack.
+const ACK_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+/// Acks one socket may have waiting for room; more are dropped (a client that keeps
+/// sending without reading).
+const MAX_WAITING_ACKS: usize = 64;
+
+/// A socket's acks waiting for room in its outgoing queue: one tries at a time, the
+/// others wait their turn without waking.
+#[derive(Default)]
+struct WaitingAcks {
+    turn: tokio::sync::Mutex<()>,
+    count: std::sync::atomic::AtomicUsize,
+}
 
 /// Where an event's ack goes: its socket and the ack id the client sent (none: no ack).
 struct Ack<A: Adapter> {
@@ -336,18 +350,49 @@ impl<A: Adapter> Ack<A> {
     /// Sends the ack. A full outgoing queue (a client reading slower than it is sent to,
     /// as in a burst of presence events) does not lose it: the ack waits for room, as a
     /// replay does, until the socket closes (a client that stops reading is closed by the
-    /// engine.io heartbeat).
+    /// engine.io heartbeat). Past [`MAX_WAITING_ACKS`] waiting, an ack is dropped.
     async fn send(self, reply: &Value) -> Result<(), SendError> {
-        loop {
-            let mut none = socketioxide::handler::Value::Str(Default::default(), None);
-            let Ok(sender) = AckSender::from_message_parts(&self.socket, &mut none, &self.id);
-            match sender.send(reply) {
-                Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                    tokio::time::sleep(ACK_RETRY).await;
-                }
-                sent => return sent,
-            }
+        use std::sync::atomic::Ordering;
+        match self.try_send(reply) {
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => {}
+            sent => return sent,
         }
+        // Made by the first ack that has to wait: an idle socket holds none. Two made at
+        // once only let two acks try at a time.
+        let waiting = match self.socket.extensions.get::<Arc<WaitingAcks>>() {
+            Some(w) => w,
+            None => {
+                let w = Arc::new(WaitingAcks::default());
+                self.socket.extensions.insert(w.clone());
+                w
+            }
+        };
+        if waiting.count.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING_ACKS {
+            waiting.count.fetch_sub(1, Ordering::AcqRel);
+            return Err(SendError::Socket(SocketError::InternalChannelFull));
+        }
+        let sent = {
+            let _turn = waiting.turn.lock().await;
+            let mut wait = ACK_RETRY;
+            loop {
+                match self.try_send(reply) {
+                    Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(ACK_RETRY_MAX);
+                    }
+                    sent => break sent,
+                }
+            }
+        };
+        waiting.count.fetch_sub(1, Ordering::AcqRel);
+        sent
+    }
+
+    /// One try to queue the ack.
+    fn try_send(&self, reply: &Value) -> Result<(), SendError> {
+        let mut none = socketioxide::handler::Value::Str(Default::default(), None);
+        let Ok(sender) = AckSender::from_message_parts(&self.socket, &mut none, &self.id);
+        sender.send(reply)
     }
 }
 
@@ -396,7 +441,7 @@ async fn admit(
         id: ConnId::new(socket.id.as_str()),
         socket: socket.clone(),
         tracks: request.tracks_offsets,
-        overflow,
+        overflow: overflow.clone(),
     });
     let connected = gw
         .connect_with(handle.transport(), conn, identity, request)
@@ -414,6 +459,7 @@ async fn admit(
             let session = s.extensions.get::<Arc<Session>>();
             let ticket: Option<Ticket> = session.as_ref().map(|s| s.ticket());
             let events = events.clone();
+            let overflow = overflow.clone();
             async move {
                 let (Some(session), Some(ticket), Some(gw)) = (session, ticket, events.get())
                 else {
@@ -426,9 +472,19 @@ async fn admit(
                     }
                     Err(e) => gw.inbound_malformed(&session, &e.to_string()),
                 };
-                if let Err(e) = ack.send(&reply).await {
+                match ack.send(&reply).await {
+                    Ok(()) => {}
+                    Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                        overflow.dropped(
+                            1,
+                            &format!("the ack of {event}"),
+                            &format_args!("socket {}", session.id()),
+                        );
+                    }
                     // The socket closed meanwhile.
-                    tracing::debug!(socket = %session.id(), event = %event, error = %e, "ack not sent");
+                    Err(e) => {
+                        tracing::debug!(socket = %session.id(), event = %event, error = %e, "ack not sent");
+                    }
                 }
             }
         },
