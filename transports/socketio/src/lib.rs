@@ -97,7 +97,7 @@ impl Overflow {
             m.errors_with(
                 "queue_full",
                 n as u64,
-                &format!("{event} not sent to {to}: its outgoing queue was full (a client reading slower than it is sent to)"),
+                &format!("{event} not sent to {to}: the outgoing queue was full (a client reading slower than it is sent to)"),
             );
         }
     }
