@@ -421,7 +421,18 @@ impl Inner {
     }
 
     async fn disconnect_user(&self, user: &str, reason: &str, before: Option<u64>) -> Value {
-        // A session waiting for its client to come back is not recovered.
+        let sessions = self.sessions_before(user, before);
+        for session in &sessions {
+            if let Some(t) = &session.tracker {
+                // Nothing to come back to, however its transport ends: a transport that
+                // dropped before the node closed it would otherwise keep it for recovery.
+                let mut st = t.state.lock();
+                st.forgotten = true;
+                st.rooms.clear();
+            }
+        }
+        // A session waiting for its client to come back is not recovered (one whose
+        // transport dropped before it was marked above is among them by now).
         for (pid, session) in self.dropped_of(user, before) {
             self.dropped.lock().remove(&pid);
             if let Some(t) = &session.tracker {
@@ -431,7 +442,6 @@ impl Inner {
                 self.backend_error("broker", &e.to_string());
             }
         }
-        let sessions = self.sessions_before(user, before);
         let message = if reason.is_empty() {
             "Disconnected by the server".to_owned()
         } else {
@@ -444,10 +454,6 @@ impl Inner {
             let ticket = session.ticket();
             ticket.turn().await;
             self.rooms.leave_all(session).await;
-            if let Some(t) = &session.tracker {
-                // Nothing to come back to, however its transport ends.
-                t.state.lock().rooms.clear();
-            }
         }
         for session in &sessions {
             let mut ended = session.ended.subscribe();

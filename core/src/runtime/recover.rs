@@ -282,11 +282,24 @@ impl Gateway {
             self.0.save_record(session, state).await;
         }
         // One step for a handover to see: live (by id), or dropped, never neither.
-        let mut dropped = self.0.dropped.lock();
-        forget(&mut self.0.by_pid.lock());
-        let handed_over = handed_over();
-        if !handed_over {
-            dropped.insert(pid, (session.clone(), Instant::now()));
+        let (handed_over, forgotten) = {
+            let mut dropped = self.0.dropped.lock();
+            forget(&mut self.0.by_pid.lock());
+            let handed_over = handed_over();
+            // Forgotten meanwhile (the backend disconnected the user while the record was
+            // written): not kept, and the record goes.
+            let forgotten = t.state.lock().forgotten;
+            if !handed_over && !forgotten {
+                dropped.insert(pid.clone(), (session.clone(), Instant::now()));
+            }
+            (handed_over, forgotten)
+        };
+        if forgotten && !handed_over {
+            if let Err(e) = self.0.broker.delete_record(&session_key(&pid), &[]).await {
+                self.backend_error("broker", &e.to_string());
+            }
+            tracing::debug!(socket = %session.id(), "forgotten while it closed");
+            return;
         }
         tracing::debug!(socket = %session.id(), ?leaving, handed_over, "kept for recovery");
     }
