@@ -319,6 +319,14 @@ pub(crate) struct TrackState {
 pub(crate) struct Unresolved(pub(crate) String);
 
 impl Tracker {
+    /// Keeps nothing of the session for recovery, however its transport ends (a reset, or
+    /// the backend disconnected its user).
+    pub(crate) fn forget(&self) {
+        let mut st = self.state.lock();
+        st.forgotten = true;
+        st.rooms.clear();
+    }
+
     /// A tracker for `pid`, attached at node sequence `attach`.
     pub(crate) fn new(pid: Arc<str>, attach: u64) -> Self {
         Tracker {

@@ -424,11 +424,9 @@ impl Inner {
         let sessions = self.sessions_before(user, before);
         for session in &sessions {
             if let Some(t) = &session.tracker {
-                // Nothing to come back to, however its transport ends: a transport that
-                // dropped before the node closed it would otherwise keep it for recovery.
-                let mut st = t.state.lock();
-                st.forgotten = true;
-                st.rooms.clear();
+                // A transport that dropped before the node closed it would otherwise keep
+                // it for recovery.
+                t.forget();
             }
         }
         // A session waiting for its client to come back is not recovered (one whose
@@ -491,11 +489,7 @@ impl Inner {
         for session in &sessions {
             session.mark_closing();
             if let Some(t) = &session.tracker {
-                {
-                    let mut st = t.state.lock();
-                    st.forgotten = true;
-                    st.rooms.clear();
-                }
+                t.forget();
                 let pid = t.pid.lock().clone();
                 self.by_pid.lock().remove(&pid);
                 records.push(pid);
