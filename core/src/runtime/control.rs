@@ -287,6 +287,16 @@ impl Inner {
         sessions
     }
 
+    /// The sessions of `user` whose transport ended and that this node has not yet kept for
+    /// recovery, or not (those that connected before `before`, when given).
+    fn closing_of(&self, user: &str, before: Option<u64>) -> Vec<Arc<Session>> {
+        let mut sessions = self.closing.lock().get(user).cloned().unwrap_or_default();
+        if let Some(before) = before {
+            sessions.retain(|s| s.connected_ms <= before);
+        }
+        sessions
+    }
+
     /// The dropped sessions of `user` this node keeps for recovery (those that connected
     /// before `before`, when given), with their recovery ids.
     fn dropped_of(&self, user: &str, before: Option<u64>) -> Vec<(Arc<str>, Arc<Session>)> {
@@ -422,15 +432,16 @@ impl Inner {
 
     async fn disconnect_user(&self, user: &str, reason: &str, before: Option<u64>) -> Value {
         let sessions = self.sessions_before(user, before);
-        for session in &sessions {
+        // A transport that dropped before the node closed it would otherwise keep it for
+        // recovery; so would one that is closing (read after the live ones: a session
+        // enters `closing` before it leaves them).
+        for session in sessions.iter().chain(&self.closing_of(user, before)) {
             if let Some(t) = &session.tracker {
-                // A transport that dropped before the node closed it would otherwise keep
-                // it for recovery.
                 t.forget();
             }
         }
-        // A session waiting for its client to come back is not recovered (one whose
-        // transport dropped before it was marked above is among them by now).
+        // A session waiting for its client to come back is not recovered (one that was kept
+        // before it was marked above is among them by now: it leaves `closing` after).
         for (pid, session) in self.dropped_of(user, before) {
             self.dropped.lock().remove(&pid);
             if let Some(t) = &session.tracker {
@@ -470,22 +481,11 @@ impl Inner {
     /// connects again, afresh: the broker's own request when it cannot tell which control
     /// calls this node missed.
     async fn reset(&self) -> Value {
-        // A session waiting for its client to come back is not recovered.
-        let dropped: Vec<(Arc<str>, Arc<Session>)> = self
-            .dropped
-            .lock()
-            .drain()
-            .map(|(pid, (s, _))| (pid, s))
-            .collect();
-        let mut records: Vec<Arc<str>> = Vec::with_capacity(dropped.len());
-        for (pid, session) in &dropped {
-            if let Some(t) = &session.tracker {
-                t.state.lock().rooms.clear();
-            }
-            records.push(pid.clone());
-        }
+        // Live, then closing, then dropped: the order a session goes through them, so none
+        // slips between two reads.
         let sessions: Vec<Arc<Session>> =
             self.per_user.lock().values().flatten().cloned().collect();
+        let mut records: Vec<Arc<str>> = Vec::new();
         for session in &sessions {
             session.mark_closing();
             if let Some(t) = &session.tracker {
@@ -494,6 +494,26 @@ impl Inner {
                 self.by_pid.lock().remove(&pid);
                 records.push(pid);
             }
+        }
+        // One whose transport already ended is not kept for recovery either.
+        let closing: Vec<Arc<Session>> = self.closing.lock().values().flatten().cloned().collect();
+        for session in &closing {
+            if let Some(t) = &session.tracker {
+                t.forget();
+            }
+        }
+        // A session waiting for its client to come back is not recovered.
+        let dropped: Vec<(Arc<str>, Arc<Session>)> = self
+            .dropped
+            .lock()
+            .drain()
+            .map(|(pid, (s, _))| (pid, s))
+            .collect();
+        for (pid, session) in &dropped {
+            if let Some(t) = &session.tracker {
+                t.state.lock().rooms.clear();
+            }
+            records.push(pid.clone());
         }
         // No node recovers any of them: their records go, many at a time.
         futures_util::stream::iter(records)

@@ -79,6 +79,9 @@ pub(crate) struct Inner {
     pub(crate) started: std::sync::atomic::AtomicBool,
     /// Dropped sessions this node may still hand over, by recovery id.
     pub(crate) dropped: Mutex<HashMap<Arc<str>, Dropped>>,
+    /// Tracked sessions whose transport ended and that are not yet kept for recovery (or
+    /// not), per user: between `per_user` and `dropped`, where a control call finds them.
+    pub(crate) closing: Mutex<HashMap<String, Vec<Arc<crate::session::Session>>>>,
     /// Live tracked sessions, by recovery id.
     pub(crate) by_pid: Mutex<HashMap<Arc<str>, Weak<crate::session::Session>>>,
     /// The delivery checkpoints last written, by room.
@@ -203,6 +206,7 @@ impl Gateway {
                 expiry,
                 started: std::sync::atomic::AtomicBool::new(false),
                 dropped: Mutex::new(HashMap::new()),
+                closing: Mutex::new(HashMap::new()),
                 by_pid: Mutex::new(HashMap::new()),
                 checkpointed: Mutex::new(HashMap::new()),
                 control_applied: Mutex::new(control::Applied::default()),

@@ -247,6 +247,9 @@ impl Gateway {
             return;
         };
         let pid = t.pid.lock().clone();
+        // Closing from before it leaves `per_user` until after it is kept (or not): a
+        // control call about its user finds it in one of the three all along.
+        let _closing = Closing::enter(&self.0, session);
         // Its recovery state keeps its rooms through this: a node that takes the session
         // over meanwhile (it finds it still live) places it in all of them.
         self.disconnect(session).await;
@@ -835,6 +838,43 @@ fn in_kept_order(histories: Vec<History>) -> Vec<Delivery> {
         };
         if let Some((_, d)) = heads[i].next() {
             out.push(d);
+        }
+    }
+}
+
+/// A tracked session in [`Inner::closing`] while it lives: entered before the session leaves
+/// `per_user`, left (on drop) after it is kept for recovery or forgotten.
+struct Closing<'a> {
+    inner: &'a Inner,
+    user: String,
+    session: Arc<Session>,
+}
+
+impl<'a> Closing<'a> {
+    fn enter(inner: &'a Inner, session: &Arc<Session>) -> Self {
+        let user = session.user_id();
+        inner
+            .closing
+            .lock()
+            .entry(user.clone())
+            .or_default()
+            .push(session.clone());
+        Closing {
+            inner,
+            user,
+            session: session.clone(),
+        }
+    }
+}
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        let mut closing = self.inner.closing.lock();
+        if let Some(mine) = closing.get_mut(&self.user) {
+            mine.retain(|s| !Arc::ptr_eq(s, &self.session));
+            if mine.is_empty() {
+                closing.remove(&self.user);
+            }
         }
     }
 }
