@@ -685,9 +685,10 @@ impl Transport for SocketIoTransport {
                     .iter()
                     .filter(|e| matches!(e, SocketError::InternalChannelFull))
                     .count();
+                let sockets = if full == 1 { "socket" } else { "sockets" };
                 let to = match to.room() {
-                    Some(room) => format!("{full} sockets of {room}"),
-                    None => format!("{full} sockets"),
+                    Some(room) => format!("{full} {sockets} of {room}"),
+                    None => format!("{full} {sockets}"),
                 };
                 self.overflow.dropped(full, &d.event, &to);
             }
