@@ -525,11 +525,12 @@ async fn rooms_list(
         },
     };
     let prefix = q.prefix.unwrap_or_default();
+    let cursor = q.cursor.filter(|c| !c.is_empty());
+    // One more than the page: whether there is a next page.
     let all = gw
-        .cluster_rooms(&prefix)
+        .cluster_rooms(&prefix, cursor.as_deref(), Some(limit + 1))
         .await
         .map_err(|e| control_error(&e))?;
-    let cursor = q.cursor.filter(|c| !c.is_empty());
     let mut page: Vec<Value> = Vec::with_capacity(limit.min(all.len()));
     let mut next = Value::Null;
     let after = all
@@ -554,8 +555,9 @@ async fn room_detail(
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
     check_id(&gw, "room", &room, 64)?;
+    // The first room by name that starts with its own name is the room itself.
     let all = gw
-        .cluster_rooms(&room)
+        .cluster_rooms(&room, None, Some(1))
         .await
         .map_err(|e| control_error(&e))?;
     let view = all.get(&room).cloned().unwrap_or_default();

@@ -211,6 +211,25 @@ function suite(name, { redis: withRedis, start = startRedis }) {
       assert.equal(typeof p1.json.next, 'string');
       const p2 = await api(b, 'GET', `/api/v1/rooms?prefix=${encodeURIComponent(prefix)}&limit=2&cursor=${encodeURIComponent(p1.json.next)}`);
       assert.deepEqual(p2.json, { rooms: [{ room: `${prefix}3`, users: 2, sockets: 2 }], next: null });
+      // A room a page, asking each node in turn: every room once, with its members on every
+      // node, and no next page after the last.
+      const walked = [];
+      let cursor = null;
+      let pages = 0;
+      do {
+        const q = `prefix=${encodeURIComponent(prefix)}&limit=1${cursor == null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`;
+        const p = await api(pages % 2 ? b : a, 'GET', `/api/v1/rooms?${q}`);
+        assert.equal(p.status, 200, p.text);
+        walked.push(...p.json.rooms);
+        cursor = p.json.next;
+        pages += 1;
+      } while (cursor != null && pages < 10);
+      assert.deepEqual(walked, [
+        { room: `${prefix}1`, users: 2, sockets: 3 },
+        { room: `${prefix}2`, users: 1, sockets: 1 },
+        { room: `${prefix}3`, users: 2, sockets: 2 },
+      ]);
+      assert.equal(pages, 3, 'the last room\'s page has no next');
       const one = await api(b, 'GET', `/api/v1/rooms/${encodeURIComponent(`${prefix}1`)}`);
       assert.deepEqual(one.json, { room: `${prefix}1`, users: [u1, u2].sort(), sockets: 3 });
       const none = await api(a, 'GET', `/api/v1/rooms/${encodeURIComponent(`${prefix}9`)}`);

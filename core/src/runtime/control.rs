@@ -15,7 +15,7 @@
 //! recover, a disconnect forgets it; a session recovered from the records of a node that
 //! is gone is checked against the log as well.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -186,13 +186,20 @@ impl Gateway {
         Ok(Self::sum_of(answers, "sockets"))
     }
 
-    /// Every room with members on any node whose name starts with `prefix`, by name.
+    /// The rooms with members on any node whose name starts with `prefix` and comes after
+    /// `after`, by name: at least the first `limit` of them (all when `None`), each with its
+    /// members on every node.
+    ///
+    /// Each node answers only its own first `limit`: a room among the cluster's first
+    /// `limit` is among the first `limit` of every node that has members of it.
     pub(crate) async fn cluster_rooms(
         &self,
         prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
     ) -> Result<BTreeMap<String, RoomView>, ControlError> {
         let answers = self
-            .ask_all(json!({ "kind": "rooms", "prefix": prefix }))
+            .ask_all(json!({ "kind": "rooms", "prefix": prefix, "after": after, "limit": limit }))
             .await?;
         let mut all: BTreeMap<String, RoomView> = BTreeMap::new();
         for (_, answer) in answers {
@@ -250,7 +257,14 @@ impl Inner {
         match kind {
             "handover" => self.control(&request),
             "info" => self.info(),
-            "rooms" => self.local_rooms(&text("prefix")),
+            "rooms" => self.local_rooms(
+                &text("prefix"),
+                request.get("after").and_then(Value::as_str),
+                request
+                    .get("limit")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| usize::try_from(n).ok()),
+            ),
             "join" => {
                 self.join_user(&text("user"), Room::from(text("room")), before)
                     .await
@@ -338,27 +352,37 @@ impl Inner {
         })
     }
 
-    fn local_rooms(&self, prefix: &str) -> Value {
-        let mut rooms: BTreeMap<Room, (BTreeSet<String>, usize)> = BTreeMap::new();
+    fn local_rooms(&self, prefix: &str, after: Option<&str>, limit: Option<usize>) -> Value {
         let sessions: Vec<Arc<Session>> =
             self.per_user.lock().values().flatten().cloned().collect();
-        for s in sessions {
-            let user = s.user_id();
+        // Each room's members as places in `sessions`: users are read for the rooms answered.
+        let mut members: HashMap<Room, Vec<usize>> = HashMap::new();
+        for (i, s) in sessions.iter().enumerate() {
             for room in s.rooms() {
-                if !room.starts_with(prefix) {
-                    continue;
+                if room.starts_with(prefix) && after.is_none_or(|a| &*room > a) {
+                    members.entry(room).or_default().push(i);
                 }
-                let e = rooms.entry(room).or_default();
-                e.0.insert(user.clone());
-                e.1 += 1;
             }
         }
-        let rooms: serde_json::Map<String, Value> = rooms
+        let mut names: Vec<Room> = members.keys().cloned().collect();
+        if let Some(limit) = limit
+            && names.len() > limit
+        {
+            if limit == 0 {
+                names.clear();
+            } else {
+                names.select_nth_unstable(limit - 1);
+                names.truncate(limit);
+            }
+        }
+        let rooms: serde_json::Map<String, Value> = names
             .into_iter()
-            .map(|(room, (users, sockets))| {
+            .map(|room| {
+                let of = members.get(&room).map(Vec::as_slice).unwrap_or_default();
+                let users: BTreeSet<String> = of.iter().map(|&i| sessions[i].user_id()).collect();
                 (
                     room.to_string(),
-                    json!({ "users": users, "sockets": sockets }),
+                    json!({ "users": users, "sockets": of.len() }),
                 )
             })
             .collect();
