@@ -30,7 +30,8 @@ use crate::transport::CloseReason;
 
 /// How long a call waits for every node's answer.
 pub(crate) const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
-/// How many recovery records a reset deletes at a time.
+/// How many recovery records a reset deletes, and sockets it takes out of their rooms, at a
+/// time.
 const RESET_CONCURRENCY: usize = 64;
 /// How long a disconnect waits for a closed socket to be gone from its node.
 const CLOSE_WAIT: Duration = Duration::from_millis(1500);
@@ -547,12 +548,15 @@ impl Inner {
                 }
             })
             .await;
-        for session in &sessions {
-            // Out of every room now: nothing more reaches it while its transport closes.
-            let ticket = session.ticket();
-            ticket.turn().await;
-            self.rooms.leave_all(session).await;
-        }
+        // Out of every room now: nothing more reaches them while their transports close.
+        // Many sockets at a time: each waits for its own events in flight first.
+        futures_util::stream::iter(&sessions)
+            .for_each_concurrent(RESET_CONCURRENCY, |session| async move {
+                let ticket = session.ticket();
+                ticket.turn().await;
+                self.rooms.leave_all(session).await;
+            })
+            .await;
         let transports = self.rooms.transports();
         let mut by_transport: Vec<Vec<Arc<dyn crate::transport::Connection>>> =
             vec![Vec::new(); transports.len()];
