@@ -1,8 +1,9 @@
 // Switchboard admin page: the whole cluster, live, through the HTTP API alone.
 //
-// Every second it reads GET /api/v1/nodes, /api/v1/presence and /api/v1/rooms, and shows
-// the nodes, the totals, the busiest rooms, events in/out per second (from the deltas of
-// each node's eventsIn/eventsOut counters) and the nodes' recent errors. Two forms act:
+// Every second it reads GET /api/v1/nodes, /api/v1/presence and a page of /api/v1/rooms, and
+// shows the nodes, the totals, the busiest rooms (ranked once the pages, one a poll, have
+// covered every room), events in/out per second (from the deltas of each node's
+// eventsIn/eventsOut counters) and the nodes' recent errors. Two forms act:
 // POST /api/v1/emit and POST /api/v1/users/{userId}/disconnect.
 //
 // The key is one of admin.keys, kept in sessionStorage and sent as a bearer key; a 401
@@ -20,7 +21,7 @@ const REQUEST_TIMEOUT_MS = 10_000;
 const TOP_ROOMS = 10;
 /** Rows in the recent-errors table. */
 const MAX_ERRORS = 20;
-/** Rooms asked for in one poll. */
+/** Rooms asked for in one poll (one page of GET /api/v1/rooms). */
 const ROOMS_LIMIT = 1000;
 const KEY_STORAGE = "switchboard-admin-key";
 const REFUSED = "That key does not open the admin page";
@@ -42,7 +43,17 @@ const state = {
   previous: null,
   rateIn: [],
   rateOut: [],
+  rooms: newRoomsWalk(),
 };
+
+/**
+ * The walk through every room, a page a poll: the next page's cursor, the busiest rooms of
+ * the pages read so far in this walk, how many rooms and pages they were, and the ranking
+ * of the last complete walk (null before the first one ends).
+ */
+function newRoomsWalk() {
+  return { cursor: null, top: [], scanned: 0, pages: 0, shown: null };
+}
 
 // ---------- the API ----------
 
@@ -132,6 +143,7 @@ function signOut(message) {
   state.previous = null;
   state.rateIn = [];
   state.rateOut = [];
+  state.rooms = newRoomsWalk();
   sessionStorage.removeItem(KEY_STORAGE);
   for (const id of ["nodes", "rooms", "errors"]) $(id).replaceChildren();
   for (const id of ["total-nodes", "total-connections", "total-users", "rate-in", "rate-out"]) $(id).textContent = "–";
@@ -153,7 +165,7 @@ async function poll(generation) {
   const [nodes, presence, rooms] = await Promise.allSettled([
     api("GET", "/api/v1/nodes"),
     api("GET", "/api/v1/presence"),
-    api("GET", `/api/v1/rooms?limit=${ROOMS_LIMIT}`),
+    api("GET", `/api/v1/rooms?limit=${ROOMS_LIMIT}${roomsCursor()}`),
   ]);
   if (generation !== state.generation) return;
   const failures = [nodes, presence, rooms].filter((r) => r.status === "rejected").map((r) => r.reason);
@@ -285,13 +297,37 @@ function renderErrors(nodes) {
 
 // ---------- rooms ----------
 
-function renderRooms(body) {
-  const rooms = listOf(body, "rooms")
-    .filter((r) => r && typeof r.room === "string")
+/** The cursor parameter of the rooms page this poll reads. */
+function roomsCursor() {
+  const cursor = state.rooms.cursor;
+  return cursor == null ? "" : `&cursor=${encodeURIComponent(cursor)}`;
+}
+
+/** The `TOP_ROOMS` busiest of `rooms`: most sockets first, then by name. */
+function busiest(rooms) {
+  return rooms
     .sort((a, b) => (Number(b.sockets) || 0) - (Number(a.sockets) || 0) || a.room.localeCompare(b.room))
     .slice(0, TOP_ROOMS);
+}
+
+/** Takes a page of rooms into the walk and shows the ranking. */
+function renderRooms(body) {
+  const walk = state.rooms;
+  const page = listOf(body, "rooms").filter((r) => r && typeof r.room === "string");
+  walk.top = busiest([...walk.top, ...page]);
+  walk.scanned += page.length;
+  walk.pages += 1;
+  const next = body && typeof body.next === "string" ? body.next : null;
+  if (next == null) {
+    // Every room read: this walk's ranking is the one shown until the next walk ends.
+    walk.shown = { top: walk.top, scanned: walk.scanned, pages: walk.pages };
+    Object.assign(walk, { cursor: null, top: [], scanned: 0, pages: 0 });
+  } else {
+    walk.cursor = next;
+  }
+  const shown = walk.shown ?? { top: walk.top, scanned: walk.scanned, pages: walk.pages, partial: true };
   $("rooms").replaceChildren(
-    ...rooms.map((r) => {
+    ...shown.top.map((r) => {
       const tr = row([
         ["room", r.room],
         ["users num", count(r.users)],
@@ -301,8 +337,12 @@ function renderRooms(body) {
       return tr;
     }),
   );
-  $("rooms-empty").hidden = rooms.length > 0;
-  $("rooms-note").textContent = body && body.next != null ? `(top ${TOP_ROOMS} of the first ${ROOMS_LIMIT})` : "";
+  $("rooms-empty").hidden = shown.top.length > 0;
+  $("rooms-note").textContent = shown.partial
+    ? `(the first ${count(shown.scanned)} rooms by name; reading the rest, a page a poll)`
+    : shown.pages > 1
+      ? `(of all ${count(shown.scanned)} rooms, read in ${shown.pages} pages, one a poll)`
+      : "";
 }
 
 // ---------- forms ----------

@@ -3,10 +3,11 @@
 //
 // A wrong admin key is refused and the right one opens the page; the page shows both
 // nodes, and a chat socket on the second node counts in that node's row and in the
-// totals; the busiest-rooms table counts conversation:42's sockets; a publish from the
-// page's form reaches the chat pages and shows in the events-out rate; disconnecting a
-// user from the page drops that user's chat page for good; and while Redis is away the
-// page shows the API's error and keeps polling, live again once Redis is back.
+// totals; the busiest-rooms table counts conversation:42's sockets, and ranks every room
+// when there are more than a page of them; a publish from the page's form reaches the chat
+// pages and shows in the events-out rate; disconnecting a user from the page drops that
+// user's chat page for good; and while Redis is away the page shows the API's error and
+// keeps polling, live again once Redis is back.
 //
 // The chat sockets come from the web-chat example (examples/web-chat/public), which both
 // nodes serve (server.static_dir); the admin page is node A's /admin/.
@@ -364,6 +365,47 @@ test("the busiest rooms show conversation:42 with its sockets", async () => {
   await waitForText(admin, "#total-connections", "2");
   await waitForText(admin, "#total-users", "2");
   await waitForText(admin, `#nodes tr[data-node="${nodeBId}"] .connections`, "1");
+  noScriptErrors();
+});
+
+test("with more rooms than a page holds, the busiest rooms are ranked over all of them", async () => {
+  // 1,100 rooms of one socket whose names come before every other room's, then one more
+  // room of two sockets whose name comes after them all.
+  const call = async (verb, room, userId) => {
+    const res = await fetch(`${nodeA.base}/api/v1/rooms/${verb}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+      body: JSON.stringify({ room, userId }),
+    });
+    assert.equal(res.status, 200, await res.text());
+  };
+  const names = Array.from({ length: 1100 }, (_, i) => `bulk:${String(i).padStart(4, "0")}`);
+  for (let i = 0; i < names.length; i += 50) {
+    await Promise.all(names.slice(i, i + 50).map((room) => call("join", room, "alice")));
+  }
+  await call("join", "zz:busiest", "alice");
+  await call("join", "zz:busiest", "bob");
+
+  // Two pages of 1000: both two-socket rooms rank first, whatever page they are on.
+  await waitForText(admin, '#rooms tr[data-room="zz:busiest"] .sockets', "2");
+  await waitForText(admin, '#rooms tr[data-room="conversation:42"] .sockets', "2");
+  await waitForText(admin, "#rooms-note", "(of all 1,102 rooms, read in 2 pages, one a poll)");
+  const ranked = await admin.$$eval("#rooms tr", (rows) => rows.map((r) => r.dataset.room));
+  assert.equal(ranked.length, 10);
+  assert.deepEqual(ranked.slice(0, 2), ["conversation:42", "zz:busiest"]);
+
+  // Out of them again: one page, and the table as before.
+  for (let i = 0; i < names.length; i += 50) {
+    await Promise.all(names.slice(i, i + 50).map((room) => call("leave", room, "alice")));
+  }
+  await call("leave", "zz:busiest", "alice");
+  await call("leave", "zz:busiest", "bob");
+  await admin.waitForFunction(
+    () => [...document.querySelectorAll("#rooms tr")].map((r) => r.dataset.room).join() === "conversation:42",
+    null,
+    { timeout: TIMEOUT },
+  );
+  assert.equal((await admin.locator("#rooms-note").textContent()).trim(), "");
   noScriptErrors();
 });
 
