@@ -1,6 +1,7 @@
-//! A backend's `users/{id}/disconnect`, and a node's reset, against a transport that is
-//! closing at the same moment: a session whose transport dropped is not kept for recovery
-//! once the call has answered, wherever its close had got to.
+//! A backend's `users/{id}/disconnect` and `rooms/leave`, and a node's reset, against a
+//! transport that is closing at the same moment: once the call has answered, the session
+//! whose transport dropped is not kept for recovery (or recovers without the room), wherever
+//! its close had got to.
 //!
 //! The close is held at one point, the write of its recovery record (the moment it has left
 //! the node's live sessions and is not yet among those waiting for their client), by a broker
@@ -168,12 +169,17 @@ async fn connect(gw: &Gateway, user: &str, pid: Option<String>) -> (Arc<Session>
     (connected.session, connected.recovered)
 }
 
-/// Connects `user`, then drops its transport and holds the drop at the write of its record;
-/// `during` runs there. Answers whether a client that comes back recovers the session.
-async fn drop_with(user: &str, during: impl AsyncFnOnce(&Gateway, &Gated)) -> bool {
+/// The room each test's user is in when its transport drops.
+const ROOM: &str = "conversation:1";
+
+/// Connects `user` and puts it in [`ROOM`], then drops its transport and holds the drop at
+/// the write of its record; `during` runs there. Answers the session of a client that comes
+/// back, and whether it recovered the one that dropped.
+async fn drop_with(user: &str, during: impl AsyncFnOnce(&Gateway, &Gated)) -> (Arc<Session>, bool) {
     let broker = Gated::new();
     let gw = gateway(broker.clone()).await;
     let (session, _) = connect(&gw, user, None).await;
+    assert_eq!(gw.join_user(user, ROOM).await.expect("joined"), 1);
     let pid = session
         .recovery_id()
         .expect("a tracked session")
@@ -189,21 +195,36 @@ async fn drop_with(user: &str, during: impl AsyncFnOnce(&Gateway, &Gated)) -> bo
     during(&gw, &broker).await;
     broker.open.add_permits(1);
     closing.await.expect("the close ends");
-    let (_, recovered) = connect(&gw, user, Some(pid)).await;
-    recovered
+    connect(&gw, user, Some(pid)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_session_is_recovered_when_nothing_happens_while_it_closes() {
+    let (session, recovered) = drop_with("ana", async |_, _| {}).await;
     assert!(
-        drop_with("ana", async |_, _| {}).await,
+        recovered,
         "a client that comes back recovers its dropped session"
+    );
+    assert!(session.in_room(ROOM), "back in its room");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_the_backend_took_a_user_out_of_while_its_transport_closed_is_not_recovered() {
+    let (session, recovered) = drop_with("dee", async |gw, _| {
+        // Not live any more, so the call counts no socket; it still takes effect.
+        let _ = gw.leave_user("dee", ROOM).await;
+    })
+    .await;
+    assert!(recovered, "the session itself is recovered");
+    assert!(
+        !session.in_room(ROOM),
+        "rooms/leave held: the recovered session is not back in {ROOM}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_disconnected_while_its_transport_closes_is_not_recovered() {
-    let recovered = drop_with("bob", async |gw, _| {
+    let (_, recovered) = drop_with("bob", async |gw, _| {
         // Not live any more, so the call counts no socket; it still takes effect.
         let _ = gw.disconnect_user("bob", "banned").await;
     })
@@ -216,7 +237,7 @@ async fn a_user_disconnected_while_its_transport_closes_is_not_recovered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reset_while_a_transport_closes_recovers_nothing() {
-    let recovered = drop_with("cy", async |_, broker| {
+    let (_, recovered) = drop_with("cy", async |_, broker| {
         // What a broker asks of a node that cannot tell which control calls it missed.
         let inbox = broker.inbox.lock().clone().expect("started");
         inbox.answer(serde_json::json!({ "kind": "reset" })).await;

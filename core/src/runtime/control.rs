@@ -432,14 +432,6 @@ impl Inner {
         let mut n = 0usize;
         let sessions = self.sessions_before(user, before);
         let of = sessions.len();
-        // A session waiting for its client to come back does not get the room back.
-        for (_, session) in self.dropped_of(user, before) {
-            let Some(t) = &session.tracker else { continue };
-            let had = t.state.lock().rooms.remove(&room).is_some();
-            if had {
-                self.save_record(&session, "dropped").await;
-            }
-        }
         for session in sessions {
             let ticket = session.ticket();
             ticket.turn().await;
@@ -450,6 +442,21 @@ impl Inner {
                 let (event, data) = self.room_reply(&room, false);
                 session.send_value(&event, &data);
                 n += 1;
+            }
+        }
+        // A session whose transport ended does not get the room back when it recovers:
+        // closing, then waiting for its client (read after the live ones, the order a
+        // session goes through them, so one that dropped meanwhile is among these).
+        for session in self.closing_of(user, before) {
+            if let Some(t) = &session.tracker {
+                t.state.lock().rooms.remove(&room);
+            }
+        }
+        for (_, session) in self.dropped_of(user, before) {
+            let Some(t) = &session.tracker else { continue };
+            let had = t.state.lock().rooms.remove(&room).is_some();
+            if had {
+                self.save_record(&session, "dropped").await;
             }
         }
         json!({ "sockets": n, "of": of })
