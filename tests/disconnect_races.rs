@@ -7,32 +7,22 @@
 //! the node's live sessions and is not yet among those waiting for their client), by a broker
 //! that is the memory broker with a gate in front of that write.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use serde_json::value::RawValue;
+use support::Sock;
 use switchboard::broker::{
     BrokerError, History, Inbox, LoggedControl, Position, Reach, Room, RoomBroker,
 };
 use switchboard::runtime::{Leaving, RecoveryRequest};
 use switchboard::{
-    CloseReason, ConnId, Connection, Delivery, Gateway, Identity, LoadedConfig, Node, Session,
-    TransportId, async_trait,
+    Delivery, Gateway, Identity, LoadedConfig, Node, Session, TransportId, async_trait,
 };
 use switchboard_broker_memory::MemoryBroker;
 use tokio::sync::{Notify, Semaphore};
-
-/// A connection that takes everything and never closes by itself.
-struct Quiet(ConnId);
-
-impl Connection for Quiet {
-    fn id(&self) -> &ConnId {
-        &self.0
-    }
-    fn send(&self, _event: &str, _payload: &RawValue) {}
-    fn close(&self, _reason: CloseReason) {}
-}
 
 /// The memory broker, except that while armed a session record written as `dropped` waits
 /// at the gate until it is opened.
@@ -153,7 +143,7 @@ async fn gateway(broker: Arc<Gated>) -> Gateway {
 
 /// Connects a client of `user` that tracks offsets, naming `pid` to recover when given.
 async fn connect(gw: &Gateway, user: &str, pid: Option<String>) -> (Arc<Session>, bool) {
-    let conn = Arc::new(Quiet(ConnId::new(switchboard::registry::random_id())));
+    let conn = Sock::new(format!("{user}-{}", switchboard::registry::random_id()));
     let connected = gw
         .connect_with(
             TransportId::DIRECT,
