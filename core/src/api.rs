@@ -345,7 +345,7 @@ impl<'a> Answer<'a> {
             event,
             dropped: p.dropped,
             local_only: p.local_only,
-            offset: p.offset.as_ref().map(ToString::to_string),
+            offset: p.offset.as_ref().map(crate::broker::Position::text),
         }
     }
 }

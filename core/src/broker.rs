@@ -52,6 +52,15 @@ impl fmt::Display for ConnId {
 /// A room name, such as `conversation:42`.
 pub type Room = Arc<str>;
 
+/// The room `{kind}:{id}` (`conversation:42`).
+pub fn room_of(kind: &str, id: &str) -> Room {
+    let mut name = String::with_capacity(kind.len() + 1 + id.len());
+    name.push_str(kind);
+    name.push(':');
+    name.push_str(id);
+    Room::from(name)
+}
+
 /// A place in a room's history: the stream (its epoch) and the event's number in it.
 ///
 /// Numbers are dense (1, 2, 3 … per stream), so a gap is visible. A stream that was lost
@@ -79,11 +88,27 @@ impl Position {
     pub fn after(&self, other: &Position) -> bool {
         self.epoch == other.epoch && self.n > other.n
     }
+
+    /// The offset text (`epoch:n`), as [`Display`](fmt::Display) writes it.
+    pub fn text(&self) -> String {
+        let mut out = String::with_capacity(self.epoch.len() + 21);
+        self.push_to(&mut out);
+        out
+    }
+
+    /// Appends the offset text (`epoch:n`) to `out`.
+    pub fn push_to(&self, out: &mut String) {
+        out.push_str(&self.epoch);
+        out.push(':');
+        out.push_str(itoa::Buffer::new().format(self.n));
+    }
 }
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.epoch, self.n)
+        f.write_str(&self.epoch)?;
+        f.write_str(":")?;
+        f.write_str(itoa::Buffer::new().format(self.n))
     }
 }
 
@@ -511,6 +536,7 @@ mod tests {
         let p: Position = "k3j9xq:42".parse().expect("position");
         assert_eq!(p, Position::new("k3j9xq", 42));
         assert_eq!(p.to_string(), "k3j9xq:42");
+        assert_eq!(p.text(), "k3j9xq:42");
         assert!(Position::new("k3j9xq", 43).after(&p));
         assert!(!Position::new("other", 43).after(&p), "another stream");
         for bad in ["", "42", ":42", "a:b", "a b:1", "a:-1"] {

@@ -379,7 +379,7 @@ pub struct RoomKind {
 impl RoomKind {
     /// The room of `id`: `{kind}:{id}`.
     pub fn room(&self, id: &str) -> Room {
-        Room::from(format!("{}:{id}", self.kind))
+        crate::broker::room_of(self.kind, id)
     }
     /// The id of `room` when it is of this kind.
     pub fn id_of<'r>(&self, room: &'r str) -> Option<&'r str> {
@@ -621,8 +621,8 @@ impl EventSet {
 #[derive(Debug, Default)]
 pub struct EventTable {
     sets: Vec<EventSet>,
-    inbound: HashMap<String, (String, InboundEvent)>,
-    outbound: HashMap<String, (String, OutboundEvent)>,
+    inbound: HashMap<String, (String, InboundEvent), foldhash::fast::RandomState>,
+    outbound: HashMap<String, (String, OutboundEvent), foldhash::fast::RandomState>,
     rooms: Vec<(String, RoomKind)>,
 }
 

@@ -95,11 +95,16 @@ struct Totals {
     /// name alone, without a label set built for each event.
     by_name_in: ByName,
     by_name_out: ByName,
+    /// The counters of `http_requests` met so far, by route, then status.
+    by_route: ByRoute,
 }
 
 /// Counters of one family by event name.
 #[derive(Default)]
-struct ByName(parking_lot::RwLock<std::collections::HashMap<Box<str>, Counter>>);
+struct ByName(parking_lot::RwLock<FastMap<Box<str>, Counter>>);
+
+/// A map keyed by a name the node sees again and again, hashed fast.
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 impl ByName {
     /// Counts one `event` in `family`.
@@ -115,6 +120,40 @@ impl ByName {
             .clone();
         c.inc();
         self.0.write().insert(event.into(), c);
+    }
+}
+
+/// Counters of `http_requests` by route, each with the statuses it answered.
+#[derive(Default)]
+struct ByRoute(parking_lot::RwLock<FastMap<Box<str>, Statuses>>);
+
+/// The counters of one route, by status.
+type Statuses = Vec<(u16, Counter)>;
+
+impl ByRoute {
+    /// Counts one request of `route` answered `status` in `family`.
+    fn inc(&self, family: &Family<HttpLabels, Counter>, route: &str, status: u16) {
+        if let Some((_, c)) = self
+            .0
+            .read()
+            .get(route)
+            .and_then(|statuses| statuses.iter().find(|(s, _)| *s == status))
+        {
+            c.inc();
+            return;
+        }
+        let c = family
+            .get_or_create(&HttpLabels {
+                route: route_label(route),
+                status,
+            })
+            .clone();
+        c.inc();
+        let mut routes = self.0.write();
+        let statuses = routes.entry(route.into()).or_default();
+        if !statuses.iter().any(|(s, _)| *s == status) {
+            statuses.push((status, c));
+        }
     }
 }
 
@@ -138,12 +177,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one HTTP request to `route` (as declared) answered with `status`.
     pub fn count_http(&self, route: &str, status: u16) {
-        self.http_requests
-            .get_or_create(&HttpLabels {
-                route: route_label(route),
-                status,
-            })
-            .inc();
+        self.totals.by_route.inc(&self.http_requests, route, status);
     }
 
     /// A fresh registry with the core metrics.

@@ -38,8 +38,9 @@
 //!   client missed them; the new node replays its own from a margin before that
 //!   ([`presence_replay_from`]), or says it cannot when it started later.
 
+use foldhash::fast::RandomState;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,12 +82,28 @@ pub(crate) struct ClientOffset {
 impl ClientOffset {
     /// The offset a live delivery at `seq` carries.
     pub(crate) fn live(position: &Position, tag: &str, seq: u64) -> String {
-        format!("{position}~{tag}.{seq:x}")
+        let mut out = Self::start(position, tag, 16);
+        push_hex(&mut out, seq);
+        out
     }
 
     /// The offset the `i`-th replayed event carries.
     pub(crate) fn replay(position: &Position, tag: &str, attach: u64, i: u32) -> String {
-        format!("{position}~{tag}.{attach:x}r{i:x}")
+        let mut out = Self::start(position, tag, 25);
+        push_hex(&mut out, attach);
+        out.push('r');
+        push_hex(&mut out, u64::from(i));
+        out
+    }
+
+    /// `{position}~{tag}.`, with room for `rest` more bytes.
+    fn start(position: &Position, tag: &str, rest: usize) -> String {
+        let mut out = String::with_capacity(position.epoch.len() + 22 + tag.len() + rest);
+        position.push_to(&mut out);
+        out.push('~');
+        out.push_str(tag);
+        out.push('.');
+        out
     }
 
     /// Reads an offset a client echoed; `None` when it is not one of ours.
@@ -167,7 +184,7 @@ impl Ring {
 
 /// This node's deliveries of kept room events, per room, for the recovery window.
 pub(crate) struct Rings {
-    shards: Box<[Mutex<HashMap<Room, Ring>>]>,
+    shards: Box<[Mutex<HashMap<Room, Ring, RandomState>>]>,
     hasher: RandomState,
     cap: usize,
     window: Duration,
@@ -179,15 +196,15 @@ impl Rings {
     /// Rings of at most `cap` entries, each kept for `window`.
     pub(crate) fn new(cap: usize, window: Duration) -> Self {
         Rings {
-            shards: (0..64).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..64).map(|_| Mutex::new(HashMap::default())).collect(),
+            hasher: RandomState::default(),
             cap: cap.max(1),
             window,
             changed: Mutex::new(HashSet::new()),
         }
     }
 
-    fn shard(&self, room: &str) -> &Mutex<HashMap<Room, Ring>> {
+    fn shard(&self, room: &str) -> &Mutex<HashMap<Room, Ring, RandomState>> {
         &self.shards[self.hasher.hash_one(room) as usize % self.shards.len()]
     }
 
@@ -586,10 +603,19 @@ pub(crate) fn merge_entries(
     all.split_off(skip)
 }
 
+/// Appends `v` in lowercase hexadecimal, without leading zeros (`0` for zero).
+fn push_hex(out: &mut String, v: u64) {
+    let digits = (64 - v.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        let d = ((v >> (i * 4)) & 0xf) as u32;
+        out.push(char::from_digit(d, 16).unwrap_or('0'));
+    }
+}
+
 /// A fresh recovery id: 22 URL-safe characters.
 pub(crate) fn new_pid() -> String {
-    let a = RandomState::new().hash_one(std::time::SystemTime::now());
-    let b = RandomState::new().hash_one(a);
+    let a = std::hash::RandomState::new().hash_one(std::time::SystemTime::now());
+    let b = std::hash::RandomState::new().hash_one(a);
     let mut out = String::with_capacity(22);
     for mut v in [a, b] {
         const ALPHABET: &[u8; 64] =
@@ -632,6 +658,12 @@ mod tests {
             })
         );
         let replay = ClientOffset::replay(&pos(3), "abc123", 16, 2);
+        assert_eq!(replay, "ep:3~abc123.10r2");
+        assert_eq!(ClientOffset::live(&pos(0), "t", 0), "ep:0~t.0");
+        assert_eq!(
+            ClientOffset::replay(&pos(u64::MAX), "t", u64::MAX, u32::MAX),
+            format!("ep:{}~t.{:x}r{:x}", u64::MAX, u64::MAX, u32::MAX)
+        );
         assert_eq!(
             ClientOffset::parse(&replay).map(|o| o.mark),
             Some(Mark::Replay { attach: 16, i: 2 })

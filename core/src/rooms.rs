@@ -26,8 +26,9 @@
 //!   its replay is out: what arrives meanwhile is kept for it, then written before anything
 //!   live, without what the replay already carried.
 
+use foldhash::fast::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -141,7 +142,7 @@ impl Keeper {
 const SHARDS: usize = 64;
 
 /// One lock's share of the room table.
-type Shard = RwLock<HashMap<Room, Arc<Entry>>>;
+type Shard = RwLock<HashMap<Room, Arc<Entry>, RandomState>>;
 
 /// The node's rooms and sessions.
 pub(crate) struct Rooms {
@@ -218,8 +219,10 @@ impl Rooms {
         all_transports.extend(transports);
         let n = all_transports.len();
         Rooms {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(HashMap::default()))
+                .collect(),
+            hasher: RandomState::default(),
             all: RwLock::new((0..n).map(|_| MemberMap::new()).collect()),
             transports: all_transports,
             broker,

@@ -41,7 +41,7 @@ pub struct MemoryBroker {
     rooms: Mutex<HashSet<Room>>,
     epoch: Arc<str>,
     history: HistoryConfig,
-    streams: RwLock<HashMap<Room, Arc<Mutex<Stream>>>>,
+    streams: RwLock<HashMap<Room, Arc<Mutex<Stream>>, foldhash::fast::RandomState>>,
     kept_seq: AtomicU64,
     records: Mutex<HashMap<String, Record>>,
 }
@@ -74,7 +74,7 @@ impl MemoryBroker {
             rooms: Mutex::new(HashSet::new()),
             epoch: Arc::from(switchboard_core::broker::new_epoch()),
             history,
-            streams: RwLock::new(HashMap::new()),
+            streams: RwLock::new(HashMap::default()),
             kept_seq: AtomicU64::new(0),
             records: Mutex::new(HashMap::new()),
         }

@@ -15,7 +15,7 @@ use switchboard_core::{
 
 /// The room of a conversation: `conversation:{id}`.
 pub fn room(conversation_id: &str) -> Room {
-    Room::from(format!("conversation:{conversation_id}"))
+    switchboard_core::broker::room_of("conversation", conversation_id)
 }
 
 /// `{conversationId}`: the payload of `conversation:join`/`leave` (and typing events).

@@ -14,7 +14,7 @@ use switchboard_core::{
 
 /// The room of a session: `session:{id}`.
 pub fn room(session_id: &str) -> Room {
-    Room::from(format!("session:{session_id}"))
+    switchboard_core::broker::room_of("session", session_id)
 }
 
 /// `{sessionId}`: the payload of `session:join`/`leave`.

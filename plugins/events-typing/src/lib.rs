@@ -113,7 +113,7 @@ impl Validate for TypingStopped {
 }
 
 fn room(conversation_id: &str) -> Room {
-    Room::from(format!("conversation:{conversation_id}"))
+    switchboard_core::broker::room_of("conversation", conversation_id)
 }
 
 // ANCHOR: handler
