@@ -24,7 +24,6 @@ use serde_json::{Value, json};
 
 use super::{Gateway, Inner};
 use crate::broker::Room;
-use crate::recovery::session_key;
 use crate::session::Session;
 use crate::transport::CloseReason;
 
@@ -477,11 +476,9 @@ impl Inner {
         for (pid, session) in self.dropped_of(user, before) {
             self.dropped.lock().remove(&pid);
             if let Some(t) = &session.tracker {
-                t.state.lock().rooms.clear();
+                t.forget();
             }
-            if let Err(e) = self.broker.delete_record(&session_key(&pid), &[]).await {
-                self.backend_error("broker", &e.to_string());
-            }
+            self.delete_record(&pid).await;
         }
         let message = if reason.is_empty() {
             "Disconnected by the server".to_owned()
@@ -527,7 +524,8 @@ impl Inner {
                 records.push(pid);
             }
         }
-        // One whose transport already ended is not kept for recovery either.
+        // One whose transport already ended is not kept for recovery either: marked before
+        // the dropped ones are read, so one that is kept meanwhile is among them.
         let closing: Vec<Arc<Session>> = self.closing.lock().values().flatten().cloned().collect();
         for session in &closing {
             if let Some(t) = &session.tracker {
@@ -543,16 +541,14 @@ impl Inner {
             .collect();
         for (pid, session) in &dropped {
             if let Some(t) = &session.tracker {
-                t.state.lock().rooms.clear();
+                t.forget();
             }
             records.push(pid.clone());
         }
         // No node recovers any of them: their records go, many at a time.
         futures_util::stream::iter(records)
             .for_each_concurrent(RESET_CONCURRENCY, |pid| async move {
-                if let Err(e) = self.broker.delete_record(&session_key(&pid), &[]).await {
-                    self.backend_error("broker", &e.to_string());
-                }
+                self.delete_record(&pid).await;
             })
             .await;
         // Out of every room now: nothing more reaches them while their transports close.

@@ -267,10 +267,8 @@ impl Gateway {
         let forgotten = t.state.lock().forgotten;
         if leaving == Leaving::Closed || forgotten {
             forget(&mut self.0.by_pid.lock());
-            if !handed_over()
-                && let Err(e) = self.0.broker.delete_record(&session_key(&pid), &[]).await
-            {
-                self.backend_error("broker", &e.to_string());
+            if !handed_over() {
+                self.0.delete_record(&pid).await;
             }
             tracing::debug!(socket = %session.id(), handed_over = handed_over(), "closed");
             return;
@@ -298,9 +296,7 @@ impl Gateway {
             (handed_over, forgotten)
         };
         if forgotten && !handed_over {
-            if let Err(e) = self.0.broker.delete_record(&session_key(&pid), &[]).await {
-                self.backend_error("broker", &e.to_string());
-            }
+            self.0.delete_record(&pid).await;
             tracing::debug!(socket = %session.id(), "forgotten while it closed");
             return;
         }
@@ -703,6 +699,13 @@ impl Inner {
             .put_record(&session_key(&pid), vec![("s".to_owned(), text)], ttl)
             .await
         {
+            self.backend_error("broker", &e.to_string());
+        }
+    }
+
+    /// Deletes the record of session `pid`: no node recovers it.
+    pub(crate) async fn delete_record(&self, pid: &str) {
+        if let Err(e) = self.broker.delete_record(&session_key(pid), &[]).await {
             self.backend_error("broker", &e.to_string());
         }
     }
