@@ -37,6 +37,14 @@ impl ApiError {
         self.details = details;
         self
     }
+    /// A 422 about one field: `"{field}: {reason}"`, with `details.field` naming it.
+    fn invalid(field: &str, reason: impl std::fmt::Display) -> Self {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{field}: {reason}"),
+        )
+        .details(json!({ "field": field }))
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -204,9 +212,9 @@ fn typed<T: serde::de::DeserializeOwned>(value: &Value, shape: &str) -> Result<T
 fn check_id(gw: &Gateway, field: &str, value: &str, extra: usize) -> Result<(), ApiError> {
     let max = gw.config().limits.max_id_chars + extra;
     if value.trim().is_empty() || value.chars().count() > max {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("{field}: must be a non-empty string of at most {max} characters"),
+        return Err(ApiError::invalid(
+            field,
+            format_args!("must be a non-empty string of at most {max} characters"),
         ));
     }
     Ok(())
@@ -295,9 +303,9 @@ async fn emit_one(gw: &Gateway, value: &Value) -> Result<Value, ApiError> {
 /// Refuses an event name that is empty or too long.
 fn check_event_name(event: &str) -> Result<(), ApiError> {
     if event.is_empty() || event.chars().count() > 128 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "event: must be a non-empty string of at most 128 characters",
+        return Err(ApiError::invalid(
+            "event",
+            "must be a non-empty string of at most 128 characters",
         ));
     }
     Ok(())
@@ -321,7 +329,7 @@ async fn emit_raw(gw: &Gateway, body: EmitRaw) -> Result<Response, ApiError> {
     check_event_name(&body.event)?;
     match gw.publish_raw(&body.event, body.room, body.data).await {
         Ok(p) => Ok(axum::Json(Answer::of(&body.event, &p)).into_response()),
-        Err(e) => Err(publish_error(gw, e)),
+        Err(e) => Err(publish_error(gw, &body.event, e)),
     }
 }
 
@@ -376,7 +384,7 @@ async fn emit_body(gw: &Gateway, body: EmitBody) -> Result<Value, ApiError> {
                 }
                 Ok(out)
             }
-            Err(e) => Err(publish_error(gw, e)),
+            Err(e) => Err(publish_error(gw, &event, e)),
         };
     }
     let req = Publish {
@@ -387,20 +395,41 @@ async fn emit_body(gw: &Gateway, body: EmitBody) -> Result<Value, ApiError> {
     let event = req.event.clone();
     match gw.publish(req).await {
         Ok(p) => Ok(published(&event, &p)),
-        Err(e) => Err(publish_error(gw, e)),
+        Err(e) => Err(publish_error(gw, &event, e)),
     }
 }
 
-fn publish_error(gw: &Gateway, e: PublishError) -> ApiError {
+fn publish_error(gw: &Gateway, event: &str, e: PublishError) -> ApiError {
     match e {
         e @ (PublishError::UnknownEvent(_) | PublishError::NoSuchUser(_)) => {
             ApiError::new(StatusCode::NOT_FOUND, e.to_string())
         }
         PublishError::Invalid(msg) => {
             gw.metrics().error_with("api_invalid", &msg);
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg)
+            let field = invalid_field(event, &msg);
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg).details(json!({ "field": field }))
         }
         other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+    }
+}
+
+/// The field an emit's validation error is about, for `details.field`: `event`, `room`,
+/// `data`, or `data.<field>` for a field of the event's payload (read from the message,
+/// which names it first: `"room: …"`, `"Invalid payload for {event}: {field}: …"`).
+fn invalid_field(event: &str, message: &str) -> String {
+    let named = |text: &str| {
+        text.split_once(": ")
+            .map(|(field, _)| field)
+            .filter(|f| !f.is_empty() && !f.contains(char::is_whitespace))
+            .map(str::to_owned)
+    };
+    let payload = message
+        .strip_prefix("Invalid payload for ")
+        .and_then(|rest| rest.strip_prefix(event))
+        .and_then(|rest| rest.strip_prefix(": "));
+    match payload {
+        Some(rest) => named(rest).map_or_else(|| "data".to_owned(), |f| format!("data.{f}")),
+        None => named(message).unwrap_or_else(|| "data".to_owned()),
     }
 }
 
@@ -478,10 +507,7 @@ async fn user_disconnect(
     };
     let reason = b.reason.unwrap_or_default();
     if reason.chars().count() > 200 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "reason: at most 200 characters",
-        ));
+        return Err(ApiError::invalid("reason", "at most 200 characters"));
     }
     let n = gw
         .disconnect_user(&user_id, &reason)
@@ -517,9 +543,9 @@ async fn rooms_list(
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=1000).contains(&n) => n,
             _ => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "limit: must be a whole number from 1 to 1000",
+                return Err(ApiError::invalid(
+                    "limit",
+                    "must be a whole number from 1 to 1000",
                 ));
             }
         },
@@ -642,10 +668,10 @@ async fn history(
     })?;
     let limits = &gw.config().limits;
     if room.is_empty() || room.chars().count() > limits.max_id_chars + 64 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "room: must be a non-empty string of at most {} characters",
+        return Err(ApiError::invalid(
+            "room",
+            format_args!(
+                "must be a non-empty string of at most {} characters",
                 limits.max_id_chars + 64
             ),
         ));
@@ -656,9 +682,9 @@ async fn history(
         Some(l) => match l.parse::<usize>() {
             Ok(n) if n >= 1 => n.min(max),
             _ => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("limit: must be a whole number from 1 to {max}"),
+                return Err(ApiError::invalid(
+                    "limit",
+                    format_args!("must be a whole number from 1 to {max}"),
                 ));
             }
         },
@@ -668,9 +694,11 @@ async fn history(
         None => None,
         Some(s) => {
             let position = s.split('~').next().unwrap_or(s);
-            Some(position.parse::<crate::broker::Position>().map_err(|e| {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("since: {e}"))
-            })?)
+            Some(
+                position
+                    .parse::<crate::broker::Position>()
+                    .map_err(|e| ApiError::invalid("since", e))?,
+            )
         }
     };
     let h = gw
@@ -700,7 +728,48 @@ async fn history(
 
 #[cfg(test)]
 mod tests {
-    use super::is_json_media_type;
+    use super::{invalid_field, is_json_media_type};
+    use crate::event::EventError;
+
+    #[test]
+    fn an_emit_error_names_its_field() {
+        let event = "message:received";
+        let payload = |field: &str, reason: &str| EventError::invalid(event, field, reason).message;
+        for (message, field) in [
+            (
+                payload("conversationId", "is required"),
+                "data.conversationId",
+            ),
+            (
+                payload(
+                    "content.text",
+                    "invalid type: integer `5`, expected a string",
+                ),
+                "data.content.text",
+            ),
+            (payload("", "expected an object, got array"), "data"),
+            (
+                payload("", "invalid type: integer `5`, expected a string"),
+                "data",
+            ),
+            (
+                "room: must be a non-empty string of at most 320 characters".to_owned(),
+                "room",
+            ),
+            ("data: expected value at line 1 column 2".to_owned(), "data"),
+            (
+                "event: `connect` is Socket.IO's own, and cannot be published".to_owned(),
+                "event",
+            ),
+            ("something went wrong".to_owned(), "data"),
+        ] {
+            assert_eq!(invalid_field(event, &message), field, "{message}");
+        }
+        // An event whose name holds ": " is stripped whole, not split.
+        let odd = "a: b";
+        let message = EventError::invalid(odd, "id", "is required").message;
+        assert_eq!(invalid_field(odd, &message), "data.id");
+    }
 
     #[test]
     fn json_media_types_are_application_json_and_application_plus_json_in_any_case() {

@@ -316,6 +316,26 @@ function suite(name, { redis: withRedis, start = startRedis }) {
         [emitApi(a, Array.from({ length: 1001 }, () => ({ event: 'x', data: {}, room: 'r' }))), 413, '1000'],
       ];
       for (const [call, code, mentions] of cases) assertJsonError(await call, code, mentions);
+      // An error about one field names it in `details.field` too, as the API's reference says.
+      const fields = [
+        [post(a, '/api/v1/rooms/join', { room: '', userId: user }), 422, 'room'],
+        [post(a, '/api/v1/rooms/leave', { room: 'conversation:x', userId: ' ' }), 422, 'userId'],
+        [post(a, '/api/v1/rooms/join', { room: 'conversation:x', userId: 5 }), 400, 'userId'],
+        [post(a, `/api/v1/users/${user}/disconnect`, { reason: 'r'.repeat(201) }), 422, 'reason'],
+        [api(a, 'GET', '/api/v1/rooms?limit=0'), 422, 'limit'],
+        [emitApi(a, { event: '', data: {}, room: 'conversation:1' }), 422, 'event'],
+        [emitApi(a, { event: 'connect', data: {}, room: 'conversation:1' }), 422, 'event'],
+        [emitApi(a, { event: 'notification', data: {}, room: '' }), 422, 'room'],
+        [emitApi(a, { ...status('c1', 'm1'), data: { conversationId: 'c1', messageId: 'm1', status: 'lost' } }), 422, 'data.status'],
+        [emitApi(a, { event: 'message:status', data: { conversationId: 'c1', status: 'read' }, user }), 422, 'data.messageId'],
+        [emitApi(a, { event: 'message:status', data: { conversationId: 7, messageId: 'm1', status: 'read' } }), 422, 'data.conversationId'],
+        [emitApi(a, { event: 'message:status', data: [] }), 422, 'data'],
+      ];
+      for (const [call, code, field] of fields) {
+        const res = await call;
+        assert.equal(res.status, code, res.text);
+        assert.equal(res.json?.details?.field, field, res.text);
+      }
       assert.equal((await api(a, 'GET', '/healthz')).status, 200);
       assert.equal(s.connected, true);
       const ok = await emitApi(a, { event: 'notification', data: { ok: true }, user });
