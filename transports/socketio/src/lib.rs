@@ -79,6 +79,38 @@ pub struct SocketIoTransport {
     register: Register,
     /// Counts what full outgoing queues dropped.
     overflow: Overflow,
+    /// The sockets of this node that do not track offsets.
+    plain: Plain,
+}
+
+/// How many sockets of this node do not track offsets (recovery on, a client that said
+/// `recovery: false`): while there are none, a room event goes to the rooms' tracked
+/// variants without looking at the room's members.
+#[derive(Clone, Default)]
+struct Plain(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Plain {
+    /// Counts one more plain socket until the guard is dropped.
+    fn enter(&self) -> PlainGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PlainGuard(self.clone())
+    }
+
+    /// Whether a socket of this node may be plain.
+    fn any(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+}
+
+/// A plain socket, counted in [`Plain`] while its connection lives.
+struct PlainGuard(Plain);
+
+impl Drop for PlainGuard {
+    fn drop(&mut self) {
+        (self.0)
+            .0
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Counts the events a socket's full outgoing queue made it miss, in
@@ -148,12 +180,19 @@ impl SocketIoTransport {
             .build_svc();
         let pids = Arc::new(Pids::default());
         let overflow = Overflow::default();
-        let (admitting, registry, counting) = (gateway.clone(), pids.clone(), overflow.clone());
+        let plain = Plain::default();
+        let (admitting, registry, counting, plains) = (
+            gateway.clone(),
+            pids.clone(),
+            overflow.clone(),
+            plain.clone(),
+        );
         let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
             admit(
                 admitting.clone(),
                 registry.clone(),
                 counting.clone(),
+                plains.clone(),
                 s,
                 auth.ok(),
             )
@@ -191,6 +230,7 @@ impl SocketIoTransport {
             tracking: true,
             register,
             overflow,
+            plain,
         }
     }
 
@@ -217,6 +257,8 @@ struct SioConnection {
     tracks: bool,
     /// Counts what a full outgoing queue dropped.
     overflow: Overflow,
+    /// Counts it among the plain sockets while it lives, when it does not track offsets.
+    _plain: Option<PlainGuard>,
 }
 
 impl Connection for SioConnection {
@@ -409,6 +451,7 @@ async fn admit(
     handle: GatewayHandle,
     pids: Arc<Pids>,
     overflow: Overflow,
+    plain: Plain,
     socket: SocketRef,
     auth: Option<Value>,
 ) -> Result<(), switchboard_core::AuthError> {
@@ -442,6 +485,7 @@ async fn admit(
         socket: socket.clone(),
         tracks: request.tracks_offsets,
         overflow: overflow.clone(),
+        _plain: (!request.tracks_offsets).then(|| plain.enter()),
     });
     let connected = gw
         .connect_with(handle.transport(), conn, identity, request)
@@ -639,9 +683,12 @@ impl Transport for SocketIoTransport {
         // would track every socket it reached, to send each one once).
         let sent = match to.room() {
             Some(room) => {
-                // With recovery off every socket is plain; else see which kinds the room has.
+                // With recovery off every socket is plain; with no plain socket on the node,
+                // every member tracks; else see which kinds the room has.
                 let (mut plain, mut tracking) = (!self.tracking, false);
-                if self.tracking {
+                if self.tracking && !self.plain.any() {
+                    tracking = true;
+                } else if self.tracking {
                     for c in to.of::<SioConnection>() {
                         if c.tracks {
                             tracking = true;
