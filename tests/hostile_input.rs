@@ -260,9 +260,10 @@ proptest! {
                     }
                 }
                 Err(switchboard::PublishError::UnknownEvent(_)) => prop_assert_eq!(status, StatusCode::NOT_FOUND, "{}", text),
-                Err(switchboard::PublishError::Invalid(m)) => {
+                Err(switchboard::PublishError::Invalid { field, message }) => {
                     prop_assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{}", text);
-                    prop_assert_eq!(answer["error"].as_str(), Some(m.as_str()));
+                    prop_assert_eq!(answer["error"].as_str(), Some(message.as_str()));
+                    prop_assert_eq!(answer["details"]["field"].as_str(), Some(field.as_str()));
                 }
                 Err(e) => return Err(TestCaseError::fail(format!("unexpected {e}"))),
             }

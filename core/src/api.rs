@@ -329,7 +329,7 @@ async fn emit_raw(gw: &Gateway, body: EmitRaw) -> Result<Response, ApiError> {
     check_event_name(&body.event)?;
     match gw.publish_raw(&body.event, body.room, body.data).await {
         Ok(p) => Ok(axum::Json(Answer::of(&body.event, &p)).into_response()),
-        Err(e) => Err(publish_error(gw, &body.event, e)),
+        Err(e) => Err(publish_error(gw, e)),
     }
 }
 
@@ -384,7 +384,7 @@ async fn emit_body(gw: &Gateway, body: EmitBody) -> Result<Value, ApiError> {
                 }
                 Ok(out)
             }
-            Err(e) => Err(publish_error(gw, &event, e)),
+            Err(e) => Err(publish_error(gw, e)),
         };
     }
     let req = Publish {
@@ -395,41 +395,21 @@ async fn emit_body(gw: &Gateway, body: EmitBody) -> Result<Value, ApiError> {
     let event = req.event.clone();
     match gw.publish(req).await {
         Ok(p) => Ok(published(&event, &p)),
-        Err(e) => Err(publish_error(gw, &event, e)),
+        Err(e) => Err(publish_error(gw, e)),
     }
 }
 
-fn publish_error(gw: &Gateway, event: &str, e: PublishError) -> ApiError {
+fn publish_error(gw: &Gateway, e: PublishError) -> ApiError {
     match e {
         e @ (PublishError::UnknownEvent(_) | PublishError::NoSuchUser(_)) => {
             ApiError::new(StatusCode::NOT_FOUND, e.to_string())
         }
-        PublishError::Invalid(msg) => {
-            gw.metrics().error_with("api_invalid", &msg);
-            let field = invalid_field(event, &msg);
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg).details(json!({ "field": field }))
+        PublishError::Invalid { field, message } => {
+            gw.metrics().error_with("api_invalid", &message);
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+                .details(json!({ "field": field }))
         }
         other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
-    }
-}
-
-/// The field an emit's validation error is about, for `details.field`: `event`, `room`,
-/// `data`, or `data.<field>` for a field of the event's payload (read from the message,
-/// which names it first: `"room: …"`, `"Invalid payload for {event}: {field}: …"`).
-fn invalid_field(event: &str, message: &str) -> String {
-    let named = |text: &str| {
-        text.split_once(": ")
-            .map(|(field, _)| field)
-            .filter(|f| !f.is_empty() && !f.contains(char::is_whitespace))
-            .map(str::to_owned)
-    };
-    let payload = message
-        .strip_prefix("Invalid payload for ")
-        .and_then(|rest| rest.strip_prefix(event))
-        .and_then(|rest| rest.strip_prefix(": "));
-    match payload {
-        Some(rest) => named(rest).map_or_else(|| "data".to_owned(), |f| format!("data.{f}")),
-        None => named(message).unwrap_or_else(|| "data".to_owned()),
     }
 }
 
@@ -728,48 +708,7 @@ async fn history(
 
 #[cfg(test)]
 mod tests {
-    use super::{invalid_field, is_json_media_type};
-    use crate::event::EventError;
-
-    #[test]
-    fn an_emit_error_names_its_field() {
-        let event = "message:received";
-        let payload = |field: &str, reason: &str| EventError::invalid(event, field, reason).message;
-        for (message, field) in [
-            (
-                payload("conversationId", "is required"),
-                "data.conversationId",
-            ),
-            (
-                payload(
-                    "content.text",
-                    "invalid type: integer `5`, expected a string",
-                ),
-                "data.content.text",
-            ),
-            (payload("", "expected an object, got array"), "data"),
-            (
-                payload("", "invalid type: integer `5`, expected a string"),
-                "data",
-            ),
-            (
-                "room: must be a non-empty string of at most 320 characters".to_owned(),
-                "room",
-            ),
-            ("data: expected value at line 1 column 2".to_owned(), "data"),
-            (
-                "event: `connect` is Socket.IO's own, and cannot be published".to_owned(),
-                "event",
-            ),
-            ("something went wrong".to_owned(), "data"),
-        ] {
-            assert_eq!(invalid_field(event, &message), field, "{message}");
-        }
-        // An event whose name holds ": " is stripped whole, not split.
-        let odd = "a: b";
-        let message = EventError::invalid(odd, "id", "is required").message;
-        assert_eq!(invalid_field(odd, &message), "data.id");
-    }
+    use super::is_json_media_type;
 
     #[test]
     fn json_media_types_are_application_json_and_application_plus_json_in_any_case() {

@@ -97,6 +97,8 @@ pub struct EventError {
     pub kind: ErrorKind,
     /// A message for the client that names the offending field.
     pub message: String,
+    /// The payload field it is about (`conversationId`, `content.text`), when it is about one.
+    pub field: Option<String>,
 }
 
 impl EventError {
@@ -105,6 +107,7 @@ impl EventError {
         EventError {
             kind,
             message: message.into(),
+            field: None,
         }
     }
     /// A payload error: `"{event}: {field}: {reason}"`.
@@ -114,7 +117,9 @@ impl EventError {
         } else {
             format!("Invalid payload for {event}: {field}: {}", reason.as_ref())
         };
-        EventError::new(ErrorKind::InvalidPayload, message)
+        let mut e = EventError::new(ErrorKind::InvalidPayload, message);
+        e.field = (!field.is_empty()).then(|| field.to_owned());
+        e
     }
     /// The answer to an event nobody declared.
     pub fn unknown(event: &str) -> Self {

@@ -631,7 +631,7 @@ impl Gateway {
         super::publish::refuse_reserved(event)?;
         if let Some(decl) = self.0.events.outbound(event) {
             decl.route(&data, &self.0.config.limits)
-                .map_err(|e| super::PublishError::Invalid(e.message))?;
+                .map_err(super::PublishError::payload)?;
         }
         let ctx = crate::hooks::HookCtx {
             direction: crate::hooks::Direction::Outbound,

@@ -43,9 +43,15 @@ pub enum PublishError {
     /// No plugin owns the event and no room was given.
     #[error("Unknown event: {0}; give a \"room\" to publish an event no plugin owns")]
     UnknownEvent(String),
-    /// The data or the room is not of the event's shape (names the field).
-    #[error("{0}")]
-    Invalid(String),
+    /// The data or the room is not of the event's shape.
+    #[error("{message}")]
+    Invalid {
+        /// The field of the emit it is about: `event`, `room`, `data`, or `data.<field>`
+        /// for a field of the payload.
+        field: String,
+        /// What is wrong, naming the field.
+        message: String,
+    },
     /// The broker did not take it.
     #[error("{0}")]
     Broker(#[from] BrokerError),
@@ -57,10 +63,31 @@ pub enum PublishError {
     NoSuchUser(String),
 }
 
+impl PublishError {
+    /// The emit's `field` is wrong: `"{field}: {reason}"`.
+    pub(crate) fn invalid(field: &str, reason: impl std::fmt::Display) -> Self {
+        PublishError::Invalid {
+            field: field.to_owned(),
+            message: format!("{field}: {reason}"),
+        }
+    }
+
+    /// The payload is not of the event's shape, as `e` says: about `data.<field>`, or
+    /// `data` as a whole.
+    pub(crate) fn payload(e: crate::event::EventError) -> Self {
+        PublishError::Invalid {
+            field: e
+                .field
+                .map_or_else(|| "data".to_owned(), |f| format!("data.{f}")),
+            message: e.message,
+        }
+    }
+}
+
 impl Classify for PublishError {
     fn cause(&self) -> Cause {
         match self {
-            PublishError::UnknownEvent(_) | PublishError::Invalid(_) => Cause::Client,
+            PublishError::UnknownEvent(_) | PublishError::Invalid { .. } => Cause::Client,
             PublishError::Broker(e) => e.cause(),
             PublishError::Control(_) => Cause::Backend,
             PublishError::NoSuchUser(_) => Cause::Client,
@@ -68,7 +95,7 @@ impl Classify for PublishError {
     }
     fn retryable(&self) -> bool {
         match self {
-            PublishError::UnknownEvent(_) | PublishError::Invalid(_) => false,
+            PublishError::UnknownEvent(_) | PublishError::Invalid { .. } => false,
             PublishError::Broker(e) => e.retryable(),
             PublishError::Control(_) => true,
             PublishError::NoSuchUser(_) => false,
@@ -79,9 +106,10 @@ impl Classify for PublishError {
 /// A backend may not publish Socket.IO's own events or the gateway's ([`crate::event::reserved`]).
 pub(crate) fn refuse_reserved(event: &str) -> Result<(), PublishError> {
     match crate::event::reserved(event) {
-        Some(rule) => Err(PublishError::Invalid(format!(
-            "event: `{event}` {rule}, and cannot be published"
-        ))),
+        Some(rule) => Err(PublishError::invalid(
+            "event",
+            format!("`{event}` {rule}, and cannot be published"),
+        )),
         None => Ok(()),
     }
 }
@@ -94,7 +122,7 @@ impl Gateway {
         let routed = match self.0.events.outbound(&req.event) {
             Some(decl) => Some(
                 decl.route(&req.data, limits)
-                    .map_err(|e| PublishError::Invalid(e.message))?,
+                    .map_err(PublishError::payload)?,
             ),
             None => None,
         };
@@ -152,7 +180,7 @@ impl Gateway {
                     data,
                     room,
                 })
-                .map_err(|e| PublishError::Invalid(format!("data: {e}")))
+                .map_err(|e| PublishError::invalid("data", e))
         };
         if !self.0.hooks.is_empty() {
             return self.publish(slow(event, room, &data)?).await;
@@ -186,10 +214,13 @@ impl Gateway {
         match (named, routed) {
             (Some(room), _) => {
                 if room.is_empty() || room.chars().count() > limits.max_id_chars + 64 {
-                    return Err(PublishError::Invalid(format!(
-                        "room: must be a non-empty string of at most {} characters",
-                        limits.max_id_chars + 64
-                    )));
+                    return Err(PublishError::invalid(
+                        "room",
+                        format_args!(
+                            "must be a non-empty string of at most {} characters",
+                            limits.max_id_chars + 64
+                        ),
+                    ));
                 }
                 Ok(Room::from(room))
             }

@@ -303,10 +303,11 @@ async fn a_backend_closes_a_poll_in_its_room() {
         })
         .await
         .expect_err("invalid");
-    let PublishError::Invalid(message) = bad else {
+    let PublishError::Invalid { field, message } = bad else {
         panic!("expected Invalid, got {bad:?}");
     };
     assert!(message.contains("results.pizza"), "{message}");
+    assert_eq!(field, "data.results.pizza");
 
     // Over HTTP: 200 with the derived room, 422 naming the field.
     let emit = |body: Value| {
