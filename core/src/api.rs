@@ -14,7 +14,10 @@ use serde_json::{Value, json};
 use crate::runtime::{Gateway, Publish, PublishError};
 
 mod admin;
+mod direct;
 mod layers;
+
+pub(crate) use direct::{Direct, Next};
 
 /// A JSON error response `{"error": ..., "details": ...}`.
 #[derive(Debug)]
@@ -136,7 +139,8 @@ fn json_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, ApiError> {
-    let body = json_bytes(gw, headers.get(header::CONTENT_TYPE), body)?;
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+    let body = json_bytes(gw, content_type, body)?;
     parse_json(&body)
 }
 
@@ -150,6 +154,15 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
 
 /// Whether a media type (without parameters) is JSON: `application/json` or
 /// `application/*+json`, in any case.
+/// A header's value as text, when it is all visible ASCII (as `HeaderValue::to_str`).
+fn header_str(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
 fn is_json_media_type(media: &str) -> bool {
     let m = media.trim();
     let starts = |p: &str| m.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
@@ -167,13 +180,15 @@ fn is_json_media_type(media: &str) -> bool {
 /// limit.
 fn json_bytes(
     gw: &Gateway,
-    content_type: Option<&header::HeaderValue>,
+    content_type: Option<&[u8]>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Bytes, ApiError> {
-    let is_json = content_type
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(is_json_media_type);
+    let is_json = content_type.is_some_and(|v| {
+        v == b"application/json"
+            || header_str(v)
+                .and_then(|v| v.split(';').next())
+                .is_some_and(is_json_media_type)
+    });
     if !is_json {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -251,13 +266,48 @@ async fn emit(
     State(gw): State<Gateway>,
     ContentType(content_type): ContentType,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = json_bytes(&gw, content_type.as_ref(), body)?;
+) -> Result<JsonOk, ApiError> {
+    emit_bytes(&gw, content_type.as_ref().map(|v| v.as_bytes()), body).await
+}
+
+/// A 200 answer's JSON text.
+struct JsonOk(Vec<u8>);
+
+impl JsonOk {
+    /// `value` as JSON text.
+    fn of(value: &impl serde::Serialize) -> Self {
+        let mut text = Vec::with_capacity(128);
+        // Serializing our own answers (strings, numbers, maps with string keys) cannot fail.
+        let _ = serde_json::to_writer(&mut text, value);
+        JsonOk(text)
+    }
+}
+
+impl IntoResponse for JsonOk {
+    fn into_response(self) -> Response {
+        (
+            [(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            )],
+            self.0,
+        )
+            .into_response()
+    }
+}
+
+/// `POST /api/v1/emit` once its key is checked: the body's emit or batch, answered.
+async fn emit_bytes(
+    gw: &Gateway,
+    content_type: Option<&[u8]>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<JsonOk, ApiError> {
+    let body = json_bytes(gw, content_type, body)?;
     // One emit, well formed: read straight into its shape. Anything else (a batch, or a
     // body with a mistake) goes through a JSON value, whose errors name the field.
     let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     if !batch && let Ok(one) = serde_json::from_slice::<EmitRaw>(&body) {
-        return emit_raw(&gw, one).await;
+        return emit_raw(gw, one).await;
     }
     let value = parse_json(&body)?;
     match value {
@@ -279,18 +329,16 @@ async fn emit(
             }
             let mut results = Vec::with_capacity(items.len());
             for item in &items {
-                let (status, mut body) = match emit_one(&gw, item).await {
+                let (status, mut body) = match emit_one(gw, item).await {
                     Ok(v) => (StatusCode::OK, v),
                     Err(e) => (e.status, json!({ "error": e.error, "details": e.details })),
                 };
                 body["status"] = Value::from(status.as_u16());
                 results.push(body);
             }
-            Ok(axum::Json(Value::Array(results)).into_response())
+            Ok(JsonOk::of(&results))
         }
-        other => emit_one(&gw, &other)
-            .await
-            .map(|v| axum::Json(v).into_response()),
+        other => emit_one(gw, &other).await.map(|v| JsonOk::of(&v)),
     }
 }
 
@@ -313,7 +361,7 @@ fn check_event_name(event: &str) -> Result<(), ApiError> {
 
 /// One emit read with its data as JSON text: into a room, delivered as sent; to a user,
 /// as [`emit_body`].
-async fn emit_raw(gw: &Gateway, body: EmitRaw) -> Result<Response, ApiError> {
+async fn emit_raw(gw: &Gateway, body: EmitRaw) -> Result<JsonOk, ApiError> {
     if body.user.is_some() {
         let data = parse_json(body.data.get().as_bytes())?;
         let body = EmitBody {
@@ -322,13 +370,11 @@ async fn emit_raw(gw: &Gateway, body: EmitRaw) -> Result<Response, ApiError> {
             room: body.room,
             user: body.user,
         };
-        return emit_body(gw, body)
-            .await
-            .map(|v| axum::Json(v).into_response());
+        return emit_body(gw, body).await.map(|v| JsonOk::of(&v));
     }
     check_event_name(&body.event)?;
     match gw.publish_raw(&body.event, body.room, body.data).await {
-        Ok(p) => Ok(axum::Json(Answer::of(&body.event, &p)).into_response()),
+        Ok(p) => Ok(JsonOk::of(&Answer::of(&body.event, &p))),
         Err(e) => Err(publish_error(gw, e)),
     }
 }

@@ -64,6 +64,13 @@ impl CorsGate {
     }
 }
 
+impl<S> Gated<S> {
+    /// The headers added to the answer to a request without an `Origin` (not a preflight).
+    pub(crate) fn fixed(&self) -> &HeaderMap {
+        &self.gate.fixed
+    }
+}
+
 impl<S: Clone> Layer<S> for CorsGate {
     type Service = Gated<S>;
     fn layer(&self, inner: S) -> Gated<S> {

@@ -10,19 +10,25 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
 use axum::routing::{any, get};
 use axum::{Router, ServiceExt};
 use http::StatusCode;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tower::{Layer, ServiceExt as _};
 
 use crate::api::ApiError;
+use crate::api::{Direct, Next};
 use crate::config::{Config, ConfigIssue};
 use crate::cors::Gated;
 use crate::metrics::Metrics;
-use crate::net::{PeerSocket, SharedListener};
+use crate::net::{PeerSocket, SharedListener, SharedStream};
+use crate::runtime::Gateway;
 use crate::tls::{AbortOnDrop, Tls, TlsListener};
 
 /// Path prefixes that only the internal listener serves once `server.internal_listen` is set.
@@ -112,7 +118,12 @@ impl Listeners {
         internal: Option<Gated<Router>>,
         config: &Config,
         metrics: &Metrics,
+        api: Option<&Gateway>,
     ) -> io::Result<Serving> {
+        // The plain listener serving the API answers `api`'s plain emits itself.
+        let direct = |app: &Gated<Router>| {
+            api.map(|gw| Arc::new(Direct::new(gw.clone(), app.fixed().clone())))
+        };
         let (stop, stopped) = watch::channel(false);
         let signal = move || {
             let mut rx = stopped.clone();
@@ -124,11 +135,15 @@ impl Listeners {
         let mut watcher = None;
         match self.tls {
             None => {
-                // Each request carries a handle to its connection's socket (see `crate::net`).
-                let app = with_peer(public);
-                let server = axum::serve(SharedListener::new(self.public), app)
-                    .with_graceful_shutdown(signal());
-                servers.push(spawn(server));
+                let has_api = config.server.internal_listen.is_none();
+                let direct = if has_api { direct(&public) } else { None };
+                let listener = SharedListener::new(self.public);
+                servers.push(tokio::spawn(serve_plain(
+                    listener,
+                    public,
+                    direct,
+                    signal(),
+                )));
             }
             Some(tls) => {
                 // A `PeerSocket` without a direct socket: bytes must go through the TLS
@@ -146,9 +161,9 @@ impl Listeners {
             }
         }
         if let (Some(listener), Some(app)) = (self.internal, internal) {
-            let app = ServiceExt::<axum::extract::Request>::into_make_service(app);
-            let server = axum::serve(listener, app).with_graceful_shutdown(signal());
-            servers.push(spawn(server));
+            let direct = direct(&app);
+            let listener = SharedListener::new(listener);
+            servers.push(tokio::spawn(serve_plain(listener, app, direct, signal())));
         }
         Ok(Serving {
             stop,
@@ -161,6 +176,76 @@ impl Listeners {
 /// `app` made per connection with a [`PeerSocket`] in every request's extensions.
 fn with_peer(app: Gated<Router>) -> IntoMakeServiceWithConnectInfo<Gated<Router>, PeerSocket> {
     ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info(app)
+}
+
+/// Serves `app` on every connection `listener` accepts (each request carrying a
+/// [`PeerSocket`] handle to its connection's socket, see `crate::net`), with `direct`
+/// answering the plain emits first, until `signal`; then waits for the connections to
+/// finish their requests and close.
+async fn serve_plain(
+    mut listener: SharedListener,
+    app: Gated<Router>,
+    direct: Option<Arc<Direct>>,
+    signal: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let (stop, stopping) = watch::channel(false);
+    let (open, mut closed) = mpsc::channel::<()>(1);
+    let mut signal = std::pin::pin!(signal);
+    loop {
+        let (io, _) = tokio::select! {
+            conn = axum::serve::Listener::accept(&mut listener) => conn,
+            () = &mut signal => break,
+        };
+        let conn = serve_connection(io, app.clone(), direct.clone(), stopping.clone());
+        let open = open.clone();
+        tokio::spawn(async move {
+            conn.await;
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open);
+    let _ = stop.send(true);
+    // Every connection's task holds a sender: `None` once the last one has ended.
+    let _ = closed.recv().await;
+    Ok(())
+}
+
+/// Serves one connection: the plain emits it starts with off the socket, then the rest
+/// through hyper and `app`, until it closes or `stop` turns true (then once it is idle).
+async fn serve_connection(
+    mut io: SharedStream,
+    app: Gated<Router>,
+    direct: Option<Arc<Direct>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if let Some(direct) = direct
+        && let Next::Close = direct.serve(&mut io, &mut stop).await
+    {
+        return;
+    }
+    let service = axum::Extension(ConnectInfo(io.peer()))
+        .layer(app)
+        .map_request(|req: http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::trace!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.wait_for(|stop| *stop), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
 }
 
 fn spawn<F>(server: F) -> JoinHandle<io::Result<()>>
@@ -297,6 +382,7 @@ mod tests {
                 Some(with_cors(internal, &[])),
                 &config,
                 &Metrics::new(),
+                None,
             )
             .expect("serve");
 

@@ -13,6 +13,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -74,10 +76,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Shar
     for PeerSocket
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, SharedListener>) -> Self {
-        PeerSocket {
-            tcp: Some(stream.io().tcp.clone()),
-            tap: stream.io().tap.clone(),
-        }
+        stream.io().peer()
     }
 }
 
@@ -117,6 +116,7 @@ impl axum::serve::Listener for SharedListener {
             SharedStream {
                 tcp: Arc::new(tcp),
                 tap: WsTap::default(),
+                unread: Bytes::new(),
             },
             addr,
         )
@@ -136,6 +136,24 @@ impl axum::serve::Listener for SharedListener {
 pub struct SharedStream {
     tcp: Arc<TcpStream>,
     tap: WsTap,
+    /// Bytes read from the socket and given back, read again before the socket's next.
+    unread: Bytes,
+}
+
+impl SharedStream {
+    /// A handle to this connection for the requests it carries.
+    pub fn peer(&self) -> PeerSocket {
+        PeerSocket {
+            tcp: Some(self.tcp.clone()),
+            tap: self.tap.clone(),
+        }
+    }
+
+    /// Gives back bytes already read from the socket: the next reads return them first.
+    pub(crate) fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.unread.is_empty());
+        self.unread = bytes;
+    }
 }
 
 impl Drop for SharedStream {
@@ -164,10 +182,16 @@ fn poll_write_with(
 
 impl AsyncRead for SharedStream {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            let given = self.unread.split_to(n);
+            buf.put_slice(&given);
+            return Poll::Ready(Ok(()));
+        }
         let tcp = &self.tcp;
         loop {
             ready!(tcp.poll_read_ready(cx))?;

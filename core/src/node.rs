@@ -401,6 +401,10 @@ impl Node {
     /// Serves on `listener` (https and wss with `server.tls.*`) and on
     /// `server.internal_listen` when set, until `shutdown` resolves; then closes every
     /// socket cleanly and stops both listeners.
+    ///
+    /// On a plain (not TLS) listener that serves the API, a plain `POST /api/v1/emit` is
+    /// read and answered off the connection, without hyper, as the router would answer it;
+    /// [`Node::router`] served some other way answers it through the router.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -409,8 +413,13 @@ impl Node {
         let cfg = self.gateway.config();
         let listeners = crate::listen::Listeners::prepare(listener, cfg).await?;
         self.gateway.start().await;
-        let serving =
-            listeners.serve(self.app(), self.internal_app(), cfg, self.gateway.metrics())?;
+        let serving = listeners.serve(
+            self.app(),
+            self.internal_app(),
+            cfg,
+            self.gateway.metrics(),
+            Some(&self.gateway),
+        )?;
         shutdown.await;
         tracing::info!("shutting down: closing sockets");
         self.gateway.close_transports().await;

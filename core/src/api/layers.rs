@@ -132,10 +132,14 @@ where
 
 /// Whether the request carries a key this node accepts.
 pub(super) fn check_key(gw: &Gateway, req: &Request) -> Result<(), ApiError> {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    let authorization = req.headers().get(header::AUTHORIZATION);
+    check_authorization(gw, authorization.map(|v| v.as_bytes()))
+}
+
+/// Whether an `Authorization` header's value carries a key this node accepts.
+pub(super) fn check_authorization(gw: &Gateway, value: Option<&[u8]>) -> Result<(), ApiError> {
+    let presented = value
+        .and_then(super::header_str)
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(key) = presented else {
