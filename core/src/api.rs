@@ -226,7 +226,7 @@ fn typed<T: serde::de::DeserializeOwned>(value: &Value, shape: &str) -> Result<T
 /// Checks an id the API takes (a user id, a room): non-empty, not too long.
 fn check_id(gw: &Gateway, field: &str, value: &str, extra: usize) -> Result<(), ApiError> {
     let max = gw.config().limits.max_id_chars + extra;
-    if value.trim().is_empty() || value.chars().count() > max {
+    if value.trim().is_empty() || crate::limits::over_chars(value, max) {
         return Err(ApiError::invalid(
             field,
             format_args!("must be a non-empty string of at most {max} characters"),
@@ -350,7 +350,7 @@ async fn emit_one(gw: &Gateway, value: &Value) -> Result<Value, ApiError> {
 
 /// Refuses an event name that is empty or too long.
 fn check_event_name(event: &str) -> Result<(), ApiError> {
-    if event.is_empty() || event.chars().count() > 128 {
+    if event.is_empty() || crate::limits::over_chars(event, 128) {
         return Err(ApiError::invalid(
             "event",
             "must be a non-empty string of at most 128 characters",
@@ -693,7 +693,7 @@ async fn history(
         )
     })?;
     let limits = &gw.config().limits;
-    if room.is_empty() || room.chars().count() > limits.max_id_chars + 64 {
+    if room.is_empty() || crate::limits::over_chars(&room, limits.max_id_chars + 64) {
         return Err(ApiError::invalid(
             "room",
             format_args!(

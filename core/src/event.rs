@@ -955,7 +955,7 @@ pub fn check_id(
             "must be a non-empty string",
         ));
     }
-    if id.chars().count() > limits.max_id_chars {
+    if crate::limits::over_chars(id, limits.max_id_chars) {
         return Err(EventError::invalid(
             event,
             field,

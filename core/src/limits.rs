@@ -82,6 +82,11 @@ impl LogLimiter {
     }
 }
 
+/// Whether `text` has more than `max` characters (counted only when its bytes are more).
+pub(crate) fn over_chars(text: &str, max: usize) -> bool {
+    text.len() > max && text.chars().count() > max
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +121,13 @@ mod tests {
         assert!(l.allow("redis"));
         assert!(!l.allow("redis"));
         assert!(l.allow("other"));
+    }
+
+    #[test]
+    fn over_chars_counts_characters_not_bytes() {
+        assert!(!over_chars("héllo", 5), "6 bytes, 5 characters");
+        assert!(over_chars("héllo!", 5));
+        assert!(!over_chars("hello", 5));
+        assert!(over_chars("hello!", 5));
     }
 }

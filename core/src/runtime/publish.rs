@@ -213,7 +213,7 @@ impl Gateway {
         let limits = &self.0.config.limits;
         match (named, routed) {
             (Some(room), _) => {
-                if room.is_empty() || room.chars().count() > limits.max_id_chars + 64 {
+                if room.is_empty() || crate::limits::over_chars(&room, limits.max_id_chars + 64) {
                     return Err(PublishError::invalid(
                         "room",
                         format_args!(
