@@ -6,6 +6,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -58,6 +59,29 @@ async fn serve() -> Served {
         stop: Some(stop),
         serving,
     }
+}
+
+/// A recording socket of user `reader`, in conversation 7.
+async fn reader(served: &Served, id: &str) -> Arc<Sock> {
+    let sock = Sock::new(id);
+    served
+        .gw
+        .connect(sock.clone(), Identity::anonymous_user("reader".to_owned()))
+        .await;
+    served
+        .gw
+        .join_user("reader", "conversation:7")
+        .await
+        .expect("joined");
+    sock
+}
+
+/// The ids of the `message:status` events `sock` received, in order.
+fn ids(sock: &Sock) -> Vec<Value> {
+    sock.got("message:status")
+        .into_iter()
+        .map(|v| v["messageId"].clone())
+        .collect()
 }
 
 /// A request as bytes: `head` (its first line and headers, without the blank line) and
@@ -325,16 +349,7 @@ async fn every_emit_is_answered_as_the_router_answers_it() {
 #[tokio::test]
 async fn one_connection_carries_emits_then_any_other_request() {
     let served = serve().await;
-    let sock = Sock::new("reader-1");
-    served
-        .gw
-        .connect(sock.clone(), Identity::anonymous_user("reader".to_owned()))
-        .await;
-    served
-        .gw
-        .join_user("reader", "conversation:7")
-        .await
-        .expect("joined");
+    let sock = reader(&served, "reader-1").await;
     let mut c = Client::to(served.node).await;
     // Pipelined: two emits, a request of another kind, then an emit the router takes.
     let mut bytes = emit(&status_of("p1"));
@@ -347,12 +362,7 @@ async fn one_connection_carries_emits_then_any_other_request() {
         statuses.push(c.answer().await.expect("an answer").status);
     }
     assert_eq!(statuses, [200, 200, 200, 200]);
-    let got: Vec<Value> = sock
-        .got("message:status")
-        .into_iter()
-        .map(|v| v["messageId"].clone())
-        .collect();
-    assert_eq!(got, [json!("p1"), json!("p2"), json!("p3")]);
+    assert_eq!(ids(&sock), [json!("p1"), json!("p2"), json!("p3")]);
 
     // Each answered emit is counted under its route, as the router counts it.
     let metrics = c
@@ -392,16 +402,7 @@ async fn a_request_written_a_byte_at_a_time_is_answered() {
 #[tokio::test]
 async fn what_is_not_a_plain_emit_is_the_router_s() {
     let served = serve().await;
-    let sock = Sock::new("reader-2");
-    served
-        .gw
-        .connect(sock.clone(), Identity::anonymous_user("reader".to_owned()))
-        .await;
-    served
-        .gw
-        .join_user("reader", "conversation:7")
-        .await
-        .expect("joined");
+    let sock = reader(&served, "reader-2").await;
     let body = status_of("c1").to_string();
     let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
@@ -459,13 +460,11 @@ async fn what_is_not_a_plain_emit_is_the_router_s() {
             "{what}"
         );
     }
-    let ids: Vec<Value> = sock
-        .got("message:status")
+    let routed: Vec<Value> = ids(&sock)
         .into_iter()
-        .map(|v| v["messageId"].clone())
         .filter(|id| id.as_str().is_some_and(|s| s.starts_with('c')))
         .collect();
-    assert_eq!(ids, [json!("c1"), json!("c2"), json!("c3"), json!("c4")]);
+    assert_eq!(routed, [json!("c1"), json!("c2"), json!("c3"), json!("c4")]);
 
     // A browser's emit (with an `Origin`) gets the CORS answer.
     let mut c = Client::to(served.node).await;

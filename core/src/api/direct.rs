@@ -97,7 +97,7 @@ impl Direct {
         let mut buf = BytesMut::with_capacity(4096);
         loop {
             let head = loop {
-                match self.head(&buf) {
+                match head(&buf, self.limit) {
                     Head::Emit(head) => break head,
                     Head::Other => {
                         io.unread(buf.freeze());
@@ -141,74 +141,6 @@ impl Direct {
         }
     }
 
-    /// Reads the head in `buf`, when there is a whole one.
-    fn head(&self, buf: &[u8]) -> Head {
-        if buf.is_empty() {
-            return Head::Partial;
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Head::Partial,
-            // Too long, too many headers or malformed: the router's to answer.
-            Ok(httparse::Status::Partial) | Err(_) => return Head::Other,
-        };
-        if req.method != Some("POST") || req.path != Some(PATH) || req.version != Some(1) {
-            return Head::Other;
-        }
-        let mut head = EmitHead {
-            len,
-            body: 0,
-            content_type: None,
-            authorization: None,
-            close: false,
-        };
-        let mut length = None;
-        let at = |value: &[u8]| {
-            let start = value.as_ptr() as usize - buf.as_ptr() as usize;
-            start..start + value.len()
-        };
-        for h in req.headers.iter() {
-            let name = h.name.as_bytes();
-            let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-            if is("content-length") {
-                if length.is_some() {
-                    return Head::Other;
-                }
-                length = decimal(h.value);
-                if length.is_none() {
-                    return Head::Other;
-                }
-            } else if is("content-type") {
-                head.content_type.get_or_insert_with(|| at(h.value));
-            } else if is("authorization") {
-                head.authorization.get_or_insert_with(|| at(h.value));
-            } else if is("connection") {
-                let value = h.value.trim_ascii();
-                if value.eq_ignore_ascii_case(b"close") {
-                    head.close = true;
-                } else if !value.eq_ignore_ascii_case(b"keep-alive") {
-                    return Head::Other;
-                }
-            } else if is("transfer-encoding")
-                || is("origin")
-                || is("expect")
-                || is("upgrade")
-                || is("te")
-                || is("trailer")
-            {
-                return Head::Other;
-            }
-        }
-        match length {
-            Some(n) if n <= self.limit => head.body = n,
-            // No length (an empty body, or one the router should refuse) or too long.
-            _ => return Head::Other,
-        }
-        Head::Emit(head)
-    }
-
     /// The whole answer to the emit `request` (its head and body), as bytes to write.
     async fn answer(&self, head: &EmitHead, request: Bytes) -> Vec<u8> {
         let part = |r: &Option<Range<usize>>| r.clone().map(|r| &request[r]);
@@ -240,6 +172,74 @@ impl Direct {
             }
         }
     }
+}
+
+/// Reads the head in `buf`, when there is a whole one (a body over `limit` is the router's).
+fn head(buf: &[u8], limit: usize) -> Head {
+    if buf.is_empty() {
+        return Head::Partial;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Head::Partial,
+        // Too long, too many headers or malformed: the router's to answer.
+        Ok(httparse::Status::Partial) | Err(_) => return Head::Other,
+    };
+    if req.method != Some("POST") || req.path != Some(PATH) || req.version != Some(1) {
+        return Head::Other;
+    }
+    let mut head = EmitHead {
+        len,
+        body: 0,
+        content_type: None,
+        authorization: None,
+        close: false,
+    };
+    let mut length = None;
+    let at = |value: &[u8]| {
+        let start = value.as_ptr() as usize - buf.as_ptr() as usize;
+        start..start + value.len()
+    };
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if is("content-length") {
+            if length.is_some() {
+                return Head::Other;
+            }
+            length = decimal(h.value);
+            if length.is_none() {
+                return Head::Other;
+            }
+        } else if is("content-type") {
+            head.content_type.get_or_insert_with(|| at(h.value));
+        } else if is("authorization") {
+            head.authorization.get_or_insert_with(|| at(h.value));
+        } else if is("connection") {
+            let value = h.value.trim_ascii();
+            if value.eq_ignore_ascii_case(b"close") {
+                head.close = true;
+            } else if !value.eq_ignore_ascii_case(b"keep-alive") {
+                return Head::Other;
+            }
+        } else if is("transfer-encoding")
+            || is("origin")
+            || is("expect")
+            || is("upgrade")
+            || is("te")
+            || is("trailer")
+        {
+            return Head::Other;
+        }
+    }
+    match length {
+        Some(n) if n <= limit => head.body = n,
+        // No length (an empty body, or one the router should refuse) or too long.
+        _ => return Head::Other,
+    }
+    Head::Emit(head)
 }
 
 /// Writes an answer's status line and headers: `headers` and the CORS layer's `cors`.
@@ -324,5 +324,83 @@ impl std::fmt::Debug for Direct {
         f.debug_struct("Direct")
             .field("limit", &self.limit)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const EMIT: &str = "POST /api/v1/emit HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+
+    fn emit_head(buf: &[u8]) -> Option<EmitHead> {
+        match head(buf, 1024) {
+            Head::Emit(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_plain_emit_is_read_with_its_parts() {
+        let buf = EMIT.as_bytes();
+        let h = emit_head(buf).expect("an emit");
+        assert_eq!(h.len + h.body, buf.len());
+        assert_eq!(h.authorization.map(|r| &buf[r]), Some(&b"Bearer k"[..]));
+        assert_eq!(
+            h.content_type.map(|r| &buf[r]),
+            Some(&b"application/json"[..])
+        );
+        assert!(!h.close);
+        for cut in 0..buf.len() - 2 {
+            assert!(matches!(head(&buf[..cut], 1024), Head::Partial), "{cut}");
+        }
+    }
+
+    #[test]
+    fn what_the_router_must_answer_is_left_to_it() {
+        for (from, to) in [
+            ("POST /api/v1/emit ", "POST /api/v1/emit?x=1 "),
+            ("POST ", "PUT "),
+            ("HTTP/1.1", "HTTP/1.0"),
+            ("Content-Length: 2", "Transfer-Encoding: chunked"),
+            (
+                "Content-Length: 2",
+                "Content-Length: 2\r\nContent-Length: 2",
+            ),
+            ("Content-Length: 2", "Content-Length: +2"),
+            ("Content-Length: 2", "Content-Length: 2048"),
+            ("Host: x", "Origin: http://a.example"),
+            ("Host: x", "Expect: 100-continue"),
+            ("Host: x", "Connection: upgrade"),
+            ("Host: x", "Host x"),
+        ] {
+            let text = EMIT.replacen(from, to, 1);
+            assert!(
+                matches!(head(text.as_bytes(), 1024), Head::Other),
+                "{text:?}"
+            );
+        }
+        let close = EMIT.replacen("Host: x", "connection: Close", 1);
+        assert!(emit_head(close.as_bytes()).expect("an emit").close);
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_read_without_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            if let Head::Emit(h) = head(&bytes, 1024) {
+                prop_assert!(h.len <= bytes.len());
+                for r in [h.authorization, h.content_type].into_iter().flatten() {
+                    prop_assert!(r.end <= h.len);
+                }
+            }
+        }
+
+        #[test]
+        fn any_cut_of_an_emit_is_partial_or_whole(cut in 0usize..EMIT.len(), extra in "[ -~]{0,40}") {
+            let text = format!("{}{extra}", &EMIT[..cut]);
+            let read = head(text.as_bytes(), 1024);
+            prop_assert!(!matches!(read, Head::Emit(ref h) if h.len > text.len()));
+        }
     }
 }
