@@ -152,8 +152,6 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
-/// Whether a media type (without parameters) is JSON: `application/json` or
-/// `application/*+json`, in any case.
 /// A header's value as text, when it is all visible ASCII (as `HeaderValue::to_str`).
 fn header_str(value: &[u8]) -> Option<&str> {
     value
@@ -163,6 +161,8 @@ fn header_str(value: &[u8]) -> Option<&str> {
         .flatten()
 }
 
+/// Whether a media type (without parameters) is JSON: `application/json` or
+/// `application/*+json`, in any case.
 fn is_json_media_type(media: &str) -> bool {
     let m = media.trim();
     let starts = |p: &str| m.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
