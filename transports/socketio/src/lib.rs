@@ -253,12 +253,18 @@ impl SocketIoTransport {
 struct SioConnection {
     id: ConnId,
     socket: SocketRef,
-    /// The client tracks offsets: room events carry theirs as the last argument.
-    tracks: bool,
     /// Counts what a full outgoing queue dropped.
     overflow: Overflow,
-    /// Counts it among the plain sockets while it lives, when it does not track offsets.
-    _plain: Option<PlainGuard>,
+    /// For a client that does not track offsets: counts it among the plain sockets while
+    /// it lives. `None`: it tracks them, and room events carry theirs as the last argument.
+    plain: Option<PlainGuard>,
+}
+
+impl SioConnection {
+    /// Whether the client tracks offsets.
+    fn tracks(&self) -> bool {
+        self.plain.is_none()
+    }
 }
 
 impl Connection for SioConnection {
@@ -273,7 +279,7 @@ impl Connection for SioConnection {
 
     fn send_event(&self, event: &str, payload: &RawValue, offset: Option<&str>) {
         let sent = match offset {
-            Some(offset) if self.tracks => self.socket.emit(event, &(payload, offset)),
+            Some(offset) if self.tracks() => self.socket.emit(event, &(payload, offset)),
             _ => self.socket.emit(event, payload),
         };
         self.overflow.check(sent, event, &self.id);
@@ -286,7 +292,7 @@ impl Connection for SioConnection {
         offset: Option<&str>,
     ) -> Result<(), QueueFull> {
         let sent = match offset {
-            Some(offset) if self.tracks => self.socket.emit(event, &(payload, offset)),
+            Some(offset) if self.tracks() => self.socket.emit(event, &(payload, offset)),
             _ => self.socket.emit(event, payload),
         };
         match sent {
@@ -300,7 +306,7 @@ impl Connection for SioConnection {
     }
 
     fn join(&self, room: &Room) {
-        if self.tracks {
+        if self.tracks() {
             self.socket.join(tracked(room));
         } else {
             self.socket.join(room.to_string());
@@ -308,7 +314,7 @@ impl Connection for SioConnection {
     }
 
     fn leave(&self, room: &Room) {
-        if self.tracks {
+        if self.tracks() {
             self.socket.leave(tracked(room));
         } else {
             self.socket.leave(room.to_string());
@@ -483,9 +489,8 @@ async fn admit(
     let conn = Arc::new(SioConnection {
         id: ConnId::new(socket.id.as_str()),
         socket: socket.clone(),
-        tracks: request.tracks_offsets,
         overflow: overflow.clone(),
-        _plain: (!request.tracks_offsets).then(|| plain.enter()),
+        plain: (!request.tracks_offsets).then(|| plain.enter()),
     });
     let connected = gw
         .connect_with(handle.transport(), conn, identity, request)
@@ -690,7 +695,7 @@ impl Transport for SocketIoTransport {
                     tracking = true;
                 } else if self.tracking {
                     for c in to.of::<SioConnection>() {
-                        if c.tracks {
+                        if c.tracks() {
                             tracking = true;
                         } else {
                             plain = true;
