@@ -692,15 +692,8 @@ async fn history(
             format!("Bad query: {}", e.body_text()),
         )
     })?;
-    let limits = &gw.config().limits;
-    if room.is_empty() || crate::limits::over_chars(&room, limits.max_id_chars + 64) {
-        return Err(ApiError::invalid(
-            "room",
-            format_args!(
-                "must be a non-empty string of at most {} characters",
-                limits.max_id_chars + 64
-            ),
-        ));
+    if let Some(reason) = crate::runtime::bad_room_name(&room, &gw.config().limits) {
+        return Err(ApiError::invalid("room", reason));
     }
     let max = gw.config().history.size.max(1);
     let limit = match q.limit.as_deref() {

@@ -43,6 +43,7 @@ mod recover;
 
 pub use control::{ControlError, RoomView, SentToUser};
 pub(crate) use inbound::expires_at_payload;
+pub(crate) use publish::bad_room_name;
 pub use publish::{Publish, PublishError, Published};
 pub use recover::{Connected, Leaving, RecoveryRequest};
 

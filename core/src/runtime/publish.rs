@@ -103,6 +103,14 @@ impl Classify for PublishError {
     }
 }
 
+/// Why a room a backend names (to publish into, or to read the history of) is refused:
+/// empty, or longer than ids may be plus room for a prefix.
+pub(crate) fn bad_room_name(room: &str, limits: &crate::config::LimitsConfig) -> Option<String> {
+    let max = limits.max_id_chars + 64;
+    (room.is_empty() || crate::limits::over_chars(room, max))
+        .then(|| format!("must be a non-empty string of at most {max} characters"))
+}
+
 /// A backend may not publish Socket.IO's own events or the gateway's ([`crate::event::reserved`]).
 pub(crate) fn refuse_reserved(event: &str) -> Result<(), PublishError> {
     match crate::event::reserved(event) {
@@ -213,14 +221,8 @@ impl Gateway {
         let limits = &self.0.config.limits;
         match (named, routed) {
             (Some(room), _) => {
-                if room.is_empty() || crate::limits::over_chars(&room, limits.max_id_chars + 64) {
-                    return Err(PublishError::invalid(
-                        "room",
-                        format_args!(
-                            "must be a non-empty string of at most {} characters",
-                            limits.max_id_chars + 64
-                        ),
-                    ));
+                if let Some(reason) = bad_room_name(&room, limits) {
+                    return Err(PublishError::invalid("room", reason));
                 }
                 Ok(Room::from(room))
             }
