@@ -154,11 +154,18 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
 
 /// A header's value as text, when it is all visible ASCII (as `HeaderValue::to_str`).
 fn header_str(value: &[u8]) -> Option<&str> {
-    value
-        .iter()
-        .all(|&b| b == b'\t' || (32..127).contains(&b))
+    visible_ascii(value)
         .then(|| std::str::from_utf8(value).ok())
         .flatten()
+}
+
+/// Whether a header's value is all visible ASCII, tabs and spaces (what
+/// `HeaderValue::to_str` takes).
+fn visible_ascii(value: &[u8]) -> bool {
+    // Without stopping early, so it runs many bytes at a time.
+    value
+        .iter()
+        .fold(true, |ok, &b| ok & ((b == b'\t') | (32..127).contains(&b)))
 }
 
 /// Whether a media type (without parameters) is JSON: `application/json` or

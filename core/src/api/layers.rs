@@ -11,7 +11,6 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{Either, Ready, ready};
-use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
 use super::ApiError;
@@ -139,9 +138,9 @@ pub(super) fn check_key(gw: &Gateway, req: &Request) -> Result<(), ApiError> {
 /// Whether an `Authorization` header's value carries a key this node accepts.
 pub(super) fn check_authorization(gw: &Gateway, value: Option<&[u8]>) -> Result<(), ApiError> {
     let presented = value
-        .and_then(super::header_str)
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .filter(|v| super::visible_ascii(v))
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .map(<[u8]>::trim_ascii);
     let Some(key) = presented else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -149,7 +148,7 @@ pub(super) fn check_authorization(gw: &Gateway, value: Option<&[u8]>) -> Result<
         ));
     };
     // Compare against every key in constant time, without stopping at the first match.
-    let mut ok = 0u8;
+    let mut ok = false;
     let config = gw.config();
     let admin: &[String] = if config.admin.enabled {
         &config.admin.keys
@@ -163,9 +162,9 @@ pub(super) fn check_authorization(gw: &Gateway, value: Option<&[u8]>) -> Result<
         .chain(admin)
         .filter(|k| !k.is_empty())
     {
-        ok |= k.as_bytes().ct_eq(key.as_bytes()).unwrap_u8();
+        ok |= constant_time_eq::constant_time_eq(k.as_bytes(), key);
     }
-    if ok == 1 {
+    if ok {
         Ok(())
     } else {
         gw.metrics()
