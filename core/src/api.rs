@@ -2,6 +2,8 @@
 //! (rooms, users, nodes), presence, history, health, readiness and metrics; and the
 //! admin page (§6).
 
+use std::borrow::Cow;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -117,21 +119,31 @@ async fn api_not_found() -> ApiError {
 const MAX_BATCH: usize = 1000;
 
 /// One emit: into a room (`room`, or the one the event's plugin derives) or to a user.
-///
-/// `data` is a JSON value, or (`EmitRaw`, the fast path of a single emit) its JSON text.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EmitBody<D = Value> {
+struct EmitBody {
     event: String,
-    data: D,
+    data: Value,
     #[serde(default)]
     room: Option<String>,
     #[serde(default)]
     user: Option<String>,
 }
 
-/// One emit as sent, its data kept as JSON text.
-type EmitRaw = EmitBody<Box<serde_json::value::RawValue>>;
+/// One emit as sent (the fast path of a single emit): its strings borrowed from the body
+/// where they need no unescaping, its data kept as JSON text.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmitRaw<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+    #[serde(default, borrow)]
+    room: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    user: Option<Cow<'a, str>>,
+}
 
 /// Checks the body is JSON of at most the body limit, and parses it.
 fn json_body(
@@ -368,20 +380,23 @@ fn check_event_name(event: &str) -> Result<(), ApiError> {
 
 /// One emit read with its data as JSON text: into a room, delivered as sent; to a user,
 /// as [`emit_body`].
-async fn emit_raw(gw: &Gateway, body: EmitRaw) -> Result<JsonOk, ApiError> {
+async fn emit_raw(gw: &Gateway, body: EmitRaw<'_>) -> Result<JsonOk, ApiError> {
     if body.user.is_some() {
         let data = parse_json(body.data.get().as_bytes())?;
         let body = EmitBody {
-            event: body.event,
+            event: body.event.into_owned(),
             data,
-            room: body.room,
-            user: body.user,
+            room: body.room.map(Cow::into_owned),
+            user: body.user.map(Cow::into_owned),
         };
         return emit_body(gw, body).await.map(|v| JsonOk::of(&v));
     }
     check_event_name(&body.event)?;
-    match gw.publish_raw(&body.event, body.room, body.data).await {
-        Ok(p) => Ok(JsonOk::of(&Answer::of(&body.event, &p))),
+    match gw
+        .publish_raw(&body.event, body.room.as_deref(), body.data)
+        .await
+    {
+        Ok(p) => Ok(Answer::of(&body.event, &p).json()),
         Err(e) => Err(publish_error(gw, e)),
     }
 }
@@ -395,8 +410,22 @@ struct Answer<'a> {
     dropped: bool,
     #[serde(rename = "localOnly", skip_serializing_if = "std::ops::Not::not")]
     local_only: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    offset: Option<String>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "offset_text"
+    )]
+    offset: Option<&'a crate::broker::Position>,
+}
+
+/// An answer's offset as its text (`epoch:n`).
+fn offset_text<S: serde::Serializer>(
+    offset: &Option<&crate::broker::Position>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match offset {
+        Some(p) => s.collect_str(p),
+        None => s.serialize_none(),
+    }
 }
 
 impl<'a> Answer<'a> {
@@ -406,8 +435,74 @@ impl<'a> Answer<'a> {
             event,
             dropped: p.dropped,
             local_only: p.local_only,
-            offset: p.offset.as_ref().map(crate::broker::Position::text),
+            offset: p.offset.as_ref(),
         }
+    }
+
+    /// The answer as JSON text, the same as its `Serialize` writes, written directly.
+    fn json(&self) -> JsonOk {
+        let offset = self.offset.map_or(0, |p| p.epoch.len() + 21);
+        let mut out = Vec::with_capacity(48 + self.room.len() + self.event.len() + offset);
+        out.extend_from_slice(b"{\"room\":");
+        push_json_str(&mut out, self.room);
+        out.extend_from_slice(b",\"event\":");
+        push_json_str(&mut out, self.event);
+        if self.dropped {
+            out.extend_from_slice(b",\"dropped\":true");
+        }
+        if self.local_only {
+            out.extend_from_slice(b",\"localOnly\":true");
+        }
+        if let Some(p) = self.offset {
+            out.extend_from_slice(b",\"offset\":");
+            if needs_escape(&p.epoch) {
+                push_json_str(&mut out, &p.text());
+            } else {
+                out.push(b'"');
+                out.extend_from_slice(p.epoch.as_bytes());
+                out.push(b':');
+                out.extend_from_slice(itoa::Buffer::new().format(p.n).as_bytes());
+                out.push(b'"');
+            }
+        }
+        out.push(b'}');
+        JsonOk(out)
+    }
+}
+
+/// Whether `s` holds a character a JSON string escapes: `"`, `\` or a control character.
+/// Eight bytes at a time, as each test below is exact for whether any byte of a word is
+/// zero (or below `0x20`).
+fn needs_escape(s: &str) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let any_zero = |v: u64| v.wrapping_sub(ONES) & !v;
+    let words = s.as_bytes().chunks_exact(8);
+    let rest = words.remainder();
+    for word in words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let v = u64::from_ne_bytes(bytes);
+        let found = v.wrapping_sub(ONES * 0x20) & !v
+            | any_zero(v ^ (ONES * u64::from(b'"')))
+            | any_zero(v ^ (ONES * u64::from(b'\\')));
+        if found & HIGH != 0 {
+            return true;
+        }
+    }
+    rest.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
+/// Appends `s` as a JSON string: copied when nothing in it needs escaping, else as
+/// `serde_json` escapes it.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if needs_escape(s) {
+        // Writing a string into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
     }
 }
 
@@ -754,7 +849,82 @@ async fn history(
 
 #[cfg(test)]
 mod tests {
-    use super::is_json_media_type;
+    use proptest::prelude::*;
+
+    use super::{Answer, is_json_media_type};
+    use crate::broker::Position;
+
+    proptest! {
+        /// The answer written directly is byte for byte what its `Serialize` writes.
+        #[test]
+        fn an_answer_written_directly_is_its_serialization(
+            room in any::<String>(),
+            event in any::<String>(),
+            dropped in any::<bool>(),
+            local_only in any::<bool>(),
+            offset in proptest::option::of((any::<String>(), any::<u64>())),
+        ) {
+            let offset = offset.map(|(epoch, n)| Position::new(epoch, n));
+            let answer = Answer {
+                room: &room,
+                event: &event,
+                dropped,
+                local_only,
+                offset: offset.as_ref(),
+            };
+            let expected = serde_json::to_vec(&answer).expect("an answer serializes");
+            let written = answer.json().0;
+            prop_assert_eq!(
+                String::from_utf8_lossy(&written),
+                String::from_utf8_lossy(&expected)
+            );
+        }
+    }
+
+    proptest! {
+        /// The word-wide test finds what a byte-wise test finds.
+        #[test]
+        fn needs_escape_finds_what_a_byte_wise_test_finds(
+            s in "[\\x00-\\x7f\u{80}-\u{7ff}\u{10000}-\u{10ffff}]{0,40}"
+        ) {
+            let bytewise = s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+            prop_assert_eq!(super::needs_escape(&s), bytewise);
+        }
+    }
+
+    #[test]
+    fn needs_escape_finds_each_character_to_escape_at_any_place() {
+        for len in 0..20 {
+            let plain = "aé".repeat(len).chars().take(len).collect::<String>();
+            assert!(!super::needs_escape(&plain), "{plain:?}");
+            for at in 0..=len {
+                for c in ['"', '\\', '\u{0}', '\n', '\u{1f}'] {
+                    let mut s = plain.clone();
+                    s.insert(s.char_indices().nth(at).map_or(s.len(), |(i, _)| i), c);
+                    assert!(super::needs_escape(&s), "{s:?}");
+                }
+            }
+        }
+        for c in [' ', '!', '#', '[', ']', '~', '\u{7f}', 'ÿ'] {
+            assert!(!super::needs_escape(&c.to_string().repeat(17)), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn an_answer_with_characters_to_escape_is_written_as_json_escapes_them() {
+        let offset = Position::new("e\"1", 7);
+        let answer = Answer {
+            room: "a\"b\\c\u{1}\u{8}\n",
+            event: "é\t",
+            dropped: false,
+            local_only: true,
+            offset: Some(&offset),
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&answer.json().0),
+            r#"{"room":"a\"b\\c\u0001\b\n","event":"é\t","localOnly":true,"offset":"e\"1:7"}"#
+        );
+    }
 
     #[test]
     fn json_media_types_are_application_json_and_application_plus_json_in_any_case() {

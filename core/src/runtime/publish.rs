@@ -134,7 +134,7 @@ impl Gateway {
             ),
             None => None,
         };
-        let room = self.pick_room(&req.event, req.room, routed)?;
+        let room = self.pick_room(&req.event, req.room.as_deref(), routed)?;
         let ctx = HookCtx {
             direction: Direction::Outbound,
             room: Some(&room),
@@ -178,35 +178,33 @@ impl Gateway {
     pub(crate) async fn publish_raw(
         &self,
         event: &str,
-        room: Option<String>,
-        data: Box<serde_json::value::RawValue>,
+        room: Option<&str>,
+        data: &serde_json::value::RawValue,
     ) -> Result<Published, PublishError> {
-        let slow = |event: &str, room, data: &serde_json::value::RawValue| {
+        let slow = |event: &str, room: Option<&str>, data: &serde_json::value::RawValue| {
             serde_json::from_str::<Value>(data.get())
                 .map(|data| Publish {
                     event: event.to_owned(),
                     data,
-                    room,
+                    room: room.map(str::to_owned),
                 })
                 .map_err(|e| PublishError::invalid("data", e))
         };
         if !self.0.hooks.is_empty() {
-            return self.publish(slow(event, room, &data)?).await;
+            return self.publish(slow(event, room, data)?).await;
         }
         refuse_reserved(event)?;
-        let (name, routed) = match self.0.events.outbound(event) {
+        let (name, routed, kept) = match self.0.events.outbound(event) {
             Some(decl) => match decl.route_raw(data.get(), &self.0.config.limits) {
-                Some(room) => (decl.shared_name(), Some(room)),
-                None => return self.publish(slow(event, room, &data)?).await,
+                Some(room) => (decl.shared_name(), Some(room), decl.kept()),
+                None => return self.publish(slow(event, room, data)?).await,
             },
-            None => (Arc::from(event), None),
+            None => (Arc::from(event), None, true),
         };
         let room = self.pick_room(event, room, routed)?;
         let started = std::time::Instant::now();
-        let sent = self
-            .0
-            .send(event, Delivery::new(name, Some(room.clone()), data))
-            .await?;
+        let delivery = Delivery::new(name, Some(room.clone()), data.to_owned());
+        let sent = self.0.send_as(event, delivery, kept).await?;
         Ok(self.published(started, room, Some(sent)))
     }
 
@@ -215,13 +213,13 @@ impl Gateway {
     fn pick_room(
         &self,
         event: &str,
-        named: Option<String>,
+        named: Option<&str>,
         routed: Option<Room>,
     ) -> Result<Room, PublishError> {
         let limits = &self.0.config.limits;
         match (named, routed) {
             (Some(room), _) => {
-                if let Some(reason) = bad_room_name(&room, limits) {
+                if let Some(reason) = bad_room_name(room, limits) {
                     return Err(PublishError::invalid("room", reason));
                 }
                 Ok(Room::from(room))
@@ -298,9 +296,19 @@ impl Inner {
         event: &str,
         delivery: Delivery,
     ) -> Result<(Reach, Option<crate::broker::Position>), BrokerError> {
-        let keep = delivery.room.is_some()
-            && self.config.history.enabled()
-            && self.events.outbound(event).is_none_or(|d| d.kept());
+        let kept = self.events.outbound(event).is_none_or(|d| d.kept());
+        self.send_as(event, delivery, kept).await
+    }
+
+    /// [`send`](Self::send) for an event whose declaration (`kept`: whether a room keeps
+    /// it, true for an undeclared one) is already looked up.
+    pub(crate) async fn send_as(
+        &self,
+        event: &str,
+        delivery: Delivery,
+        kept: bool,
+    ) -> Result<(Reach, Option<crate::broker::Position>), BrokerError> {
+        let keep = kept && delivery.room.is_some() && self.config.history.enabled();
         let delivery = delivery.kept(keep);
         self.metrics.count_out(event);
         let sent = if keep {
