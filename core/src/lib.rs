@@ -14,6 +14,7 @@ pub mod error;
 pub mod event;
 mod expiry;
 pub mod hooks;
+pub mod json;
 mod limits;
 pub mod listen;
 pub mod metrics;

@@ -181,30 +181,7 @@ impl FrameBuf {
 
     /// Appends `s` as a JSON string literal.
     fn push_json_str(&mut self, s: &str) {
-        let out = &mut self.0;
-        out.push(b'"');
-        if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-            out.extend_from_slice(s.as_bytes());
-        } else {
-            for b in s.bytes() {
-                match b {
-                    b'"' => out.extend_from_slice(b"\\\""),
-                    b'\\' => out.extend_from_slice(b"\\\\"),
-                    b'\n' => out.extend_from_slice(b"\\n"),
-                    b'\r' => out.extend_from_slice(b"\\r"),
-                    b'\t' => out.extend_from_slice(b"\\t"),
-                    b if b < 0x20 => {
-                        const HEX: &[u8; 16] = b"0123456789abcdef";
-                        out.extend_from_slice(b"\\u00");
-                        out.push(HEX[usize::from(b >> 4)]);
-                        out.push(HEX[usize::from(b & 0xf)]);
-                    }
-                    // UTF-8 bytes of other characters are copied as they are.
-                    b => out.push(b),
-                }
-            }
-        }
-        out.push(b'"');
+        switchboard_core::json::push_str(&mut self.0, s);
     }
 
     /// The finished frame: FIN, opcode text, unmasked length, then the payload.
